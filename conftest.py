@@ -1,0 +1,186 @@
+"""Wires the bundled exchange (docker-compose.yml) into the experiments.
+
+pytest-chaos itself knows nothing about the exchange: this file tells pytest-docker
+how to start the stack, and gives the experiments an ``exchange`` fixture with the
+exchange's addresses, its steady-state checks, an order flow and a data-loss lookup.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_chaos import ComposeProject, Flow, LoadGenerator, Request
+
+ROOT = Path(__file__).resolve().parent
+LOCAL_BASE_IMAGE = "pytest-chaos/base:bookworm"
+
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Free loopback ports chosen once per session, so a stack left by another run (or a
+# developer's own `docker-compose up`) never collides with the one under test. They
+# are fixed rather than left to Docker because Docker picks a new port each time a
+# container restarts, and the experiments restart containers.
+for _var in ("EXCHANGE_HTTP_PORT", "EXCHANGE_API_PORT", "EXCHANGE_DB_PORT"):
+    if not os.environ.get(_var):
+        os.environ[_var] = str(_free_port())
+
+
+def _local_base_image() -> bool:
+    if not shutil.which("docker"):
+        return False
+    found = subprocess.run(
+        ["docker", "image", "inspect", LOCAL_BASE_IMAGE], capture_output=True, check=False
+    )
+    return found.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command() -> str:
+    # Debian bookworm has docker-compose 1.29, not the `docker compose` plugin.
+    return "docker-compose" if shutil.which("docker-compose") else "docker compose"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return f"chaos-exchange-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    # Machines without a registry build from the base image scripts/setup made.
+    if "CHAOS_BASE_IMAGE" not in os.environ and _local_base_image():
+        os.environ["CHAOS_BASE_IMAGE"] = LOCAL_BASE_IMAGE
+    return ["up -d --build"]
+
+
+@dataclass
+class Exchange:
+    """The running exchange, seen from the host."""
+
+    project: ComposeProject
+    api_url: str
+    http_url: str
+    db_dsn: str
+    symbol: str = field(default_factory=lambda: "X" + uuid.uuid4().hex[:6].upper())
+    #: Ids of orders the steady-state probe placed (acknowledged writes too).
+    probe_acks: list[str] = field(default_factory=list)
+    _ids: Iterator[int] = field(default_factory=itertools.count)
+
+    def order(self, n: int, rng: random.Random | None = None) -> dict[str, Any]:
+        r = rng or random
+        return {
+            "symbol": self.symbol,
+            "side": r.choice(("buy", "sell")),
+            "price": round(100 + r.uniform(-1, 1), 2),
+            "quantity": r.randint(1, 10),
+            "client_order_id": f"{self.symbol}-{uuid.uuid4().hex[:12]}-{n}",
+        }
+
+    def ready(self) -> bool:
+        import httpx
+
+        return httpx.get(f"{self.api_url}/ready", timeout=2.0).status_code == 200
+
+    def accepts_orders(self) -> bool:
+        """The steady state: the API is ready and an order is acknowledged."""
+        import httpx
+
+        if not self.ready():
+            return False
+        response = httpx.post(
+            f"{self.api_url}/orders", json=self.order(next(self._ids)), timeout=5.0
+        )
+        if response.status_code == 201:
+            self.probe_acks.append(str(response.json()["id"]))
+            return True
+        return False
+
+    def flows(self, *, orders: float, market: float, ready: float, dashboard: float) -> list[Flow]:
+        """Order placement, market data, readiness and the dashboard, at the given rates."""
+        rng = random.Random(1)  # noqa: S311 - test data, not security
+        return [
+            Flow(
+                "orders",
+                orders,
+                lambda n: Request("POST", f"{self.api_url}/orders", self.order(n, rng)),
+                ack=lambda r: str(r.json()["id"]) if r.status_code == 201 else None,
+                summarize=_json_error,
+            ),
+            Flow(
+                "market",
+                market,
+                lambda n: Request("GET", f"{self.api_url}/market/{self.symbol}"),
+                summarize=lambda r: r.json().get("source") if r.status_code == 200 else _json_error(r),
+            ),
+            Flow(
+                "ready",
+                ready,
+                lambda n: Request("GET", f"{self.api_url}/ready"),
+                summarize=lambda r: r.json()["database"]["state"],
+            ),
+            Flow(
+                "dashboard",
+                dashboard,
+                lambda n: Request("GET", f"{self.http_url}/"),
+                summarize=lambda r: "Database unavailable" in r.text,
+            ),
+        ]
+
+    def load(self, **rates: float) -> LoadGenerator:
+        return LoadGenerator(self.flows(**rates), request_timeout=10.0, max_duration=300.0)
+
+    def orders_exist(self, ids: list[str]) -> list[str]:
+        """Which of these order ids are stored in PostgreSQL (asked directly)."""
+        import psycopg
+
+        with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT id FROM orders WHERE id = ANY(%s)", ([int(i) for i in ids],)
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+
+def _json_error(response: Any) -> str | None:
+    if response.status_code < 400:
+        return None
+    try:
+        return str(response.json().get("error"))
+    except ValueError:
+        return f"non-JSON {response.status_code}"
+
+
+@pytest.fixture(scope="session")
+def exchange(chaos_project: ComposeProject) -> Exchange:
+    host, api_port = chaos_project.service("trading-api").published_port(8080)
+    _, http_port = chaos_project.service("nginx").published_port(80)
+    _, db_port = chaos_project.service("postgres").published_port(5432)
+    password = os.environ.get("EXCHANGE_DB_PASSWORD", "exchange")
+    return Exchange(
+        project=chaos_project,
+        api_url=f"http://{host}:{api_port}",
+        http_url=f"http://{host}:{http_port}",
+        db_dsn=f"postgresql://exchange:{password}@{host}:{db_port}/exchange",
+    )

@@ -1,0 +1,22 @@
+"""Run the trading API: python3 -m exchange_api."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .app import build_app
+from .config import Settings
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings.from_env()
+    web.run_app(build_app(settings), host="0.0.0.0", port=settings.port, print=None, access_log=None)  # noqa: S104
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""HTTP routes of the trading API (aiohttp). Every failure of a dependency becomes a
+JSON error with a clear message and, where it helps, a Retry-After header."""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import orders
+from .cache import Cache
+from .config import Settings
+from .db import Database
+from .errors import BadRequest, NotFound, ServiceError
+from .metrics import Metrics
+
+log = logging.getLogger("exchange.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# String keys: Debian bookworm's aiohttp (3.8) predates web.AppKey.
+SETTINGS = "settings"
+DB = "db"
+CACHE = "cache"
+METRICS = "metrics"
+MARKET_TTL_S = 3600  # the last good book stays as a fallback long after it is fresh
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        request.app[METRICS].inc(f"errors_{exc.code}")
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        return web.json_response(
+            {"error": exc.code, "message": exc.message}, status=exc.status, headers=headers
+        )
+    except web.HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - the one place that turns a bug into a clean 500
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        request.app[METRICS].inc("errors_internal")
+        return web.json_response(
+            {"error": "internal_error", "message": "An internal error occurred; it was logged."},
+            status=500,
+        )
+
+
+async def place_order(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("The body must be JSON.") from None
+    order = orders.NewOrder.parse(body)
+    db = request.app[DB]
+    placed, created = await db.run(lambda conn: orders.place(conn, order))
+    request.app[METRICS].inc("orders_placed" if created else "orders_replayed")
+    if created:
+        request.app[CACHE].publish_later("orders", {"type": "order_placed", "order": placed})
+    return web.json_response(placed, status=201 if created else 200)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    try:
+        order_id = int(request.match_info["order_id"])
+    except ValueError:
+        raise BadRequest("The order id must be an integer.") from None
+    found = await request.app[DB].run(lambda conn: orders.get(conn, order_id))
+    if found is None:
+        raise NotFound(f"No order with id {order_id}.")
+    return web.json_response(found)
+
+
+async def market(request: web.Request) -> web.Response:
+    """Cache-aside: a fresh cached book is served as is; otherwise the database is read
+    and the cache refreshed; if the database cannot answer, the last cached book is
+    served marked stale."""
+    symbol = request.match_info["symbol"]
+    app = request.app
+    cache, metrics = app[CACHE], app[METRICS]
+    key = f"market:{symbol}"
+    cached = await cache.get_json(key)
+    age = time.time() - float(cached["as_of"]) if cached else None
+    if cached is not None and age is not None and age < app[SETTINGS].market_fresh_s:
+        metrics.inc("cache_hits")
+        return web.json_response({**cached, "source": "cache", "stale": False})
+    metrics.inc("cache_misses")
+    try:
+        book = await app[DB].run(lambda conn: orders.market(conn, symbol))
+    except ServiceError as exc:
+        if cached is None:
+            raise
+        metrics.inc("market_served_stale")
+        return web.json_response(
+            {
+                **cached,
+                "source": "cache-fallback",
+                "stale": True,
+                "age_s": round(age or 0.0, 3),
+                "reason": exc.message,
+            }
+        )
+    book["as_of"] = time.time()
+    await cache.set_json(key, book, MARKET_TTL_S)
+    return web.json_response({**book, "source": "database", "stale": False})
+
+
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+def _ready_state(app: web.Application) -> tuple[dict[str, Any], int]:
+    db, cache = app[DB], app[CACHE]
+    ok = db.state == "up"
+    status = "ready" if ok and cache.state != "down" else ("degraded" if ok else "unavailable")
+    return {"status": status, "database": db.status(), "cache": cache.status()}, 200 if ok else 503
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[CACHE].state != "up":
+        await request.app[CACHE].ping()
+    body, status = _ready_state(request.app)
+    return web.json_response(body, status=status)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return web.json_response(request.app[METRICS].snapshot())
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """A small status page, rendered on the server so it reads the same with or
+    without a browser; nginx serves it on port 80."""
+    body, _ = _ready_state(request.app)
+    db, cache = body["database"], body["cache"]
+    if db["state"] == "up":
+        db_line = '<p class="ok">Database available</p>'
+    else:
+        db_line = (
+            '<p class="bad">Database unavailable</p>'
+            f"<p>Last error: {html.escape(str(db['last_error']))}; "
+            f"{db['reconnect_attempts']} reconnect attempts so far.</p>"
+        )
+    cache_line = (
+        '<p class="ok">Cache available</p>'
+        if cache["state"] != "down"
+        else '<p class="bad">Cache unavailable: market data comes from the database</p>'
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>Exchange status: {body['status']}</title>
+<style>body{{font-family:sans-serif;margin:2em}} .ok{{color:#186a3b}} .bad{{color:#b03a2e;font-weight:bold}}</style>
+</head><body><h1>Exchange status: {body['status']}</h1>
+{db_line}
+{cache_line}
+</body></html>
+"""
+    return web.Response(text=page, content_type="text/html")
+
+
+async def _start(app: web.Application) -> None:
+    app[DB].start()
+
+
+async def _stop(app: web.Application) -> None:
+    await app[DB].close()
+    await app[CACHE].close()
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json])
+    metrics = Metrics()
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[DB] = Database(settings, metrics)
+    app[CACHE] = Cache(settings, metrics)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    app.add_routes(
+        [
+            web.post("/orders", place_order),
+            web.get("/orders/{order_id}", get_order),
+            web.get("/market/{symbol}", market),
+            web.get("/health", health),
+            web.get("/ready", ready),
+            web.get("/metrics", metrics_view),
+            web.get("/dashboard", dashboard),
+        ]
+    )
+    return app

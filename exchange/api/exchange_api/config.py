@@ -1,0 +1,47 @@
+"""Settings from the environment, each with the default the compose file documents."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    port: int
+    db_pool_size: int
+    db_pool_timeout_s: float
+    db_connect_timeout_s: float
+    db_statement_timeout_ms: int
+    cache_timeout_s: float
+    market_fresh_s: float
+    backoff_base_s: float
+    backoff_cap_s: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=os.environ.get(
+                "DATABASE_URL", "postgresql://exchange:exchange@postgres:5432/exchange"
+            ),
+            redis_url=os.environ.get("REDIS_URL", "redis://redis:6379/0"),
+            port=_int("PORT", 8080),
+            db_pool_size=_int("DB_POOL_SIZE", 10),
+            db_pool_timeout_s=_float("DB_POOL_TIMEOUT_S", 2.0),
+            db_connect_timeout_s=_float("DB_CONNECT_TIMEOUT_S", 2.0),
+            db_statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 3000),
+            cache_timeout_s=_float("CACHE_TIMEOUT_S", 0.5),
+            market_fresh_s=_float("MARKET_FRESH_S", 0.25),
+            backoff_base_s=_float("RECONNECT_BACKOFF_BASE_S", 0.2),
+            backoff_cap_s=_float("RECONNECT_BACKOFF_CAP_S", 5.0),
+        )

@@ -1,0 +1,61 @@
+"""pytest-chaos: chaos experiments as pytest tests."""
+
+from __future__ import annotations
+
+from .chaos import Chaos
+from .errors import (
+    ChaosError,
+    ConfigurationError,
+    DataLossDetected,
+    DockerUnavailable,
+    EnvironmentProblem,
+    FaultError,
+    ForeignTarget,
+    PermissionProblem,
+    RecoveryTimeout,
+    StackStartError,
+    TargetError,
+    UndoFailed,
+    UnknownService,
+    UnsafeTarget,
+)
+from .faults.base import FaultHandle
+from .faults.process import KillHandle, kill
+from .observe.dataloss import DataLossReport, check_no_data_loss
+from .observe.load import Flow, LoadGenerator, Request, RequestRecord
+from .observe.recovery import Recovery, wait_for_recovery
+from .targets.compose import ComposeProject, Service
+from .units import parse_duration, parse_signal
+
+__all__ = [
+    "Chaos",
+    "ChaosError",
+    "ComposeProject",
+    "ConfigurationError",
+    "DataLossDetected",
+    "DataLossReport",
+    "DockerUnavailable",
+    "EnvironmentProblem",
+    "FaultError",
+    "FaultHandle",
+    "Flow",
+    "ForeignTarget",
+    "KillHandle",
+    "LoadGenerator",
+    "PermissionProblem",
+    "Recovery",
+    "RecoveryTimeout",
+    "Request",
+    "RequestRecord",
+    "Service",
+    "StackStartError",
+    "TargetError",
+    "UndoFailed",
+    "UnknownService",
+    "UnsafeTarget",
+    "check_no_data_loss",
+    "kill",
+    "parse_duration",
+    "parse_signal",
+    "wait_for_recovery",
+]

@@ -1,0 +1,148 @@
+"""The object behind the ``chaos`` fixture: applies faults for one test and undoes
+every one of them, last in first out, when the test ends, whatever happened."""
+
+from __future__ import annotations
+
+import logging
+import signal as _signal
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from .errors import ConfigurationError, UndoFailed
+from .faults.base import FaultHandle
+from .units import parse_duration
+
+if TYPE_CHECKING:
+    from .faults.process import KillHandle
+    from .targets.compose import ComposeProject, Service
+
+H = TypeVar("H")
+log = logging.getLogger("pytest_chaos")
+Figure = float | int | str
+
+
+@dataclass
+class _Applied:
+    handle: object
+    stack: ExitStack
+    label: str
+    index: int
+
+
+class Chaos:
+    """Applies faults for one test. Each ``chaos.<fault>(...)`` call validates its
+    arguments, applies the fault, and returns its handle; the fault stays in force
+    until :meth:`undo` or the end of the test."""
+
+    def __init__(
+        self,
+        project: Callable[[], ComposeProject],
+        *,
+        timeout: float,
+        record: Callable[[str, Figure], None],
+    ) -> None:
+        self._project_factory = project
+        self._project: ComposeProject | None = None
+        self.timeout = timeout
+        self._record = record
+        self._applied: list[_Applied] = []
+        self._count = 0
+        self.figures: dict[str, Figure] = {}
+
+    # -- targets -------------------------------------------------------------------------
+
+    @property
+    def project(self) -> ComposeProject:
+        if self._project is None:
+            self._project = self._project_factory()
+        return self._project
+
+    def service(self, name: str) -> Service:
+        return self.project.service(name)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def inject(self, fault: AbstractContextManager[H], *, label: str | None = None) -> H:
+        """Enter any fault context manager and hold it until :meth:`undo` or the end of
+        the test. This is the extension point: a fault of your own is one function."""
+        stack = ExitStack()
+        handle = stack.enter_context(fault)
+        self._count += 1
+        text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
+        self._applied.append(_Applied(handle, stack, text, self._count))
+        self.record(f"chaos_fault_{self._count}", text)
+        log.info("chaos: applied %s", text)
+        return handle
+
+    def kill(
+        self,
+        service: str,
+        signal: int | str | _signal.Signals = _signal.SIGKILL,
+        *,
+        recovery_timeout: float | str | None = None,
+    ) -> KillHandle:
+        """Signal ``service``'s main process from the host (default SIGKILL: a crash the
+        restart policy answers). Undo: the service runs and is healthy again."""
+        from .faults.process import kill
+
+        timeout = self.timeout if recovery_timeout is None else recovery_timeout
+        parse_duration(timeout, name="recovery_timeout")
+        target = self.service(service)
+        return self.inject(kill(target, signal, recovery_timeout=timeout))
+
+    # -- undo ----------------------------------------------------------------------------
+
+    @property
+    def active(self) -> list[object]:
+        """Handles of the faults in force, oldest first."""
+        return [a.handle for a in self._applied]
+
+    def undo(self, handle: object) -> None:
+        """Undo one fault now (faults applied after it stay)."""
+        for i, applied in enumerate(self._applied):
+            if applied.handle is handle:
+                del self._applied[i]
+                self._close(applied)
+                return
+        raise ConfigurationError("that fault is not in force (already undone?).")
+
+    def undo_all(self) -> None:
+        """Undo every fault in force, newest first. Every undo runs even if one fails;
+        failures are raised together afterwards."""
+        errors: list[BaseException] = []
+        labels: list[str] = []
+        while self._applied:
+            applied = self._applied.pop()
+            try:
+                self._close(applied)
+            except BaseException as exc:  # noqa: BLE001 - collected, re-raised below
+                errors.append(exc)
+                labels.append(f"{applied.label}: {exc}")
+        if errors:
+            raise UndoFailed(
+                f"{len(errors)} undo(s) failed (all were attempted): " + "; ".join(labels), errors
+            ) from errors[0]
+
+    def _close(self, applied: _Applied) -> None:
+        applied.stack.close()
+        log.info("chaos: undid %s", applied.label)
+        if isinstance(applied.handle, FaultHandle):
+            for key, value in applied.handle.figures().items():
+                if key not in ("kind", "target"):
+                    self.record(f"chaos_fault_{applied.index}_{key}", value)
+
+    # -- figures -------------------------------------------------------------------------
+
+    def record(self, name: str, value: Figure) -> None:
+        """Record a measured figure: it becomes a JUnit property of the test and a line
+        of the terminal summary."""
+        if not name or not isinstance(name, str):
+            raise ConfigurationError(f"a figure needs a name, got {name!r}.")
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigurationError(
+                f"figure {name!r} must be a number or a string, not {type(value).__name__}."
+            )
+        self.figures[name] = value
+        self._record(name, value)

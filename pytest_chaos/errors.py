@@ -1,0 +1,80 @@
+"""Errors raised by pytest-chaos. Every one names what was expected, what was seen,
+and what to do about it. The tree:
+
+    ChaosError
+    ├── ConfigurationError          bad arguments to a fault or helper (also ValueError)
+    ├── EnvironmentProblem          the machine cannot do what was asked
+    │   ├── DockerUnavailable       no Docker daemon to talk to
+    │   └── PermissionProblem       root (or a capability) is needed
+    ├── TargetError                 the target cannot be resolved or is not ours
+    │   ├── UnknownService          no such service in the compose project
+    │   ├── ForeignTarget           the container belongs to another project
+    │   └── UnsafeTarget            a pid or namespace that must never be touched
+    ├── FaultError                  applying or undoing a fault failed
+    │   └── UndoFailed              one or more undos failed (all were attempted)
+    ├── StackStartError             the compose project did not come up
+    ├── RecoveryTimeout             a steady state did not return in time (also TimeoutError)
+    └── DataLossDetected            acknowledged writes are missing (also AssertionError)
+"""
+
+from __future__ import annotations
+
+
+class ChaosError(Exception):
+    """Root of every error pytest-chaos raises."""
+
+
+class ConfigurationError(ChaosError, ValueError):
+    """An argument is invalid; nothing was applied."""
+
+
+class EnvironmentProblem(ChaosError):
+    """This machine lacks something the request needs."""
+
+
+class DockerUnavailable(EnvironmentProblem):
+    """The Docker daemon cannot be reached."""
+
+
+class PermissionProblem(EnvironmentProblem, PermissionError):
+    """The operation needs privileges this process does not have."""
+
+
+class TargetError(ChaosError):
+    """A target could not be resolved to something safe to act on."""
+
+
+class UnknownService(TargetError, LookupError):
+    """The compose project has no service of that name."""
+
+
+class ForeignTarget(TargetError):
+    """The container does not belong to the compose project under test."""
+
+
+class UnsafeTarget(TargetError):
+    """A pid or namespace that pytest-chaos refuses to touch."""
+
+
+class FaultError(ChaosError):
+    """Applying or undoing a fault failed."""
+
+
+class UndoFailed(FaultError):
+    """At least one undo failed; every undo was still attempted."""
+
+    def __init__(self, message: str, errors: list[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class StackStartError(ChaosError):
+    """The system under test did not start."""
+
+
+class RecoveryTimeout(ChaosError, TimeoutError):
+    """A steady-state check did not pass before its deadline."""
+
+
+class DataLossDetected(ChaosError, AssertionError):
+    """Writes that were acknowledged are missing."""

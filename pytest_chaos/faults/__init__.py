@@ -1,0 +1,1 @@
+"""Faults: context managers that validate, apply, yield a handle, and undo."""

@@ -1,0 +1,1 @@
+"""Observers: load generation, recovery measurement, data-loss checks."""

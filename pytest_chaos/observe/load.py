@@ -1,0 +1,223 @@
+"""A background load generator: sends requests at a set rate (open loop, so a slow
+server does not slow the schedule down) and records every request.
+
+The generator knows nothing about the system under test: each :class:`Flow` says
+how to build its n-th request and how to read an acknowledgement from a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from ..units import parse_duration
+
+if TYPE_CHECKING:
+    import httpx
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One stream of requests at ``rate`` per second."""
+
+    name: str
+    rate: float
+    build: Callable[[int], Request]
+    #: Returns the id of what a response acknowledged (e.g. a stored order), or None.
+    ack: Callable[[httpx.Response], str | None] = field(default=lambda _r: None)
+    #: Keeps a short summary of the response body for later assertions.
+    summarize: Callable[[httpx.Response], Any] = field(default=lambda _r: None)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigurationError("a flow needs a name.")
+        if not (0 < self.rate <= 1000):
+            raise ConfigurationError(
+                f"flow {self.name!r}: rate must be between 0 and 1000 requests/s, got {self.rate!r}."
+            )
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    flow: str
+    seq: int
+    #: time.monotonic() when the request was sent, and wall-clock time.
+    started: float
+    started_wall: float
+    latency_s: float
+    status: int | None
+    error: str | None
+    ack_id: str | None
+    summary: Any
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and self.status < 400
+
+    @property
+    def finished(self) -> float:
+        return self.started + self.latency_s
+
+
+class LoadGenerator:
+    """Run flows in a background thread until :meth:`stop` (or ``max_duration``).
+
+    Use it as a context manager. Records are kept in order of completion; the
+    helpers below filter them by flow and time window.
+    """
+
+    def __init__(
+        self,
+        flows: Sequence[Flow],
+        *,
+        request_timeout: float | str = 5.0,
+        max_in_flight: int = 64,
+        max_duration: float | str = 600.0,
+    ) -> None:
+        if not flows:
+            raise ConfigurationError("a load generator needs at least one flow.")
+        names = [f.name for f in flows]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"flow names must be unique, got {names}.")
+        if max_in_flight < 1:
+            raise ConfigurationError("max_in_flight must be at least 1.")
+        self.flows = tuple(flows)
+        self.request_timeout = parse_duration(request_timeout, name="request_timeout")
+        self.max_duration = parse_duration(max_duration, name="max_duration")
+        self.max_in_flight = max_in_flight
+        self._records: list[RequestRecord] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self.skipped = 0  # requests not sent because max_in_flight were pending
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> LoadGenerator:
+        if self._thread is not None:
+            raise ConfigurationError("this load generator was already started.")
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="pytest-chaos-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.request_timeout + 5.0)
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
+        if self._failure is not None:
+            raise RuntimeError("the load generator failed") from self._failure
+
+    def __enter__(self) -> LoadGenerator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- results -------------------------------------------------------------------------
+
+    def records(
+        self, flow: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> list[RequestRecord]:
+        """Records of ``flow`` (all flows if None) sent in [since, until)."""
+        with self._lock:
+            rows = list(self._records)
+        return [
+            r
+            for r in rows
+            if (flow is None or r.flow == flow)
+            and (since is None or r.started >= since)
+            and (until is None or r.started < until)
+        ]
+
+    def acknowledged(self, flow: str | None = None) -> list[str]:
+        return [r.ack_id for r in self.records(flow) if r.ack_id is not None]
+
+    def wait_for_records(self, flow: str, count: int, timeout: float = 30.0) -> None:
+        """Block until ``flow`` has ``count`` completed requests (e.g. a baseline)."""
+        deadline = time.monotonic() + timeout
+        while len(self.records(flow)) < count:
+            if self._failure is not None or self._stop.is_set():
+                raise RuntimeError("the load generator stopped before the records arrived")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"flow {flow!r} completed {len(self.records(flow))} of {count} requests "
+                    f"in {timeout:g} s"
+                )
+            time.sleep(0.02)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self._failure = exc
+
+    async def _main(self) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=16)
+        timeout = httpx.Timeout(self.request_timeout)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            pending: set[asyncio.Task[None]] = set()
+            await asyncio.gather(*(self._schedule(client, f, pending) for f in self.flows))
+            if pending:
+                await asyncio.wait(pending, timeout=self.request_timeout + 1.0)
+
+    async def _schedule(
+        self, client: httpx.AsyncClient, flow: Flow, pending: set[asyncio.Task[None]]
+    ) -> None:
+        period = 1.0 / flow.rate
+        start = time.monotonic()
+        seq = 0
+        while not self._stop.is_set() and time.monotonic() - start < self.max_duration:
+            due = start + seq * period
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(pending) >= self.max_in_flight:
+                self.skipped += 1
+            else:
+                task = asyncio.get_running_loop().create_task(self._send(client, flow, seq))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            seq += 1
+
+    async def _send(self, client: httpx.AsyncClient, flow: Flow, seq: int) -> None:
+        import httpx
+
+        req = flow.build(seq)
+        started, wall = time.monotonic(), time.time()
+        status: int | None = None
+        error: str | None = None
+        ack: str | None = None
+        summary: Any = None
+        try:
+            response = await client.request(req.method, req.url, json=req.json)
+            status = response.status_code
+            ack = flow.ack(response)
+            summary = flow.summarize(response)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        latency = time.monotonic() - started
+        record = RequestRecord(flow.name, seq, started, wall, latency, status, error, ack, summary)
+        with self._lock:
+            self._records.append(record)

@@ -1,0 +1,70 @@
+"""Waiting for a steady state with a deadline, and measuring how long it took."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ConfigurationError, RecoveryTimeout
+from ..units import parse_duration
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How a wait for a steady state ended."""
+
+    #: Seconds from ``since`` (the fault's start, by default the call) to the first
+    #: passing check.
+    recovery_time_s: float
+    #: Seconds this call spent waiting.
+    waited_s: float
+    #: Checks made, the passing one included.
+    checks: int
+
+
+def wait_for_recovery(
+    check: Callable[[], object],
+    *,
+    timeout: float | str = 60.0,
+    interval: float | str = 0.1,
+    since: float | None = None,
+    what: str = "steady state",
+    transient: tuple[type[BaseException], ...] = (Exception,),
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Recovery:
+    """Call ``check`` every ``interval`` until it returns a truthy value.
+
+    ``since`` is a ``clock()`` reading (e.g. the moment a fault was injected); the
+    recovery time is measured from it, and the deadline is ``since + timeout``.
+    Exceptions of the ``transient`` types count as a failed check. On timeout,
+    :class:`RecoveryTimeout` says what the last check returned or raised.
+    """
+    timeout_s = parse_duration(timeout, name="timeout")
+    interval_s = parse_duration(interval, name="interval")
+    start = clock()
+    origin = start if since is None else since
+    if origin > start:
+        raise ConfigurationError("since lies in the future: pass a reading of the same clock.")
+    deadline = origin + timeout_s
+    checks = 0
+    last: str = "no check completed"
+    while True:
+        checks += 1
+        try:
+            result = check()
+        except transient as exc:
+            last = f"raised {type(exc).__name__}: {exc}"
+        else:
+            if result:
+                now = clock()
+                return Recovery(recovery_time_s=now - origin, waited_s=now - start, checks=checks)
+            last = f"returned {result!r}"
+        now = clock()
+        if now >= deadline:
+            raise RecoveryTimeout(
+                f"{what} did not return within {timeout_s:g} s "
+                f"({checks} checks); the last check {last}."
+            )
+        sleep(min(interval_s, max(0.0, deadline - now)))

@@ -1,0 +1,188 @@
+"""pytest hooks and fixtures of pytest-chaos. Only wiring lives here; the work is
+done by the modules it imports (lazily, so ``pytest --help`` needs no Docker)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .units import parse_duration
+
+if TYPE_CHECKING:
+    from .chaos import Chaos
+    from .targets.compose import ComposeProject
+
+MARKERS = {
+    "network": "network faults: partitions, latency, loss (needs root)",
+    "resources": "resource faults: memory, CPU, disk I/O limits",
+    "database": "experiments whose fault targets the database",
+    "cache": "experiments whose fault targets the cache",
+    "proxy": "experiments whose fault targets the reverse proxy",
+    "cascade": "several services fail together",
+    "bpf": "asserts on figures captured by BPF probes",
+    "root": "needs root (euid 0); skipped with the reason otherwise",
+    "slow": "takes more than a few seconds",
+    "experiment(id)": "a chaos experiment, with the guide's number as id (e.g. '01')",
+}
+
+HELP_PROJECT = (
+    "attach to this running compose project instead of starting one through "
+    "pytest-docker (env CHAOS_PROJECT)"
+)
+HELP_TIMEOUT = (
+    "deadline for a service to be running and healthy again after a fault, and for the "
+    "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
+)
+
+
+@dataclass
+class ChaosSettings:
+    project: str | None
+    timeout: float
+
+
+@dataclass
+class ChaosPlugin:
+    """Session state: settings and the figures each test recorded."""
+
+    settings: ChaosSettings
+    figures: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            recorded = {str(k): str(v) for k, v in report.user_properties}
+            if recorded:
+                self.figures[report.nodeid] = recorded
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.figures:
+            return
+        terminalreporter.section("chaos figures")
+        for nodeid, figures in self.figures.items():
+            terminalreporter.write_line(nodeid)
+            for name, value in figures.items():
+                terminalreporter.write_line(f"    {name} = {value}")
+
+
+PLUGIN_KEY = pytest.StashKey[ChaosPlugin]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaos", "pytest-chaos: chaos experiments as tests")
+    group.addoption("--chaos-project", default=None, metavar="NAME", help=HELP_PROJECT)
+    group.addoption("--chaos-timeout", default=None, metavar="DURATION", help=HELP_TIMEOUT)
+    parser.addini("chaos_project", HELP_PROJECT, default=None)
+    parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
+
+
+def _setting(config: pytest.Config, name: str) -> tuple[str | None, str]:
+    """A setting's value and where it came from: command line > environment > ini."""
+    value = config.getoption(f"--chaos-{name}")
+    if value is not None:
+        return str(value), f"--chaos-{name}"
+    env = os.environ.get(f"CHAOS_{name.upper()}")
+    if env:
+        return env, f"environment variable CHAOS_{name.upper()}"
+    ini = config.getini(f"chaos_{name}")
+    if ini:
+        return str(ini), f"ini option chaos_{name}"
+    return None, ""
+
+
+def _settings(config: pytest.Config) -> ChaosSettings:
+    from .errors import ConfigurationError
+
+    timeout_text, source = _setting(config, "timeout")
+    timeout = 60.0
+    if timeout_text is not None:
+        try:
+            timeout = parse_duration(timeout_text, name="timeout")
+        except ConfigurationError as exc:
+            raise pytest.UsageError(f"{source}: {exc}") from None
+    project, _ = _setting(config, "project")
+    return ChaosSettings(project=project, timeout=timeout)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    plugin = ChaosPlugin(_settings(config))
+    config.stash[PLUGIN_KEY] = plugin
+    config.pluginmanager.register(plugin, "pytest-chaos-session")
+    _sigterm_interrupts()
+
+
+def _sigterm_interrupts() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so fixtures' finalizers (and with them
+    every undo) run as they do after Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"pytest-chaos: received signal {signum}; undoing faults")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("experiment")
+        if marker is None:
+            continue
+        if len(marker.args) != 1 or not isinstance(marker.args[0], str) or marker.kwargs:
+            raise pytest.UsageError(
+                f"{item.nodeid}: write the experiment marker as @pytest.mark.experiment('01') "
+                "with the experiment's id as its only argument."
+            )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        pytest.skip("needs root (euid 0) to act on container processes: run pytest with sudo")
+    marker = item.get_closest_marker("experiment")
+    if marker is not None:
+        item.user_properties.append(("experiment", marker.args[0]))
+
+
+@pytest.fixture(scope="session")
+def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
+    """The compose project under test: the one named by --chaos-project, or the one
+    pytest-docker's ``docker_services`` starts (configure it with pytest-docker's
+    fixtures: docker_compose_file, docker_compose_project_name, ...). Waits until
+    every container runs and passes its health check."""
+    from .targets.compose import start_with_pytest_docker, attach
+
+    settings = request.config.stash[PLUGIN_KEY].settings
+    if settings.project:
+        return attach(settings.project)
+    return start_with_pytest_docker(request, timeout=settings.timeout)
+
+
+@pytest.fixture
+def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
+    """Apply faults in this test; every fault is undone when the test ends, last in
+    first out, whether it passed, failed or raised."""
+    from .chaos import Chaos
+
+    settings = request.config.stash[PLUGIN_KEY].settings
+
+    def record(name: str, value: object) -> None:
+        request.node.user_properties.append((name, value))
+
+    session = Chaos(
+        lambda: request.getfixturevalue("chaos_project"),
+        timeout=settings.timeout,
+        record=record,
+    )
+    try:
+        yield session
+    finally:
+        session.undo_all()

@@ -1,0 +1,1 @@
+"""What a fault can be aimed at, resolved to Linux primitives."""

@@ -1,0 +1,259 @@
+"""Services of a Docker Compose project, found through the Docker SDK by the labels
+compose puts on every container. Only containers of the project under test are ever
+returned; anything else is refused."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    DockerUnavailable,
+    ForeignTarget,
+    RecoveryTimeout,
+    UnknownService,
+    UnsafeTarget,
+)
+from ..observe.recovery import wait_for_recovery
+from . import linux
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def docker_client() -> docker.DockerClient:
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except DockerException as exc:
+        raise DockerUnavailable(
+            f"cannot reach the Docker daemon ({exc}); start dockerd (scripts/setup does) "
+            "or set DOCKER_HOST."
+        ) from exc
+    return client
+
+
+class ComposeProject:
+    """A running compose project, by name."""
+
+    def __init__(self, name: str, client: docker.DockerClient | None = None) -> None:
+        self.name = name
+        self.client = client if client is not None else docker_client()
+
+    def containers(self) -> list[Container]:
+        return list(
+            self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"})
+        )
+
+    def service_names(self) -> list[str]:
+        return sorted({c.labels.get(SERVICE_LABEL, "") for c in self.containers()} - {""})
+
+    def service(self, name: str) -> Service:
+        if not isinstance(name, str) or not name:
+            raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
+        found = [c for c in self.containers() if c.labels.get(SERVICE_LABEL) == name]
+        if not found:
+            known = ", ".join(self.service_names()) or "none (is the project up?)"
+            raise UnknownService(
+                f"compose project {self.name!r} has no service {name!r}; its services: {known}."
+            )
+        if len(found) > 1:
+            raise UnknownService(
+                f"service {name!r} of {self.name!r} has {len(found)} containers; "
+                "faults target one container: scale it to 1."
+            )
+        return Service(self, name, found[0].id)
+
+    def all_healthy(self) -> bool:
+        """True when every container runs and every health check passes."""
+        containers = self.containers()
+        return bool(containers) and all(_is_healthy(c.attrs) for c in containers)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service's container. Lookups are live: a restarted container keeps its id
+    but gets a new pid, so pids are read when they are needed."""
+
+    project: ComposeProject
+    name: str
+    container_id: str
+
+    def container(self) -> Container:
+        import docker.errors
+
+        try:
+            container = self.project.client.containers.get(self.container_id)
+        except docker.errors.NotFound:
+            raise UnknownService(
+                f"the container of service {self.name!r} ({self.container_id[:12]}) was removed."
+            ) from None
+        if container.labels.get(PROJECT_LABEL) != self.project.name:
+            raise ForeignTarget(
+                f"container {self.container_id[:12]} is not part of compose project "
+                f"{self.project.name!r}; refusing to touch it."
+            )
+        return container
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.container().attrs["State"])
+
+    def init_pid(self) -> int:
+        pid = int(self.state().get("Pid") or 0)
+        if pid <= 1:
+            raise UnsafeTarget(
+                f"service {self.name!r} is not running (its container has no pid)."
+            )
+        return pid
+
+    def main_pid(self) -> int:
+        """The service's own process on the host, checked to belong to the container."""
+        pid = linux.main_process(self.init_pid())
+        return linux.check_pid(pid, self.container_id)
+
+    def restart_policy(self) -> str:
+        policy = self.container().attrs["HostConfig"].get("RestartPolicy") or {}
+        return str(policy.get("Name") or "no")
+
+    def restart_count(self) -> int:
+        return int(self.container().attrs.get("RestartCount", 0))
+
+    def address(self) -> str:
+        """The container's IP address on its (first) compose network."""
+        networks = self.container().attrs["NetworkSettings"]["Networks"]
+        for net in networks.values():
+            if net.get("IPAddress"):
+                return str(net["IPAddress"])
+        raise UnknownService(f"service {self.name!r} has no IP address (is it running?).")
+
+    def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
+        bindings = self.container().attrs["NetworkSettings"]["Ports"].get(f"{port}/{protocol}")
+        if not bindings:
+            raise UnknownService(f"service {self.name!r} does not publish {port}/{protocol}.")
+        host = bindings[0]["HostIp"] or "127.0.0.1"
+        return ("127.0.0.1" if host == "0.0.0.0" else host), int(bindings[0]["HostPort"])  # noqa: S104
+
+    def is_healthy(self) -> bool:
+        return _is_healthy(self.container().attrs)
+
+    def logs_tail(self, lines: int = 20) -> str:
+        try:
+            raw = self.container().logs(tail=lines)
+        except Exception as exc:  # noqa: BLE001 - only for an error message
+            return f"(logs unavailable: {exc})"
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    def ensure_running_and_healthy(
+        self, *, timeout: float, restarts_before: int | None = None, start_after: float = 5.0
+    ) -> str:
+        """Wait until the container runs and is healthy. If it is still stopped after
+        ``start_after`` seconds (no restart policy acted), start it. Returns who brought
+        it back: "pytest-chaos" (it started the container), "restart-policy" (the
+        container restarted since ``restarts_before``) or "still-running"."""
+        began = time.monotonic()
+        started_by_us = False
+
+        def check() -> bool:
+            nonlocal started_by_us
+            state = self.state()
+            if (
+                not state.get("Running")
+                and not state.get("Restarting")
+                and time.monotonic() - began > start_after
+                and not started_by_us
+            ):
+                self.container().start()
+                started_by_us = True
+            return self.is_healthy()
+
+        try:
+            wait_for_recovery(check, timeout=timeout, interval=0.1, what=f"service {self.name!r}")
+        except RecoveryTimeout as exc:
+            raise RecoveryTimeout(
+                f"{exc} State: {self.state().get('Status')}; last log lines:\n{self.logs_tail()}"
+            ) from None
+        if started_by_us:
+            return "pytest-chaos"
+        if restarts_before is not None and self.restart_count() > restarts_before:
+            return "restart-policy"
+        return "still-running"
+
+
+def _is_healthy(attrs: dict[str, Any]) -> bool:
+    state = attrs.get("State", {})
+    if not state.get("Running") or state.get("Restarting") or state.get("Paused"):
+        return False
+    health = state.get("Health")
+    return health is None or health.get("Status") == "healthy"
+
+
+def attach(name: str) -> ComposeProject:
+    """A compose project that is already running (``--chaos-project``)."""
+    from ..errors import StackStartError
+
+    project = ComposeProject(name)
+    if not project.containers():
+        raise StackStartError(
+            f"compose project {name!r} has no containers: start it first "
+            f"(docker-compose -p {name} up -d) or drop --chaos-project."
+        )
+    return project
+
+
+def start_with_pytest_docker(request: Any, *, timeout: float) -> ComposeProject:
+    """Start the project through pytest-docker's ``docker_services`` and wait until
+    every container is running and healthy.
+
+    pytest-docker runs ``up`` before its own ``try``, so a failed start would leave
+    half a stack behind: here a failed start is followed by its cleanup command.
+    """
+    from ..errors import StackStartError
+
+    name = request.getfixturevalue("docker_compose_project_name")
+    client = docker_client()
+    try:
+        services = request.getfixturevalue("docker_services")
+    except Exception as exc:
+        _cleanup_after_failed_start(request)
+        raise StackStartError(
+            f"compose project {name!r} did not start: {str(exc).strip()[-2000:]}"
+        ) from None
+    project = ComposeProject(name, client)
+    try:
+        services.wait_until_responsive(check=project.all_healthy, timeout=timeout, pause=0.25)
+    except Exception:
+        states = ", ".join(
+            f"{c.labels.get(SERVICE_LABEL)}: {c.attrs['State'].get('Status')}"
+            f"/{(c.attrs['State'].get('Health') or {}).get('Status', 'no health check')}"
+            for c in project.containers()
+        )
+        raise StackStartError(
+            f"compose project {name!r} was not healthy within {timeout:g} s ({states})."
+        ) from None
+    return project
+
+
+def _cleanup_after_failed_start(request: Any) -> None:
+    from pytest_docker.plugin import DockerComposeExecutor
+
+    cleanup = request.getfixturevalue("docker_cleanup")
+    if not cleanup:
+        return
+    executor = DockerComposeExecutor(
+        request.getfixturevalue("docker_compose_command"),
+        request.getfixturevalue("docker_compose_file"),
+        request.getfixturevalue("docker_compose_project_name"),
+    )
+    for command in [cleanup] if isinstance(cleanup, str) else cleanup:
+        try:
+            executor.execute(command)
+        except Exception:  # noqa: BLE001, S110 - best effort; the start error is raised
+            pass

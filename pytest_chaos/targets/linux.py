@@ -1,0 +1,78 @@
+"""Checks on host pids before anything is sent to them.
+
+A pid is acted on only when it is > 1, is not this process or its group, and its
+cgroup names the container it was resolved from. An empty or stale lookup raises:
+``kill(0, ...)`` would signal our own process group and ``kill(-1, ...)`` every
+process we may signal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UnsafeTarget
+
+INIT_NAMES = frozenset({"tini", "docker-init", "dumb-init", "catatonit", "s6-svscan"})
+
+
+def read_cgroup(pid: int, proc: Path = Path("/proc")) -> str:
+    try:
+        return (proc / str(pid) / "cgroup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        raise UnsafeTarget(f"pid {pid} no longer exists (the process exited).") from None
+
+
+def check_pid(pid: object, container_id: str, *, proc: Path = Path("/proc")) -> int:
+    """Return ``pid`` if it is safe to signal as a process of ``container_id``."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise UnsafeTarget(f"refusing pid {pid!r}: not an integer pid.")
+    if pid <= 1:
+        raise UnsafeTarget(
+            f"refusing pid {pid}: 0, 1 and negative pids address process groups or init, "
+            "never a container's process (is the container running?)."
+        )
+    if pid == os.getpid() or pid == os.getpgrp():
+        raise UnsafeTarget(f"refusing pid {pid}: it is this pytest process or its group.")
+    if len(container_id) < 12:
+        raise UnsafeTarget(f"refusing pid {pid}: no container id to check it against.")
+    if container_id not in read_cgroup(pid, proc):
+        raise UnsafeTarget(
+            f"refusing pid {pid}: its cgroup does not name container {container_id[:12]} "
+            "(the pid was reused or the container restarted)."
+        )
+    return pid
+
+
+def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """Direct children of ``pid`` (from /proc/PID/task/*/children)."""
+    kids: list[int] = []
+    for task in (proc / str(pid) / "task").glob("*"):
+        try:
+            kids.extend(int(p) for p in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return sorted(set(kids))
+
+
+def comm(pid: int, proc: Path = Path("/proc")) -> str:
+    try:
+        return (proc / str(pid) / "comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        raise UnsafeTarget(f"pid {pid} no longer exists (the process exited).") from None
+
+
+def main_process(init_pid: int, proc: Path = Path("/proc")) -> int:
+    """The service's own process: the only child of an init wrapper (tini and the
+    like), else the container's first process itself."""
+    if init_pid <= 1:
+        raise UnsafeTarget(f"container pid {init_pid} is not a running process.")
+    if comm(init_pid, proc) not in INIT_NAMES:
+        return init_pid
+    kids = children(init_pid, proc)
+    if len(kids) != 1:
+        raise UnsafeTarget(
+            f"init process {init_pid} ({comm(init_pid, proc)}) has {len(kids)} children; "
+            "expected exactly one service process."
+        )
+    return kids[0]
