@@ -3,6 +3,8 @@ every one of them, last in first out, when the test ends, whatever happened."""
 
 from __future__ import annotations
 
+from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import logging
 import signal as _signal
 from collections.abc import Callable
@@ -85,10 +87,11 @@ class Chaos:
     ) -> KillHandle:
         """Signal ``service``'s main process from the host (default SIGKILL: a crash the
         restart policy answers). Undo: the service runs and is healthy again."""
-        from .faults.process import kill
+        from .faults.process import kill, kill_signal
 
         timeout = self.timeout if recovery_timeout is None else recovery_timeout
         parse_duration(timeout, name="recovery_timeout")
+        kill_signal(signal)  # bad input fails before Docker is asked anything
         target = self.service(service)
         return self.inject(kill(target, signal, recovery_timeout=timeout))
 

@@ -78,3 +78,14 @@ class RecoveryTimeout(ChaosError, TimeoutError):
 
 class DataLossDetected(ChaosError, AssertionError):
     """Writes that were acknowledged are missing."""
+
+
+def hide_chaos_errors(excinfo: object) -> bool:
+    """pytest's ``__tracebackhide__`` for the modules of this package: frames inside
+    pytest-chaos are hidden when the error is a ChaosError (a clear message about the
+    user's input or machine, reported at the user's line), shown for anything else
+    (a bug of ours, whose frames matter)."""
+    return isinstance(getattr(excinfo, "value", None), ChaosError)
+
+
+__tracebackhide__ = hide_chaos_errors

@@ -3,10 +3,12 @@ done by the modules it imports (lazily, so ``pytest --help`` needs no Docker).""
 
 from __future__ import annotations
 
+from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -150,6 +152,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("experiment")
     if marker is not None:
         item.user_properties.append(("experiment", marker.args[0]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A ChaosError's message already says what the library it was translated from
+    said: report it without that library's traceback (frames inside pytest-chaos are
+    hidden by ``__tracebackhide__``). UndoFailed keeps its cause: a broken undo's
+    traceback is what its author needs."""
+    from .errors import ChaosError, UndoFailed
+
+    excinfo = call.excinfo
+    if excinfo is not None and isinstance(excinfo.value, ChaosError):
+        if not isinstance(excinfo.value, UndoFailed):
+            excinfo.value.__suppress_context__ = True
+            excinfo.value.__cause__ = None
+    return (yield)
 
 
 @pytest.fixture(scope="session")

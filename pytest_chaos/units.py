@@ -3,6 +3,8 @@ signals. They raise ConfigurationError with a message that shows an accepted for
 
 from __future__ import annotations
 
+from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import math
 import re
 import signal as _signal

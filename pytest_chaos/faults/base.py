@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import time
 from dataclasses import dataclass, field
 

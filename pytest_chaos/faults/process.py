@@ -7,6 +7,8 @@ with a pidfd before it is checked, so the checked process is the one signalled.
 
 from __future__ import annotations
 
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import os
 import signal as _signal
 import time
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..errors import FaultError, PermissionProblem, UnsafeTarget
+from ..errors import ConfigurationError, PermissionProblem, UnsafeTarget
 from ..targets import linux
 from ..targets.compose import Service
 from ..units import parse_duration, parse_signal
@@ -69,6 +71,14 @@ def send_signal(service: Service, sig: _signal.Signals) -> tuple[int, str]:
     return pid, name
 
 
+def kill_signal(value: int | str | _signal.Signals) -> _signal.Signals:
+    """The signal a kill fault sends, validated."""
+    sig = parse_signal(value)
+    if sig == _signal.SIGCONT:
+        raise ConfigurationError("SIGCONT is not a fault; it is the undo of SIGSTOP.")
+    return sig
+
+
 @contextmanager
 def kill(
     service: Service,
@@ -79,9 +89,7 @@ def kill(
     """Send ``signal`` to ``service``'s main process. On exit, make sure the service
     runs and is healthy again: resume it (SIGCONT) after a stopping signal, and start
     it if no restart policy brought it back."""
-    sig = parse_signal(signal)
-    if sig == _signal.SIGCONT:
-        raise FaultError("SIGCONT is not a fault; it is the undo of SIGSTOP.")
+    sig = kill_signal(signal)
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
     restarts_before = service.restart_count()
     pid, name = send_signal(service, sig)

@@ -7,6 +7,8 @@ how to build its n-th request and how to read an acknowledgement from a response
 
 from __future__ import annotations
 
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import asyncio
 import threading
 import time

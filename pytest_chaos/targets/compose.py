@@ -4,6 +4,8 @@ returned; anything else is refused."""
 
 from __future__ import annotations
 
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any

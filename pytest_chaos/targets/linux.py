@@ -8,6 +8,8 @@ process we may signal.
 
 from __future__ import annotations
 
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
 import os
 from pathlib import Path
 

@@ -1,0 +1,215 @@
+"""The plugin driven through pytester: markers, options, and the chaos fixture's
+undo on every way a test can end. Faults here are our own context managers that
+write to a file, injected through ``chaos.inject`` (the real kill fault's undo is
+covered against Docker in tests/integration)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pytest_chaos.plugin import MARKERS
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+FAULTS = """
+import contextlib, pathlib
+LOG = pathlib.Path(__file__).parent / "log.txt"
+
+def note(text):
+    with LOG.open("a") as f:
+        f.write(text + "\\n")
+
+@contextlib.contextmanager
+def fault(name, fail_undo=False):
+    note("apply " + name)
+    try:
+        yield name
+    finally:
+        note("undo " + name)
+        if fail_undo:
+            raise RuntimeError("undo of " + name + " broke")
+"""
+
+
+@pytest.fixture
+def faults(pytester):
+    pytester.makepyfile(faults_lib=FAULTS)
+    return pytester.path / "log.txt"
+
+
+def test_markers_are_registered(pytester):
+    result = pytester.runpytest_subprocess("--markers")
+    for marker, description in MARKERS.items():
+        result.stdout.fnmatch_lines([f"@pytest.mark.{marker}: {description}"])
+
+
+def test_markers_pass_strict_markers(pytester):
+    marks = [f"@pytest.mark.{m}" for m in MARKERS if "(" not in m]
+    source = ["import pytest", *marks, '@pytest.mark.experiment("01")', "def test_x():", "    pass"]
+    pytester.makepyfile("\n".join(source))
+    result = pytester.runpytest_subprocess("--strict-markers")
+    result.assert_outcomes(passed=1)
+
+
+def test_experiment_marker_without_id_is_a_usage_error(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.experiment
+        def test_x():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*write the experiment marker as @pytest.mark.experiment('01')*"])
+
+
+def test_help_works_and_lists_the_options(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*--chaos-project=NAME*", "*--chaos-timeout=DURATION*"])
+
+
+def test_bad_timeout_option_is_a_usage_error_naming_its_source(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("--chaos-timeout=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--chaos-timeout: timeout 'soon' is not a duration*"])
+
+
+def test_bad_timeout_in_ini_names_the_ini(pytester):
+    pytester.makeini("[pytest]\nchaos_timeout = 0s\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option chaos_timeout: timeout must be positive*"])
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        ("pass", {"passed": 1}),
+        ("assert False, 'experiment failed'", {"failed": 1}),
+        ("raise ConnectionError('boom')", {"failed": 1}),
+    ],
+    ids=["pass", "failure", "exception"],
+)
+def test_faults_are_undone_last_in_first_out_however_the_test_ends(pytester, faults, body, outcome):
+    pytester.makepyfile(
+        f"""
+        from faults_lib import fault
+        def test_x(chaos):
+            chaos.inject(fault("a"))
+            chaos.inject(fault("b"))
+            {body}
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(**outcome)
+    assert faults.read_text().split("\n") == ["apply a", "apply b", "undo b", "undo a", ""]
+
+
+def test_every_undo_runs_even_when_one_fails(pytester, faults):
+    pytester.makepyfile(
+        """
+        from faults_lib import fault
+        def test_x(chaos):
+            chaos.inject(fault("a"))
+            chaos.inject(fault("b", fail_undo=True))
+            chaos.inject(fault("c"))
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*UndoFailed: 1 undo(s) failed (all were attempted): 'b': undo of b broke*"])
+    assert faults.read_text().split() == "apply a apply b apply c undo c undo b undo a".split()
+
+
+def test_an_early_undo_leaves_the_others_in_force(pytester, faults):
+    pytester.makepyfile(
+        """
+        from faults_lib import fault, note
+        def test_x(chaos):
+            a = chaos.inject(fault("a"))
+            chaos.inject(fault("b"))
+            chaos.undo(a)
+            note("body ends")
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert faults.read_text().split("\n")[2:5] == ["undo a", "body ends", "undo b"]
+
+
+def test_figures_become_junit_properties_and_a_summary(pytester):
+    pytester.makepyfile(
+        """
+        def test_x(chaos):
+            chaos.record("recovery_time_s", 1.25)
+            chaos.record("orders_lost", 0)
+        """
+    )
+    result = pytester.runpytest_subprocess("--junitxml=out.xml")
+    result.stdout.fnmatch_lines(["*chaos figures*", "*recovery_time_s = 1.25*", "*orders_lost = 0*"])
+    xml = (pytester.path / "out.xml").read_text()
+    assert '<property name="recovery_time_s" value="1.25"' in xml
+    assert '<property name="orders_lost" value="0"' in xml
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("chaos.kill('postgres', 'SIGFOO')", "'SIGFOO' is not a signal name; use one such as 'SIGKILL'*"),
+        ("chaos.kill('postgres', recovery_timeout='forever')", "recovery_timeout 'forever' is not a duration*"),
+        ("chaos.kill('postgres', 'SIGCONT')", "*SIGCONT is not a fault*"),
+        ("chaos.record('x', [1])", "figure 'x' must be a number or a string*"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error_and_apply_nothing(pytester, call, message):
+    pytester.makepyfile(
+        f"""
+        def test_x(chaos):
+            {call}
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-project=does-not-matter")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"E   *pytest_chaos.errors.*: {message}"])
+    result.stdout.no_fnmatch_line("*pytest_chaos/*.py:*")  # no traceback from inside
+    result.stdout.no_fnmatch_line("*chaos_fault_1*")  # nothing was applied
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_faults_are_undone_when_pytest_is_interrupted(pytester, faults, sig):
+    pytester.makepyfile(
+        """
+        import time
+        from faults_lib import fault, note
+        def test_x(chaos):
+            chaos.inject(fault("a"))
+            note("in force")
+            time.sleep(60)  # the dwell the interruption cuts short
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while "in force" not in (faults.read_text() if faults.exists() else ""):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the inner test never applied its fault"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert faults.read_text().split("\n") == ["apply a", "in force", "undo a", ""]
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out

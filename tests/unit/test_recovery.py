@@ -1,0 +1,76 @@
+import pytest
+
+from pytest_chaos import ConfigurationError, RecoveryTimeout, wait_for_recovery
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_measures_recovery_from_the_fault_not_from_the_call():
+    clock = FakeClock()
+    results = iter([False, False, True])
+    recovery = wait_for_recovery(
+        lambda: next(results), since=95.0, interval=0.5, clock=clock, sleep=clock.sleep
+    )
+    assert recovery.recovery_time_s == pytest.approx(6.0)
+    assert recovery.waited_s == pytest.approx(1.0)
+    assert recovery.checks == 3
+
+
+def test_transient_exceptions_count_as_failed_checks():
+    clock = FakeClock()
+    calls = iter([ConnectionError("refused"), True])
+
+    def check():
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert wait_for_recovery(check, clock=clock, sleep=clock.sleep).checks == 2
+
+
+def test_timeout_says_what_was_last_seen():
+    clock = FakeClock()
+
+    def check():
+        raise ConnectionError("connection refused")
+
+    with pytest.raises(RecoveryTimeout, match=r"order flow did not return within 3 s .*ConnectionError: connection refused"):
+        wait_for_recovery(check, timeout=3, what="order flow", clock=clock, sleep=clock.sleep)
+    assert clock.now == pytest.approx(103.0)
+
+
+def test_timeout_is_a_timeout_error():
+    clock = FakeClock()
+    with pytest.raises(TimeoutError):
+        wait_for_recovery(lambda: 0, timeout="1s", clock=clock, sleep=clock.sleep)
+
+
+def test_deadline_counts_from_since():
+    clock = FakeClock()
+    with pytest.raises(RecoveryTimeout):
+        wait_for_recovery(lambda: False, since=40.0, timeout=60, clock=clock, sleep=clock.sleep)
+    assert clock.now == pytest.approx(100.0)  # already past since + timeout: one check only
+
+
+def test_unexpected_exceptions_propagate():
+    def check():
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        wait_for_recovery(check, transient=(ConnectionError,))
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"interval": "-1s"}, {"since": 1e12}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ConfigurationError):
+        wait_for_recovery(lambda: True, **kwargs)
