@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent
 LOCAL_BASE_IMAGE = "pytest-chaos/base:bookworm"
 
 
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,7 +132,9 @@ class Exchange:
                 "market",
                 market,
                 lambda n: Request("GET", f"{self.api_url}/market/{self.symbol}"),
-                summarize=lambda r: r.json().get("source") if r.status_code == 200 else _json_error(r),
+                summarize=lambda r: (
+                    r.json().get("source") if r.status_code == 200 else _json_error(r)
+                ),
             ),
             Flow(
                 "ready",

@@ -3,8 +3,6 @@ every one of them, last in first out, when the test ends, whatever happened."""
 
 from __future__ import annotations
 
-from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import logging
 import signal as _signal
 from collections.abc import Callable
@@ -13,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from .errors import ConfigurationError, UndoFailed
+from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .faults.base import FaultHandle
 from .units import parse_duration
 

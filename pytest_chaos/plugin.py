@@ -3,8 +3,6 @@ done by the modules it imports (lazily, so ``pytest --help`` needs no Docker).""
 
 from __future__ import annotations
 
-from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import os
 import signal
 import threading
@@ -14,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -165,10 +164,13 @@ def pytest_runtest_makereport(
     from .errors import ChaosError, UndoFailed
 
     excinfo = call.excinfo
-    if excinfo is not None and isinstance(excinfo.value, ChaosError):
-        if not isinstance(excinfo.value, UndoFailed):
-            excinfo.value.__suppress_context__ = True
-            excinfo.value.__cause__ = None
+    if (
+        excinfo is not None
+        and isinstance(excinfo.value, ChaosError)
+        and not isinstance(excinfo.value, UndoFailed)
+    ):
+        excinfo.value.__suppress_context__ = True
+        excinfo.value.__cause__ = None
     return (yield)
 
 
@@ -178,7 +180,7 @@ def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
     pytest-docker's ``docker_services`` starts (configure it with pytest-docker's
     fixtures: docker_compose_file, docker_compose_project_name, ...). Waits until
     every container runs and passes its health check."""
-    from .targets.compose import start_with_pytest_docker, attach
+    from .targets.compose import attach, start_with_pytest_docker
 
     settings = request.config.stash[PLUGIN_KEY].settings
     if settings.project:

@@ -3,13 +3,12 @@ signals. They raise ConfigurationError with a message that shows an accepted for
 
 from __future__ import annotations
 
-from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import math
 import re
 import signal as _signal
 
 from .errors import ConfigurationError
+from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
 _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
@@ -18,7 +17,9 @@ _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 def parse_duration(value: float | int | str, *, name: str = "duration") -> float:
     """Seconds from ``1.5``, ``"1.5"``, ``"250ms"``, ``"2s"``, ``"1m"``; must be > 0."""
     if isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be a duration such as 2, '250ms' or '1m', not {value!r}.")
+        raise ConfigurationError(
+            f"{name} must be a duration such as 2, '250ms' or '1m', not {value!r}."
+        )
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -30,7 +31,9 @@ def parse_duration(value: float | int | str, *, name: str = "duration") -> float
             )
         seconds = float(match.group(1)) * _SCALE[match.group(2)]
     else:
-        raise ConfigurationError(f"{name} must be a number or a string such as '30s', not {type(value).__name__}.")
+        raise ConfigurationError(
+            f"{name} must be a number or a string such as '30s', not {type(value).__name__}."
+        )
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(f"{name} must be positive and finite, got {value!r}.")
     return seconds
@@ -41,7 +44,9 @@ def parse_signal(value: int | str | _signal.Signals) -> _signal.Signals:
     if isinstance(value, _signal.Signals):
         return value
     if isinstance(value, bool):
-        raise ConfigurationError(f"signal must be a name such as 'SIGKILL' or a number, not {value!r}.")
+        raise ConfigurationError(
+            f"signal must be a name such as 'SIGKILL' or a number, not {value!r}."
+        )
     if isinstance(value, int):
         try:
             return _signal.Signals(value)
@@ -55,7 +60,7 @@ def parse_signal(value: int | str | _signal.Signals) -> _signal.Signals:
             return _signal.Signals[name]
         except KeyError:
             raise ConfigurationError(
-                f"{value!r} is not a signal name; use one such as 'SIGKILL', 'SIGTERM' or 'SIGSTOP'."
+                f"{value!r} is not a signal name; "
+                "use one such as 'SIGKILL', 'SIGTERM' or 'SIGSTOP'."
             ) from None
     raise ConfigurationError(f"signal must be a name or a number, not {type(value).__name__}.")
-

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import time
 from dataclasses import dataclass, field
+
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 
 @dataclass

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import DataLossDetected
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ how to build its n-th request and how to read an acknowledgement from a response
 
 from __future__ import annotations
 
-from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import asyncio
 import threading
 import time
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..units import parse_duration
 
 if TYPE_CHECKING:
@@ -47,7 +46,8 @@ class Flow:
             raise ConfigurationError("a flow needs a name.")
         if not (0 < self.rate <= 1000):
             raise ConfigurationError(
-                f"flow {self.name!r}: rate must be between 0 and 1000 requests/s, got {self.rate!r}."
+                f"flow {self.name!r}: rate must be between 0 and 1000 requests/s, "
+                f"got {self.rate!r}."
             )
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import ConfigurationError, RecoveryTimeout
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..units import parse_duration
 
 

@@ -4,8 +4,7 @@ returned; anything else is refused."""
 
 from __future__ import annotations
 
-from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from ..errors import (
     UnknownService,
     UnsafeTarget,
 )
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
 from . import linux
 
@@ -72,7 +72,7 @@ class ComposeProject:
                 f"service {name!r} of {self.name!r} has {len(found)} containers; "
                 "faults target one container: scale it to 1."
             )
-        return Service(self, name, found[0].id)
+        return Service(self, name, str(found[0].id))
 
     def all_healthy(self) -> bool:
         """True when every container runs and every health check passes."""
@@ -111,9 +111,7 @@ class Service:
     def init_pid(self) -> int:
         pid = int(self.state().get("Pid") or 0)
         if pid <= 1:
-            raise UnsafeTarget(
-                f"service {self.name!r} is not running (its container has no pid)."
-            )
+            raise UnsafeTarget(f"service {self.name!r} is not running (its container has no pid).")
         return pid
 
     def main_pid(self) -> int:
@@ -223,7 +221,7 @@ def start_with_pytest_docker(request: Any, *, timeout: float) -> ComposeProject:
     client = docker_client()
     try:
         services = request.getfixturevalue("docker_services")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pytest-docker raises bare Exception
         _cleanup_after_failed_start(request)
         raise StackStartError(
             f"compose project {name!r} did not start: {str(exc).strip()[-2000:]}"
@@ -231,7 +229,7 @@ def start_with_pytest_docker(request: Any, *, timeout: float) -> ComposeProject:
     project = ComposeProject(name, client)
     try:
         services.wait_until_responsive(check=project.all_healthy, timeout=timeout, pause=0.25)
-    except Exception:
+    except Exception:  # noqa: BLE001 - pytest-docker raises bare Exception on timeout
         states = ", ".join(
             f"{c.labels.get(SERVICE_LABEL)}: {c.attrs['State'].get('Status')}"
             f"/{(c.attrs['State'].get('Health') or {}).get('Status', 'no health check')}"
@@ -255,7 +253,7 @@ def _cleanup_after_failed_start(request: Any) -> None:
         request.getfixturevalue("docker_compose_project_name"),
     )
     for command in [cleanup] if isinstance(cleanup, str) else cleanup:
-        try:
+        # Best effort: the start error is what gets raised. pytest-docker raises
+        # bare Exception.
+        with contextlib.suppress(Exception):
             executor.execute(command)
-        except Exception:  # noqa: BLE001, S110 - best effort; the start error is raised
-            pass

@@ -8,12 +8,11 @@ process we may signal.
 
 from __future__ import annotations
 
-from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
 import os
 from pathlib import Path
 
 from ..errors import UnsafeTarget
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 INIT_NAMES = frozenset({"tini", "docker-init", "dumb-init", "catatonit", "s6-svscan"})
 
@@ -55,6 +54,15 @@ def children(pid: int, proc: Path = Path("/proc")) -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return sorted(set(kids))
+
+
+def is_gone(pid: int, proc: Path = Path("/proc")) -> bool:
+    """True once ``pid`` has exited (no longer listed, or a zombie awaiting its reaper)."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def comm(pid: int, proc: Path = Path("/proc")) -> str:

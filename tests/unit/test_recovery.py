@@ -44,7 +44,10 @@ def test_timeout_says_what_was_last_seen():
     def check():
         raise ConnectionError("connection refused")
 
-    with pytest.raises(RecoveryTimeout, match=r"order flow did not return within 3 s .*ConnectionError: connection refused"):
+    with pytest.raises(
+        RecoveryTimeout,
+        match=r"order flow did not return within 3 s .*ConnectionError: connection refused",
+    ):
         wait_for_recovery(check, timeout=3, what="order flow", clock=clock, sleep=clock.sleep)
     assert clock.now == pytest.approx(103.0)
 

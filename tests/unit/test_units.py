@@ -9,14 +9,26 @@ from pytest_chaos import ConfigurationError, parse_duration, parse_signal
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("2", 2.0), ("2s", 2.0), ("250ms", 0.25), (" 1.5 s ", 1.5), ("1m", 60.0), ("1min", 60.0),
-     ("2h", 7200.0), (".5", 0.5), (3, 3.0), (0.1, 0.1)],
+    [
+        ("2", 2.0),
+        ("2s", 2.0),
+        ("250ms", 0.25),
+        (" 1.5 s ", 1.5),
+        ("1m", 60.0),
+        ("1min", 60.0),
+        ("2h", 7200.0),
+        (".5", 0.5),
+        (3, 3.0),
+        (0.1, 0.1),
+    ],
 )
 def test_durations_parse(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "-1", "0", "0s", "1 parsec", "1e3", "nan", True, None, [1], -2, 0])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "-1", "0", "0s", "1 parsec", "1e3", "nan", True, None, [1], -2, 0]
+)
 def test_bad_durations_are_refused_with_an_example(bad):
     with pytest.raises(ConfigurationError, match=r"duration|positive|number"):
         parse_duration(bad, name="dwell")

@@ -15,7 +15,13 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = Settings.from_env()
-    web.run_app(build_app(settings), host="0.0.0.0", port=settings.port, print=None, access_log=None)  # noqa: S104
+    web.run_app(
+        build_app(settings),
+        host="0.0.0.0",  # noqa: S104 - inside its container, behind nginx
+        port=settings.port,
+        print=None,
+        access_log=None,
+    )
 
 
 if __name__ == "__main__":

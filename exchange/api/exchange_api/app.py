@@ -43,7 +43,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         )
     except web.HTTPException:
         raise
-    except Exception:  # noqa: BLE001 - the one place that turns a bug into a clean 500
+    except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         request.app[METRICS].inc("errors_internal")
         return web.json_response(
@@ -153,9 +153,10 @@ async def dashboard(request: web.Request) -> web.Response:
     )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
-<title>Exchange status: {body['status']}</title>
-<style>body{{font-family:sans-serif;margin:2em}} .ok{{color:#186a3b}} .bad{{color:#b03a2e;font-weight:bold}}</style>
-</head><body><h1>Exchange status: {body['status']}</h1>
+<title>Exchange status: {body["status"]}</title>
+<style>body{{font-family:sans-serif;margin:2em}} .ok{{color:#186a3b}}
+.bad{{color:#b03a2e;font-weight:bold}}</style>
+</head><body><h1>Exchange status: {body["status"]}</h1>
 {db_line}
 {cache_line}
 </body></html>

@@ -210,7 +210,7 @@ class Database:
     async def _quiet_close(conn: psycopg.AsyncConnection[Any]) -> None:
         try:
             await asyncio.wait_for(conn.close(), 1.0)
-        except Exception:  # noqa: BLE001 - closing a dead connection may fail any way
+        except Exception:
             log.debug("closing a broken connection failed", exc_info=True)
 
     async def _close_idle(self) -> None:

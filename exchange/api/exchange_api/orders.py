@@ -77,13 +77,22 @@ async def place(conn: psycopg.AsyncConnection[Any], order: NewOrder) -> tuple[di
            VALUES (%s, %s, %s, %s, %s, %s, 'open')
            ON CONFLICT (client_order_id) DO NOTHING
            RETURNING *""",
-        (order.client_order_id, order.symbol, order.side, order.price, order.quantity, order.quantity),
+        (
+            order.client_order_id,
+            order.symbol,
+            order.side,
+            order.price,
+            order.quantity,
+            order.quantity,
+        ),
     )
     row = await cur.fetchone()
     if row is None:
-        await cur.execute("SELECT * FROM orders WHERE client_order_id = %s", (order.client_order_id,))
+        await cur.execute(
+            "SELECT * FROM orders WHERE client_order_id = %s", (order.client_order_id,)
+        )
         existing = await cur.fetchone()
-        assert existing is not None  # noqa: S101 - the conflict proves it exists
+        assert existing is not None
         return order_json(existing), False
 
     if order.side == "buy":
@@ -102,7 +111,9 @@ async def place(conn: psycopg.AsyncConnection[Any], order: NewOrder) -> tuple[di
         if remaining == 0:
             break
         qty = min(remaining, other["remaining"])
-        buy_id, sell_id = (row["id"], other["id"]) if order.side == "buy" else (other["id"], row["id"])
+        buy_id, sell_id = (
+            (row["id"], other["id"]) if order.side == "buy" else (other["id"], row["id"])
+        )
         # The resting order sets the price (it was there first).
         await cur.execute(
             """INSERT INTO trades (symbol, buy_order_id, sell_order_id, price, quantity)
@@ -123,7 +134,7 @@ async def place(conn: psycopg.AsyncConnection[Any], order: NewOrder) -> tuple[di
             (remaining, status, row["id"]),
         )
         row = await cur.fetchone()
-        assert row is not None  # noqa: S101 - we hold the row
+        assert row is not None
     return order_json(row), True
 
 
@@ -145,7 +156,7 @@ async def market(conn: psycopg.AsyncConnection[Any], symbol: str) -> dict[str, A
         {"s": symbol},
     )
     top = await cur.fetchone()
-    assert top is not None  # noqa: S101 - an aggregate always returns a row
+    assert top is not None
     await cur.execute(
         """SELECT id, price, quantity, executed_at FROM trades
            WHERE symbol = %s ORDER BY id DESC LIMIT 10""",
