@@ -20,7 +20,17 @@ from .errors import (
     UnsafeTarget,
 )
 from .faults.base import FaultHandle
-from .faults.process import KillHandle, kill
+from .faults.process import (
+    CascadeHandle,
+    KillHandle,
+    PauseHandle,
+    StopHandle,
+    cascade,
+    kill,
+    pause,
+    stop,
+)
+from .journal import Journal
 from .observe.dataloss import DataLossReport, check_no_data_loss
 from .observe.load import Flow, LoadGenerator, Request, RequestRecord
 from .observe.recovery import Recovery, wait_for_recovery
@@ -28,6 +38,7 @@ from .targets.compose import ComposeProject, Service
 from .units import parse_duration, parse_signal
 
 __all__ = [
+    "CascadeHandle",
     "Chaos",
     "ChaosError",
     "ComposeProject",
@@ -40,8 +51,10 @@ __all__ = [
     "FaultHandle",
     "Flow",
     "ForeignTarget",
+    "Journal",
     "KillHandle",
     "LoadGenerator",
+    "PauseHandle",
     "PermissionProblem",
     "Recovery",
     "RecoveryTimeout",
@@ -49,13 +62,17 @@ __all__ = [
     "RequestRecord",
     "Service",
     "StackStartError",
+    "StopHandle",
     "TargetError",
     "UndoFailed",
     "UnknownService",
     "UnsafeTarget",
+    "cascade",
     "check_no_data_loss",
     "kill",
     "parse_duration",
     "parse_signal",
+    "pause",
+    "stop",
     "wait_for_recovery",
 ]

@@ -16,7 +16,8 @@ from .faults.base import FaultHandle
 from .units import parse_duration
 
 if TYPE_CHECKING:
-    from .faults.process import KillHandle
+    from .faults.process import CascadeHandle, KillHandle, PauseHandle, StopHandle
+    from .journal import Journal
     from .targets.compose import ComposeProject, Service
 
 H = TypeVar("H")
@@ -43,7 +44,11 @@ class Chaos:
         *,
         timeout: float,
         record: Callable[[str, Figure], None],
+        journal: Journal | None = None,
     ) -> None:
+        #: The session's crash-safe journal: a fault of your own can record itself here
+        #: (with an undo registered by ``pytest_chaos.journal.undoer``).
+        self.journal = journal
         self._project_factory = project
         self._project: ComposeProject | None = None
         self.timeout = timeout
@@ -93,6 +98,49 @@ class Chaos:
         kill_signal(signal)  # bad input fails before Docker is asked anything
         target = self.service(service)
         return self.inject(kill(target, signal, recovery_timeout=timeout))
+
+    def pause(self, service: str, *, recovery_timeout: float | str | None = None) -> PauseHandle:
+        """Freeze ``service``'s container (freezer cgroup). Undo: thaw, wait healthy."""
+        from .faults.process import pause
+
+        timeout = self._timeout(recovery_timeout)
+        return self.inject(pause(self.service(service), recovery_timeout=timeout))
+
+    def stop(
+        self,
+        service: str,
+        *,
+        grace: float | str = 10.0,
+        recovery_timeout: float | str | None = None,
+    ) -> StopHandle:
+        """Stop ``service`` as an operator would (SIGTERM, SIGKILL after ``grace``).
+        Undo: start it, wait healthy."""
+        from .faults.process import stop
+
+        parse_duration(grace, name="grace")
+        timeout = self._timeout(recovery_timeout)
+        return self.inject(stop(self.service(service), grace=grace, recovery_timeout=timeout))
+
+    def cascade(
+        self,
+        services: list[str],
+        *,
+        gaps: float | str | list[float | str] = 0.0,
+        signal: int | str | _signal.Signals = _signal.SIGKILL,
+        recovery_timeout: float | str | None = None,
+    ) -> CascadeHandle:
+        """Kill ``services`` in order, ``gaps`` apart. Undo: all healthy again."""
+        from .faults.process import cascade, kill_signal
+
+        kill_signal(signal)
+        timeout = self._timeout(recovery_timeout)
+        targets = [self.service(name) for name in services]
+        return self.inject(cascade(targets, gaps=gaps, signal=signal, recovery_timeout=timeout))
+
+    def _timeout(self, value: float | str | None) -> float | str:
+        timeout = self.timeout if value is None else value
+        parse_duration(timeout, name="recovery_timeout")
+        return timeout
 
     # -- undo ----------------------------------------------------------------------------
 

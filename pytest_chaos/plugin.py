@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from .journal import Journal, default_directory, new_run_id
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -36,6 +39,11 @@ HELP_PROJECT = (
     "attach to this running compose project instead of starting one through "
     "pytest-docker (env CHAOS_PROJECT)"
 )
+HELP_JOURNAL = (
+    "folder of the crash-safe journal of faults in force (env CHAOS_JOURNAL; default "
+    "/var/lib/pytest-chaos/journal as root, else ~/.local/state/pytest-chaos/journal)"
+)
+HELP_CLEANUP = "undo every fault the journal holds from runs that died (kill -9), then exit"
 HELP_TIMEOUT = (
     "deadline for a service to be running and healthy again after a fault, and for the "
     "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
@@ -46,6 +54,7 @@ HELP_TIMEOUT = (
 class ChaosSettings:
     project: str | None
     timeout: float
+    journal: Path
 
 
 @dataclass
@@ -53,7 +62,25 @@ class ChaosPlugin:
     """Session state: settings and the figures each test recorded."""
 
     settings: ChaosSettings
+    journal: Journal
     figures: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def replay_journal(self, write: Callable[[str], None]) -> bool:
+        """Undo what runs that died left in force; say what was done. False if some
+        entry could not be undone (it stays in the journal)."""
+        ok = True
+        for done in self.journal.replay():
+            entry = done.entry
+            origin = f"left by run {entry.run_id} (pytest pid {entry.owner_pid}, gone)"
+            if done.error is None:
+                write(f"pytest-chaos: undid {entry.description} {origin}: {done.outcome}")
+            else:
+                ok = False
+                write(
+                    f"pytest-chaos: could not undo {entry.description} {origin}: {done.error}; "
+                    f"it stays in {entry.path} for the next run or pytest --chaos-cleanup"
+                )
+        return ok
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":
@@ -78,8 +105,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("chaos", "pytest-chaos: chaos experiments as tests")
     group.addoption("--chaos-project", default=None, metavar="NAME", help=HELP_PROJECT)
     group.addoption("--chaos-timeout", default=None, metavar="DURATION", help=HELP_TIMEOUT)
+    group.addoption("--chaos-journal", default=None, metavar="DIR", help=HELP_JOURNAL)
+    group.addoption("--chaos-cleanup", action="store_true", default=False, help=HELP_CLEANUP)
     parser.addini("chaos_project", HELP_PROJECT, default=None)
     parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
+    parser.addini("chaos_journal", HELP_JOURNAL, default=None)
 
 
 def _setting(config: pytest.Config, name: str) -> tuple[str | None, str]:
@@ -107,16 +137,42 @@ def _settings(config: pytest.Config) -> ChaosSettings:
         except ConfigurationError as exc:
             raise pytest.UsageError(f"{source}: {exc}") from None
     project, _ = _setting(config, "project")
-    return ChaosSettings(project=project, timeout=timeout)
+    journal, _ = _setting(config, "journal")
+    return ChaosSettings(
+        project=project,
+        timeout=timeout,
+        journal=Path(journal) if journal else default_directory(),
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
-    plugin = ChaosPlugin(_settings(config))
+    settings = _settings(config)
+    plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "pytest-chaos-session")
     _sigterm_interrupts()
+
+
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if not config.getoption("--chaos-cleanup"):
+        return None
+    # Runs before pytest_configure: build what the cleanup needs from the options.
+    settings = _settings(config)
+    plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
+    lines: list[str] = []
+    ok = plugin.replay_journal(lines.append)
+    for line in lines or [f"pytest-chaos: nothing to undo in {plugin.journal.directory}"]:
+        sys.stdout.write(line + "\n")
+    return 0 if ok else 1
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    plugin = session.config.stash[PLUGIN_KEY]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else print
+    plugin.replay_journal(write)
 
 
 def _sigterm_interrupts() -> None:
@@ -182,10 +238,11 @@ def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
     every container runs and passes its health check."""
     from .targets.compose import attach, start_with_pytest_docker
 
-    settings = request.config.stash[PLUGIN_KEY].settings
+    plugin = request.config.stash[PLUGIN_KEY]
+    settings = plugin.settings
     if settings.project:
-        return attach(settings.project)
-    return start_with_pytest_docker(request, timeout=settings.timeout)
+        return attach(settings.project, plugin.journal)
+    return start_with_pytest_docker(request, timeout=settings.timeout, journal=plugin.journal)
 
 
 @pytest.fixture
@@ -194,15 +251,16 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
     first out, whether it passed, failed or raised."""
     from .chaos import Chaos
 
-    settings = request.config.stash[PLUGIN_KEY].settings
+    plugin = request.config.stash[PLUGIN_KEY]
 
     def record(name: str, value: object) -> None:
         request.node.user_properties.append((name, value))
 
     session = Chaos(
         lambda: request.getfixturevalue("chaos_project"),
-        timeout=settings.timeout,
+        timeout=plugin.settings.timeout,
         record=record,
+        journal=plugin.journal,
     )
     try:
         yield session

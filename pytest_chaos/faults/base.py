@@ -1,11 +1,17 @@
-"""What every fault hands back: a description of what is in force."""
+"""What every fault shares: the handle it yields, and its journal entry."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..targets.compose import Service
 
 
 @dataclass
@@ -31,3 +37,27 @@ class FaultHandle:
         if self.restored_by is not None:
             out["restored_by"] = self.restored_by
         return out
+
+
+def target_data(service: Service) -> dict[str, Any]:
+    """What a journal undo needs to find ``service`` again."""
+    return {
+        "project": service.project.name,
+        "service": service.name,
+        "container_id": service.container_id,
+    }
+
+
+@contextmanager
+def journaled(
+    service: Service, kind: str, description: str, data: dict[str, Any]
+) -> Iterator[Callable[[], None]]:
+    """Write the journal entry before the body applies the fault, and hand the body a
+    function to call once its undo completed. An undo that raised never calls it, so
+    its entry stays for the next session (or ``--chaos-cleanup``) to retry."""
+    journal = service.project.journal
+    if journal is None:
+        yield lambda: None
+        return
+    entry = journal.write(kind, description, {**target_data(service), **data})
+    yield lambda: journal.clear(entry)

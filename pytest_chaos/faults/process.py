@@ -1,4 +1,5 @@
-"""Process faults: signal a service's main process from the host side.
+"""Process faults: signal a service's main process from the host side, pause and
+resume its container, stop and start it, and kill several in a row (a cascade).
 
 A host-side SIGKILL of the container's process is a crash, so the restart policy
 acts; ``docker kill`` would count as a manual stop and defeat it. The pid is pinned
@@ -11,19 +12,21 @@ import contextlib
 import os
 import signal as _signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..errors import ConfigurationError, PermissionProblem, UnsafeTarget
+from ..errors import ConfigurationError, FaultError, PermissionProblem, UnknownService, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..journal import undoer
 from ..targets import linux
-from ..targets.compose import Service
+from ..targets.compose import ComposeProject, Service
 from ..units import parse_duration, parse_signal
-from .base import FaultHandle
+from .base import FaultHandle, journaled
 
-# Signals that leave the process stopped rather than dead; undone by SIGCONT.
 _EXIT_GRACE_S = 5.0
+# Signals that leave the process stopped rather than dead; undone by SIGCONT.
 _STOPPING = frozenset({_signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU})
 
 
@@ -32,7 +35,6 @@ class KillHandle(FaultHandle):
     signal: str = "SIGKILL"
     pid: int = 0
     process: str = ""
-
     restarts: int = 0
 
     def describe(self) -> str:
@@ -48,9 +50,58 @@ class KillHandle(FaultHandle):
         }
 
 
-def send_signal(service: Service, sig: _signal.Signals) -> tuple[int, str]:
-    """Signal the service's main process; return its pid and name."""
-    pid = linux.main_process(service.init_pid())
+@dataclass
+class PauseHandle(FaultHandle):
+    def describe(self) -> str:
+        return f"pause {self.target}"
+
+
+@dataclass
+class StopHandle(FaultHandle):
+    exit_code: int | None = None
+
+    def describe(self) -> str:
+        return f"stop {self.target}"
+
+    def figures(self) -> dict[str, float | int | str]:
+        out = super().figures()
+        if self.exit_code is not None:
+            out["exit_code"] = self.exit_code
+        return out
+
+
+@dataclass
+class CascadeHandle(FaultHandle):
+    kills: list[KillHandle] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return "cascade " + ", ".join(f"{k.target} {k.signal}" for k in self.kills)
+
+    def figures(self) -> dict[str, float | int | str]:
+        out = super().figures()
+        for k in self.kills:
+            out[f"{k.target}_killed_after_s"] = round(k.applied_at - self.applied_at, 3)
+            if k.undone_at is not None:
+                out[f"{k.target}_healthy_after_s"] = round(k.undone_at - self.applied_at, 3)
+        return out
+
+
+# -- signals -----------------------------------------------------------------------------
+
+
+def kill_signal(value: int | str | _signal.Signals) -> _signal.Signals:
+    """The signal a kill fault sends, validated."""
+    sig = parse_signal(value)
+    if sig == _signal.SIGCONT:
+        raise ConfigurationError("SIGCONT is not a fault; it is the undo of SIGSTOP.")
+    return sig
+
+
+def send_signal(service: Service, sig: _signal.Signals, pid: int | None = None) -> tuple[int, str]:
+    """Signal the service's main process (or ``pid``, checked to be in the container);
+    return the pid and the process name."""
+    if pid is None:
+        pid = linux.main_process(service.init_pid())
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -59,6 +110,7 @@ def send_signal(service: Service, sig: _signal.Signals) -> tuple[int, str]:
         ) from None
     try:
         # Checked after pinning: the pidfd refers to this very process from now on.
+        service.container()  # refuses a container outside the project
         linux.check_pid(pid, service.container_id)
         name = linux.comm(pid)
         try:
@@ -95,14 +147,6 @@ def _await_consequence(service: Service, pid: int, started_before: object) -> No
         time.sleep(0.02)
 
 
-def kill_signal(value: int | str | _signal.Signals) -> _signal.Signals:
-    """The signal a kill fault sends, validated."""
-    sig = parse_signal(value)
-    if sig == _signal.SIGCONT:
-        raise ConfigurationError("SIGCONT is not a fault; it is the undo of SIGSTOP.")
-    return sig
-
-
 @contextmanager
 def kill(
     service: Service,
@@ -117,26 +161,181 @@ def kill(
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
     restarts_before = service.restart_count()
     started_before = service.state().get("StartedAt")
-    pid, name = send_signal(service, sig)
-    handle = KillHandle(
-        kind="kill",
-        target=service.name,
-        signal=sig.name,
-        pid=pid,
-        process=name,
-        applied_at=time.monotonic(),
-    )
-    try:
-        yield handle
-    finally:
-        if sig in _STOPPING:
-            # If it died meanwhile, the health wait below brings it back.
-            with contextlib.suppress(UnsafeTarget):
-                os.kill(linux.check_pid(pid, service.container_id), _signal.SIGCONT)
-        else:
-            _await_consequence(service, pid, started_before)
-        handle.restored_by = service.ensure_running_and_healthy(
-            timeout=timeout_s, restarts_before=restarts_before
+    pid = linux.check_pid(linux.main_process(service.init_pid()), service.container_id)
+    description = f"kill {service.name} {sig.name} (pid {pid})"
+    with journaled(service, "kill", description, {"signal": sig.name, "pid": pid}) as undone:
+        pid, name = send_signal(service, sig, pid)
+        handle = KillHandle(
+            kind="kill",
+            target=service.name,
+            signal=sig.name,
+            pid=pid,
+            process=name,
+            applied_at=time.monotonic(),
         )
-        handle.restarts = service.restart_count() - restarts_before
-        handle.undone_at = time.monotonic()
+        try:
+            yield handle
+        finally:
+            if sig in _STOPPING:
+                # If it died meanwhile, the health wait below brings it back.
+                with contextlib.suppress(UnsafeTarget):
+                    os.kill(linux.check_pid(pid, service.container_id), _signal.SIGCONT)
+            else:
+                _await_consequence(service, pid, started_before)
+            handle.restored_by = service.ensure_running_and_healthy(
+                timeout=timeout_s, restarts_before=restarts_before
+            )
+            handle.restarts = service.restart_count() - restarts_before
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+# -- pause, stop -------------------------------------------------------------------------
+
+
+@contextmanager
+def pause(service: Service, *, recovery_timeout: float | str = 60.0) -> Iterator[PauseHandle]:
+    """Freeze every process of the container (the freezer cgroup, through Docker's
+    pause); undo: thaw it and wait until it is healthy."""
+    timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
+    container = service.container()
+    if container.attrs["State"].get("Paused"):
+        raise FaultError(f"service {service.name!r} is already paused; unpause it first.")
+    with journaled(service, "pause", f"pause {service.name}", {}) as undone:
+        handle = PauseHandle(kind="pause", target=service.name)
+        try:
+            container.pause()
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            _unpause(service)
+            handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+def _unpause(service: Service) -> None:
+    container = service.container()
+    if container.attrs["State"].get("Paused"):
+        container.unpause()
+
+
+@contextmanager
+def stop(
+    service: Service, *, grace: float | str = 10.0, recovery_timeout: float | str = 60.0
+) -> Iterator[StopHandle]:
+    """Stop the container as an operator would (SIGTERM, then SIGKILL after
+    ``grace``); the restart policy does not act on a manual stop. Undo: start it and
+    wait until it is healthy."""
+    grace_s = parse_duration(grace, name="grace")
+    timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
+    container = service.container()
+    with journaled(service, "stop", f"stop {service.name}", {}) as undone:
+        handle = StopHandle(kind="stop", target=service.name)
+        try:
+            container.stop(timeout=max(1, round(grace_s)))
+            handle.applied_at = time.monotonic()
+            handle.exit_code = int(service.state().get("ExitCode", -1))
+            yield handle
+        finally:
+            _start_if_stopped(service)
+            handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+def _start_if_stopped(service: Service) -> None:
+    state = service.state()
+    if not state.get("Running") and not state.get("Restarting"):
+        service.container().start()
+
+
+# -- cascade -----------------------------------------------------------------------------
+
+
+@contextmanager
+def cascade(
+    services: Sequence[Service],
+    *,
+    gaps: float | str | Sequence[float | str] = 0.0,
+    signal: int | str | _signal.Signals = _signal.SIGKILL,
+    recovery_timeout: float | str = 60.0,
+) -> Iterator[CascadeHandle]:
+    """Kill ``services`` in the given order, ``gaps`` seconds apart (one value for
+    every gap, or one per gap). Undo: every service runs and is healthy again; the
+    handle records when each was killed and when each was healthy."""
+    if len(services) < 2:
+        raise ConfigurationError("a cascade needs at least two services.")
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"a cascade names each service once, got {names}.")
+    gap_list = _gaps(gaps, len(services) - 1)
+    kill_signal(signal)
+    parse_duration(recovery_timeout, name="recovery_timeout")
+    handle = CascadeHandle(kind="cascade", target=",".join(names))
+    with ExitStack() as stack:
+        for i, service in enumerate(services):
+            if i and gap_list[i - 1] > 0:
+                time.sleep(gap_list[i - 1])  # the experiment's own spacing, not a readiness wait
+            handle.kills.append(
+                stack.enter_context(kill(service, signal, recovery_timeout=recovery_timeout))
+            )
+        handle.applied_at = handle.kills[0].applied_at
+        yield handle
+    handle.undone_at = time.monotonic()
+
+
+def _gaps(gaps: float | str | Sequence[float | str], count: int) -> list[float]:
+    if isinstance(gaps, int | float | str):
+        one = 0.0 if gaps in (0, 0.0, "0") else parse_duration(gaps, name="gap")
+        return [one] * count
+    if len(gaps) != count:
+        raise ConfigurationError(f"{count + 1} services need {count} gaps, got {len(gaps)}.")
+    return [0.0 if g in (0, 0.0, "0") else parse_duration(g, name="gap") for g in gaps]
+
+
+# -- undo from the journal ---------------------------------------------------------------
+
+
+def _journaled_service(data: dict[str, Any]) -> Service | None:
+    project = ComposeProject(str(data["project"]))
+    service = Service(project, str(data["service"]), str(data["container_id"]))
+    try:
+        service.container()
+    except UnknownService:
+        return None
+    return service
+
+
+@undoer("kill")
+def _undo_kill(data: dict[str, Any]) -> str:
+    service = _journaled_service(data)
+    if service is None:
+        return "its container is gone; nothing to undo"
+    if parse_signal(str(data["signal"])) in _STOPPING:
+        with contextlib.suppress(UnsafeTarget):
+            os.kill(linux.check_pid(int(data["pid"]), service.container_id), _signal.SIGCONT)
+    _start_if_stopped(service)
+    return f"{service.name} is {service.ensure_running_and_healthy(timeout=60.0)}".replace(
+        "still-running", "running"
+    )
+
+
+@undoer("pause")
+def _undo_pause(data: dict[str, Any]) -> str:
+    service = _journaled_service(data)
+    if service is None:
+        return "its container is gone; nothing to undo"
+    _unpause(service)
+    service.ensure_running_and_healthy(timeout=60.0)
+    return f"{service.name} is unpaused and healthy"
+
+
+@undoer("stop")
+def _undo_stop(data: dict[str, Any]) -> str:
+    service = _journaled_service(data)
+    if service is None:
+        return "its container is gone; nothing to undo"
+    _start_if_stopped(service)
+    service.ensure_running_and_healthy(timeout=60.0)
+    return f"{service.name} is started and healthy"

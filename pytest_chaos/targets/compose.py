@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
+    from ..journal import Journal
+
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 
@@ -46,9 +48,17 @@ def docker_client() -> docker.DockerClient:
 class ComposeProject:
     """A running compose project, by name."""
 
-    def __init__(self, name: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: docker.DockerClient | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self.name = name
         self.client = client if client is not None else docker_client()
+        #: Where faults on this project record themselves before applying (None: they
+        #: are not crash-safe; the chaos fixture's project always has one).
+        self.journal = journal
 
     def containers(self) -> list[Container]:
         return list(
@@ -195,11 +205,11 @@ def _is_healthy(attrs: dict[str, Any]) -> bool:
     return health is None or health.get("Status") == "healthy"
 
 
-def attach(name: str) -> ComposeProject:
+def attach(name: str, journal: Journal | None = None) -> ComposeProject:
     """A compose project that is already running (``--chaos-project``)."""
     from ..errors import StackStartError
 
-    project = ComposeProject(name)
+    project = ComposeProject(name, journal=journal)
     if not project.containers():
         raise StackStartError(
             f"compose project {name!r} has no containers: start it first "
@@ -208,7 +218,9 @@ def attach(name: str) -> ComposeProject:
     return project
 
 
-def start_with_pytest_docker(request: Any, *, timeout: float) -> ComposeProject:
+def start_with_pytest_docker(
+    request: Any, *, timeout: float, journal: Journal | None = None
+) -> ComposeProject:
     """Start the project through pytest-docker's ``docker_services`` and wait until
     every container is running and healthy.
 
@@ -226,7 +238,7 @@ def start_with_pytest_docker(request: Any, *, timeout: float) -> ComposeProject:
         raise StackStartError(
             f"compose project {name!r} did not start: {str(exc).strip()[-2000:]}"
         ) from None
-    project = ComposeProject(name, client)
+    project = ComposeProject(name, client, journal)
     try:
         services.wait_until_responsive(check=project.all_healthy, timeout=timeout, pause=0.25)
     except Exception:  # noqa: BLE001 - pytest-docker raises bare Exception on timeout

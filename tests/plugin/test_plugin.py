@@ -224,3 +224,91 @@ def test_faults_are_undone_when_pytest_is_interrupted(pytester, faults, sig):
     out, _ = proc.communicate(timeout=30)
     assert faults.read_text().split("\n") == ["apply a", "in force", "undo a", ""]
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+
+
+JOURNALED = """
+import contextlib, pathlib
+from pytest_chaos.journal import undoer
+
+LOG = pathlib.Path(__file__).parent / "log.txt"
+
+def note(text):
+    with LOG.open("a") as f:
+        f.write(text + "\\n")
+
+@undoer("test-fault")
+def undo_from_journal(data):
+    note("journal undo " + data["name"])
+    return "undid " + data["name"]
+
+@contextlib.contextmanager
+def journaled_fault(journal, name):
+    entry = journal.write("test-fault", "test fault " + name, {"name": name})
+    note("apply " + name)
+    try:
+        yield name
+    finally:
+        note("undo " + name)
+        journal.clear(entry)
+"""
+
+
+def _run_until_applied(pytester, log, *args):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while "in force" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the inner test never applied its fault"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("recovery", ["next-session", "cleanup"])
+def test_after_kill_9_the_journal_undoes_the_fault(pytester, recovery):
+    """pytest is SIGKILLed while a fault is in force: no finalizer runs. The next
+    session (or pytest --chaos-cleanup) undoes it from the journal and says so."""
+    pytester.makeconftest(JOURNALED)
+    pytester.makepyfile(
+        test_dwell="""
+        import time
+        from conftest import journaled_fault, note
+        def test_x(chaos):
+            chaos.inject(journaled_fault(chaos.journal, "a"))
+            note("in force")
+            time.sleep(60)
+        """,
+        test_other="def test_y(): pass",
+    )
+    journal = pytester.path / "journal"
+    log = pytester.path / "log.txt"
+    proc = _run_until_applied(pytester, log, f"--chaos-journal={journal}", "test_dwell.py")
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert log.read_text().split("\n") == ["apply a", "in force", ""]  # nothing undone
+    assert len(list(journal.glob("*.json"))) == 1
+
+    if recovery == "cleanup":
+        result = pytester.runpytest_subprocess(f"--chaos-journal={journal}", "--chaos-cleanup")
+        assert result.ret == 0
+    else:
+        result = pytester.runpytest_subprocess(f"--chaos-journal={journal}", "test_other.py")
+        result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["pytest-chaos: undid test fault a left by run * (pytest pid *, gone): undid a"]
+    )
+    assert log.read_text().split("\n")[-2] == "journal undo a"
+    assert list(journal.glob("*.json")) == []
+
+
+def test_cleanup_with_an_empty_journal_says_so(pytester, tmp_path):
+    result = pytester.runpytest_subprocess(f"--chaos-journal={tmp_path}", "--chaos-cleanup")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"pytest-chaos: nothing to undo in {tmp_path}"])

@@ -3,7 +3,17 @@ import pytest_chaos
 
 def test_all_is_sorted_and_complete():
     public = {name for name in vars(pytest_chaos) if not name.startswith("_")}
-    modules = {"annotations", "chaos", "errors", "faults", "observe", "targets", "units", "plugin"}
+    modules = {
+        "annotations",
+        "chaos",
+        "errors",
+        "faults",
+        "journal",
+        "observe",
+        "targets",
+        "units",
+        "plugin",
+    }
     assert pytest_chaos.__all__ == sorted(pytest_chaos.__all__)
     assert set(pytest_chaos.__all__) == public - modules
 

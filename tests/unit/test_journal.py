@@ -1,0 +1,98 @@
+"""The journal on its own: entries written before, cleared after, replayed when their
+pytest is gone."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pytest_chaos import ConfigurationError, Journal
+from pytest_chaos import journal as journal_module
+
+UNDONE: list[dict] = []
+
+
+@journal_module.undoer("test-fault")
+def _undo(data):
+    if data.get("broken"):
+        raise RuntimeError("the undo broke")
+    UNDONE.append(data)
+    return f"undid {data['name']}"
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    UNDONE.clear()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _orphan(journal: Journal, name: str, **data):
+    """Write an entry as if a pytest that has since died had written it."""
+    entry = journal.write("test-fault", f"fault {name}", {"name": name, **data})
+    text = entry.path.read_text().replace(
+        f'"owner_pid": {entry.owner_pid}', f'"owner_pid": {_dead_pid()}'
+    )
+    entry.path.write_text(text)
+    return entry
+
+
+def test_an_entry_lives_from_write_to_clear(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    entry = journal.write("test-fault", "fault a", {"name": "a"})
+    assert [e.description for e in journal.entries()] == ["fault a"]
+    assert entry.path.name.startswith("run1-")
+    journal.clear(entry)
+    assert journal.entries() == []
+
+
+def test_entries_of_a_live_session_are_not_orphans(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    journal.write("test-fault", "fault a", {"name": "a"})
+    assert journal.orphans() == []
+    assert journal.replay() == []
+    assert UNDONE == []
+
+
+def test_orphans_are_undone_newest_first_and_cleared(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    _orphan(journal, "a")
+    _orphan(journal, "b")
+    replayed = Journal(tmp_path, "run2").replay()
+    assert [r.outcome for r in replayed] == ["undid b", "undid a"]
+    assert [d["name"] for d in UNDONE] == ["b", "a"]
+    assert journal.entries() == []
+
+
+def test_a_reused_pid_does_not_keep_an_entry_alive(tmp_path):
+    """Same pid number, other process (different start time): still an orphan."""
+    journal = Journal(tmp_path, "run1")
+    entry = journal.write("test-fault", "fault a", {"name": "a"})
+    entry.path.write_text(entry.path.read_text().replace(entry.owner_start, "1"))
+    other = Journal(tmp_path, "run2")
+    other._me = (-1, "")  # another session
+    assert [e.description for e in other.orphans()] == ["fault a"]
+
+
+def test_a_failed_undo_keeps_its_entry_for_next_time(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    _orphan(journal, "a", broken=True)
+    replayed = Journal(tmp_path, "run2").replay()
+    assert replayed[0].outcome == "kept"
+    assert "RuntimeError: the undo broke" in replayed[0].error
+    assert len(journal.entries()) == 1
+
+
+def test_a_half_written_entry_is_ignored(tmp_path):
+    (tmp_path / "run1-1-0001.json").write_text('{"kind": "test-fa')
+    assert Journal(tmp_path, "run2").entries() == []
+
+
+def test_an_unknown_kind_is_refused_before_anything_is_applied(tmp_path):
+    with pytest.raises(ConfigurationError, match="no undo is registered for fault kind 'nope'"):
+        Journal(tmp_path, "run1").write("nope", "x", {})
+    assert list(tmp_path.iterdir()) == []
