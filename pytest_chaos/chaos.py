@@ -8,7 +8,7 @@ import signal as _signal
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigurationError, UndoFailed
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
@@ -16,6 +16,7 @@ from .faults.base import FaultHandle
 from .units import parse_duration
 
 if TYPE_CHECKING:
+    from .faults.network import BandwidthHandle, NetworkHandle
     from .faults.process import CascadeHandle, KillHandle, PauseHandle, StopHandle
     from .journal import Journal
     from .targets.compose import ComposeProject, Service
@@ -136,6 +137,57 @@ class Chaos:
         timeout = self._timeout(recovery_timeout)
         targets = [self.service(name) for name in services]
         return self.inject(cascade(targets, gaps=gaps, signal=signal, recovery_timeout=timeout))
+
+    def partition(
+        self,
+        service: str,
+        peers: list[str] | None = None,
+        *,
+        mode: str = "drop",
+        direction: str = "both",
+    ) -> NetworkHandle:
+        """Cut ``service`` off from ``peers`` (service names or IPv4 addresses; None:
+        everything but loopback). mode ``drop`` (timeouts) or ``reject`` (refusals);
+        direction ``both``, ``egress`` or ``ingress``."""
+        from .faults.network import check_direction, check_mode, partition
+
+        check_mode(mode)
+        check_direction(direction)
+        target = self.service(service)
+        others = [self._peer(p) for p in peers or []]
+        return self.inject(partition(target, others, mode=mode, direction=direction))
+
+    def loss(
+        self,
+        service: str,
+        percent: float | str,
+        peers: list[str] | None = None,
+        *,
+        direction: str = "both",
+    ) -> NetworkHandle:
+        """Drop ``percent`` of packets between ``service`` and ``peers``."""
+        from .faults.network import check_direction, check_percent, loss
+
+        check_percent(percent)
+        check_direction(direction)
+        target = self.service(service)
+        others = [self._peer(p) for p in peers or []]
+        return self.inject(loss(target, percent, others, direction=direction))
+
+    def bandwidth(self, service: str, rate: str | int, **options: Any) -> BandwidthHandle:
+        """Limit what ``service`` sends to ``rate`` (e.g. '1mbit')."""
+        from .faults.network import bandwidth, parse_rate
+
+        parse_rate(rate)
+        return self.inject(bandwidth(self.service(service), rate, **options))
+
+    def _peer(self, peer: str) -> Service | str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.IPv4Address(peer))
+        except ValueError:
+            return self.service(peer)
 
     def _timeout(self, value: float | str | None) -> float | str:
         timeout = self.timeout if value is None else value

@@ -29,7 +29,7 @@ from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 Undo = Callable[[dict[str, Any]], str]
 
 #: Modules whose import registers journal undos (one per fault family).
-FAULT_MODULES = ("pytest_chaos.faults.process",)
+FAULT_MODULES = ("pytest_chaos.faults.process", "pytest_chaos.faults.network")
 _UNDOS: dict[str, Undo] = {}
 
 

@@ -163,9 +163,26 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
     lines: list[str] = []
     ok = plugin.replay_journal(lines.append)
+    lines += _sweep(plugin)
     for line in lines or [f"pytest-chaos: nothing to undo in {plugin.journal.directory}"]:
         sys.stdout.write(line + "\n")
     return 0 if ok else 1
+
+
+def _sweep(plugin: ChaosPlugin) -> list[str]:
+    """Remove what a run that died created and the journal does not know of."""
+    from .errors import DockerUnavailable
+    from .faults.network import sweep_tables
+    from .targets.compose import docker_client
+
+    try:
+        client = docker_client()
+    except DockerUnavailable:
+        return []
+    live = {e.run_id for e in plugin.journal.entries()} - {
+        e.run_id for e in plugin.journal.orphans()
+    }
+    return [f"pytest-chaos: swept {what}" for what in sweep_tables(client, live)]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -183,7 +200,13 @@ def _sigterm_interrupts() -> None:
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
+    owner = os.getpid()
+
     def interrupt(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            # A child forked by some library inherited this handler: it must die as
+            # a child would, not unwind pytest (and run its finalizers) a second time.
+            os._exit(128 + signum)
         raise KeyboardInterrupt(f"pytest-chaos: received signal {signum}; undoing faults")
 
     signal.signal(signal.SIGTERM, interrupt)

@@ -312,3 +312,31 @@ def test_cleanup_with_an_empty_journal_says_so(pytester, tmp_path):
     result = pytester.runpytest_subprocess(f"--chaos-journal={tmp_path}", "--chaos-cleanup")
     assert result.ret == 0
     result.stdout.fnmatch_lines([f"pytest-chaos: nothing to undo in {tmp_path}"])
+
+
+def test_a_forked_child_killed_with_sigterm_does_not_rerun_pytest_teardown(pytester):
+    """Libraries fork (pyroute2 did). The child inherits the SIGTERM handler; it must
+    exit like a child, not unwind a copy of pytest and run the finalizers again."""
+    log = pytester.path / "teardowns.txt"
+    pytester.makepyfile(
+        f"""
+        import os, signal, time, pytest
+
+        @pytest.fixture(scope="session")
+        def stack():
+            yield
+            with open({str(log)!r}, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+
+        def test_x(stack, chaos):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            os.kill(pid, signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert len(log.read_text().splitlines()) == 1

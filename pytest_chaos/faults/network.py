@@ -1,0 +1,424 @@
+"""Network faults inside a service's own network namespace.
+
+Partitions and packet loss are nftables rules in a table of our own
+(``pytest_chaos_<run id>_<n>``), so the compose network, its DNS and the
+container's other rules stay as they were, and a sweep can find what a crash left.
+Bandwidth limits are a tbf qdisc set through netlink (pyroute2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigurationError, FaultError, UnknownService
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..journal import undoer
+from ..targets.compose import ComposeProject, Service
+from ..targets.netns import NetNamespace, netlink_socket, open_netns
+from ..units import parse_duration
+from .base import FaultHandle, journaled
+
+MODES = ("drop", "reject")
+DIRECTIONS = ("both", "egress", "ingress")
+TABLE_PREFIX = "pytest_chaos_"
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)\s*$", re.I)
+_RATE_SCALE = {
+    "bit": 1,
+    "kbit": 1e3,
+    "mbit": 1e6,
+    "gbit": 1e9,
+    "bps": 8,
+    "kbps": 8e3,
+    "mbps": 8e6,
+    "gbps": 8e9,
+}
+
+
+@dataclass
+class NetworkHandle(FaultHandle):
+    """A partition or loss in force: what it matches, and its packet counters."""
+
+    table: str = ""
+    peers: dict[str, str] = field(default_factory=dict)
+    mode: str = "drop"
+    direction: str = "both"
+    percent: float | None = None
+    _pid: int = 0
+
+    def describe(self) -> str:
+        whom = ", ".join(self.peers) or "all peers"
+        what = f"loss {self.percent:g}%" if self.percent is not None else f"partition ({self.mode})"
+        return f"{what} {self.target} <-> {whom} [{self.direction}]"
+
+    def matched_packets(self) -> int:
+        """Packets the rules dropped or rejected so far (nft counters)."""
+        with open_netns(self._pid, self.target) as ns:
+            return _table_packets(ns, self.table)
+
+    def figures(self) -> dict[str, float | int | str]:
+        out = {**super().figures(), "mode": self.mode, "direction": self.direction}
+        out["peers"] = ",".join(self.peers) or "all"
+        if self.percent is not None:
+            out["percent"] = self.percent
+        return out
+
+
+@dataclass
+class BandwidthHandle(FaultHandle):
+    rate_bps: int = 0
+    interface: str = "eth0"
+
+    def describe(self) -> str:
+        return f"bandwidth {self.target} {self.rate_bps} bit/s on {self.interface}"
+
+    def figures(self) -> dict[str, float | int | str]:
+        return {**super().figures(), "rate_bps": self.rate_bps, "interface": self.interface}
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}.")
+    return mode
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ConfigurationError(
+            f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}."
+        )
+    return direction
+
+
+def check_percent(percent: float | int | str) -> float:
+    try:
+        value = float(str(percent).strip().rstrip("%"))
+    except ValueError:
+        raise ConfigurationError(
+            f"loss must be a percentage such as 10 or '10%', not {percent!r}."
+        ) from None
+    if isinstance(percent, bool) or not 0 < value <= 100:
+        raise ConfigurationError(f"loss must be above 0% and at most 100%, got {percent!r}.")
+    return value
+
+
+def parse_rate(rate: str | int) -> int:
+    """Bits per second from ``1000000``, ``"1mbit"``, ``"512kbit"`` or ``"1mbps"``
+    (bytes, tc's spelling)."""
+    if isinstance(rate, bool):
+        raise ConfigurationError(f"rate must be such as '1mbit', not {rate!r}.")
+    if isinstance(rate, int):
+        bits = float(rate)
+    else:
+        match = _RATE.match(str(rate))
+        if not match:
+            raise ConfigurationError(
+                f"rate {rate!r} is not a rate: use a number with a unit such as '1mbit', "
+                "'512kbit' or '10mbps' (bytes)."
+            )
+        bits = float(match.group(1)) * _RATE_SCALE[match.group(2).lower()]
+    if not 8 * 1024 <= bits <= 100e9:
+        raise ConfigurationError(f"rate must be between 8kbit and 100gbit, got {rate!r}.")
+    return int(bits)
+
+
+def _peer_addresses(peers: Sequence[Service | str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for peer in peers:
+        if isinstance(peer, Service):
+            out[peer.name] = peer.address()
+            continue
+        try:
+            out[str(peer)] = str(ipaddress.IPv4Address(str(peer)))
+        except ValueError:
+            raise ConfigurationError(
+                f"peer {peer!r} is neither a service nor an IPv4 address."
+            ) from None
+    return out
+
+
+# -- nftables --------------------------------------------------------------------------
+
+
+def _table_name(service: Service) -> str:
+    journal = service.project.journal
+    run = journal.run_id if journal is not None else "norun"
+    return f"{TABLE_PREFIX}{run}_{secrets.token_hex(3)}"
+
+
+def _ruleset(table: str, addresses: list[str], *, verdicts: dict[str, str], match: str) -> str:
+    """A table whose output chain matches traffic to ``addresses`` (egress) and input
+    chain traffic from them (ingress); ``match`` is an extra condition (e.g. random
+    loss). No addresses: everything but loopback."""
+    lines = [f"table inet {table} {{"]
+    for chain, hook, field_, iface in (
+        ("egress", "output", "daddr", "oifname"),
+        ("ingress", "input", "saddr", "iifname"),
+    ):
+        verdict = verdicts.get(chain)
+        if verdict is None:
+            continue
+        who = f"ip {field_} {{ {', '.join(addresses)} }}" if addresses else f'{iface} != "lo"'
+        lines += [
+            f"  chain {chain} {{",
+            f"    type filter hook {hook} priority -10; policy accept;",
+        ]
+        if verdict == "reject":
+            lines.append(f"    {who} {match} meta l4proto tcp counter reject with tcp reset")
+            lines.append(f"    {who} {match} counter reject")
+        else:
+            lines.append(f"    {who} {match} counter drop")
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _delete_table(ns: NetNamespace, table: str) -> bool:
+    listed = ns.run(["nft", "list", "tables"])
+    if f"inet {table}" not in listed.split("\n") and f"table inet {table}" not in listed:
+        return False
+    ns.run(["nft", "delete", "table", "inet", table])
+    return True
+
+
+def _table_packets(ns: NetNamespace, table: str) -> int:
+    data = json.loads(ns.run(["nft", "-j", "list", "table", "inet", table]))
+    total = 0
+    for item in data.get("nftables", []):
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                total += int(expr["counter"].get("packets", 0))
+    return total
+
+
+@contextmanager
+def _nft_fault(
+    service: Service,
+    handle: NetworkHandle,
+    addresses: list[str],
+    verdicts: dict[str, str],
+    match: str,
+) -> Iterator[NetworkHandle]:
+    pid = service.init_pid()
+    handle._pid = pid
+    with (
+        open_netns(pid, service.name) as ns,
+        journaled(service, "nft-table", handle.describe(), {"table": handle.table}) as undone,
+    ):
+        try:
+            ns.run(
+                ["nft", "-f", "-"],
+                input_text=_ruleset(handle.table, addresses, verdicts=verdicts, match=match),
+            )
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            # The namespace is pinned: the table goes even if the container restarted
+            # meanwhile (then it went with the old namespace anyway).
+            with contextlib.suppress(FaultError):
+                _delete_table(ns, handle.table)
+            if handle.table in ns.run(["nft", "list", "tables"]):
+                raise FaultError(
+                    f"nft table {handle.table} is still in {service.name}'s namespace."
+                )
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+def _verdicts(mode: str, direction: str) -> dict[str, str]:
+    chains = ("egress", "ingress") if direction == "both" else (direction,)
+    return {chain: mode for chain in chains}
+
+
+@contextmanager
+def partition(
+    service: Service,
+    peers: Sequence[Service | str] = (),
+    *,
+    mode: str = "drop",
+    direction: str = "both",
+) -> Iterator[NetworkHandle]:
+    """Cut ``service`` off from ``peers`` (services or IPv4 addresses; none: from
+    everything but loopback). ``drop`` makes connections time out, ``reject``
+    refuses them at once. Names keep resolving: Docker's DNS is on loopback."""
+    check_mode(mode)
+    check_direction(direction)
+    addresses = _peer_addresses(peers)
+    handle = NetworkHandle(
+        kind="partition",
+        target=service.name,
+        table=_table_name(service),
+        peers=addresses,
+        mode=mode,
+        direction=direction,
+    )
+    with _nft_fault(service, handle, list(addresses.values()), _verdicts(mode, direction), ""):
+        yield handle
+
+
+@contextmanager
+def loss(
+    service: Service,
+    percent: float | int | str,
+    peers: Sequence[Service | str] = (),
+    *,
+    direction: str = "both",
+) -> Iterator[NetworkHandle]:
+    """Drop ``percent`` of the packets between ``service`` and ``peers`` (none: all
+    but loopback), chosen at random per packet (nftables numgen; no netem needed)."""
+    value = check_percent(percent)
+    check_direction(direction)
+    addresses = _peer_addresses(peers)
+    handle = NetworkHandle(
+        kind="loss",
+        target=service.name,
+        table=_table_name(service),
+        peers=addresses,
+        mode="drop",
+        direction=direction,
+        percent=value,
+    )
+    # numgen draws 0..9999 per packet: basis points give 0.01% resolution.
+    basis_points = round(value * 100)
+    match = f"numgen random mod 10000 < {basis_points}" if basis_points < 10000 else ""
+    with _nft_fault(service, handle, list(addresses.values()), _verdicts("drop", direction), match):
+        yield handle
+
+
+@undoer("nft-table")
+def _undo_table(data: dict[str, Any]) -> str:
+    project = ComposeProject(str(data["project"]))
+    service = Service(project, str(data["service"]), str(data["container_id"]))
+    try:
+        pid = service.init_pid()
+    except Exception:  # noqa: BLE001 - stopped or removed: its namespace, and the table, are gone
+        return "its container is not running; the table went with its namespace"
+    with open_netns(pid, service.name) as ns:
+        removed = _delete_table(ns, str(data["table"]))
+    return f"removed nft table {data['table']}" if removed else "the table was already gone"
+
+
+def sweep_tables(client: Any, live_runs: set[str]) -> list[str]:
+    """Delete our nft tables (by their name) whose run is not live from every running
+    container; return what was removed. Layer 5 of teardown: what the journal missed."""
+    removed = []
+    for container in client.containers.list():
+        pid = int(container.attrs["State"].get("Pid") or 0)
+        if pid <= 1:
+            continue
+        name = str(container.labels.get("com.docker.compose.service", container.name))
+        with open_netns(pid, name) as ns:
+            for line in ns.run(["nft", "list", "tables"]).splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[2].startswith(TABLE_PREFIX):
+                    run = parts[2][len(TABLE_PREFIX) :].split("_")[0]
+                    if run not in live_runs:
+                        ns.run(["nft", "delete", "table", parts[1], parts[2]])
+                        removed.append(f"{name}: {parts[2]}")
+    return removed
+
+
+# -- bandwidth (tbf through netlink) -----------------------------------------------------
+
+
+@contextmanager
+def bandwidth(
+    service: Service,
+    rate: str | int,
+    *,
+    burst: int = 32 * 1024,
+    latency: float | str = "400ms",
+    interface: str = "eth0",
+) -> Iterator[BandwidthHandle]:
+    """Limit what ``service`` sends on ``interface`` to ``rate`` (a tbf root qdisc).
+    Refuses to replace a root qdisc someone else set; undo restores the default."""
+    bits = parse_rate(rate)
+    latency_s = parse_duration(latency, name="latency")
+    if burst < 1600:
+        raise ConfigurationError(f"burst must be at least one packet (1600 bytes), got {burst}.")
+    pid = service.init_pid()
+    handle = BandwidthHandle(
+        kind="bandwidth", target=service.name, rate_bps=bits, interface=interface
+    )
+    with (
+        qdisc_session(pid, service.name, interface) as (ipr, index),
+        journaled(service, "qdisc", handle.describe(), {"interface": interface}) as undone,
+    ):
+        before = root_qdisc(ipr, index)
+        if before not in DEFAULT_ROOT_QDISCS:
+            raise FaultError(
+                f"{service.name} {interface} already has a root qdisc {before!r}; "
+                "refusing to replace it (remove it first)."
+            )
+        try:
+            ipr.tc(
+                "add",
+                "tbf",
+                index,
+                handle="1:",
+                rate=f"{bits}bit",
+                burst=burst,
+                latency=int(latency_s * 1e6),
+            )
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
+                ipr.tc("del", index=index, root=True)
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+DEFAULT_ROOT_QDISCS = frozenset({"noqueue", "pfifo_fast", "fq_codel", "mq", None})
+
+
+def root_qdisc(ipr: Any, index: int) -> str | None:
+    for msg in ipr.get_qdiscs(index=index):
+        if msg["parent"] == 0xFFFFFFFF:
+            return str(msg.get_attr("TCA_KIND"))
+    return None
+
+
+@contextlib.contextmanager
+def qdisc_session(pid: int, owner: str, interface: str) -> Iterator[tuple[Any, int]]:
+    """A pyroute2 handle inside ``pid``'s network namespace (checked not to be the
+    host's), and the index of ``interface`` there."""
+    from pyroute2 import IPRoute
+
+    with open_netns(pid, owner) as ns:
+        # pyroute2's own NetNS forks a child to enter the namespace; a socket opened
+        # in the namespace by a thread of ours needs no fork.
+        ipr = IPRoute(fileno=netlink_socket(ns).detach())
+        try:
+            found = ipr.link_lookup(ifname=interface)
+            if not found:
+                raise UnknownService(f"{owner} has no interface {interface!r}.")
+            yield ipr, int(found[0])
+        finally:
+            ipr.close()
+
+
+@undoer("qdisc")
+def _undo_qdisc(data: dict[str, Any]) -> str:
+    project = ComposeProject(str(data["project"]))
+    service = Service(project, str(data["service"]), str(data["container_id"]))
+    try:
+        pid = service.init_pid()
+    except Exception:  # noqa: BLE001 - not running: the qdisc went with its namespace
+        return "its container is not running; the qdisc went with its namespace"
+    with qdisc_session(pid, service.name, str(data["interface"])) as (ipr, index):
+        if root_qdisc(ipr, index) in DEFAULT_ROOT_QDISCS:
+            return "the qdisc was already gone"
+        ipr.tc("del", index=index, root=True)
+    return f"removed the root qdisc of {data['interface']}"
