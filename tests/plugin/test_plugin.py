@@ -329,10 +329,13 @@ def test_a_forked_child_killed_with_sigterm_does_not_rerun_pytest_teardown(pytes
                 f.write(f"{{os.getpid()}}\\n")
 
         def test_x(stack, chaos):
+            ready_r, ready_w = os.pipe()
             pid = os.fork()
             if pid == 0:
+                os.write(ready_w, b"x")  # running Python code: its handlers are live
                 time.sleep(30)
                 os._exit(0)
+            os.read(ready_r, 1)
             os.kill(pid, signal.SIGTERM)
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
