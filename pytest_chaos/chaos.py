@@ -18,6 +18,7 @@ from .units import parse_duration
 if TYPE_CHECKING:
     from .faults.network import BandwidthHandle, NetworkHandle
     from .faults.process import CascadeHandle, KillHandle, PauseHandle, StopHandle
+    from .faults.resources import ContentionHandle, CpuHandle, IoHandle, MemoryHandle
     from .journal import Journal
     from .targets.compose import ComposeProject, Service
 
@@ -180,6 +181,37 @@ class Chaos:
 
         parse_rate(rate)
         return self.inject(bandwidth(self.service(service), rate, **options))
+
+    def memory_cap(
+        self, service: str, limit: int | str, *, allow_swap: bool = False
+    ) -> MemoryHandle:
+        """Cap ``service``'s memory (e.g. '256m') so the OOM killer acts past it."""
+        from .faults.resources import memory_cap
+        from .units import parse_size
+
+        parse_size(limit, name="memory limit")
+        return self.inject(memory_cap(self.service(service), limit, allow_swap=allow_swap))
+
+    def cpu_quota(self, service: str, cpus: float) -> CpuHandle:
+        """Let ``service`` use at most ``cpus`` CPUs (e.g. 0.5)."""
+        from .faults.resources import check_cpus, cpu_quota
+
+        check_cpus(cpus)
+        return self.inject(cpu_quota(self.service(service), cpus))
+
+    def io_throttle(
+        self, service: str, *, path: str | None = None, **limits: int | str
+    ) -> IoHandle:
+        """Throttle ``service``'s block I/O: read_bps, write_bps, read_iops, write_iops."""
+        from .faults.resources import io_throttle
+
+        return self.inject(io_throttle(self.service(service), path=path, **limits))
+
+    def io_contention(self, service: str, *, workers: int = 2, **options: Any) -> ContentionHandle:
+        """Compete for ``service``'s disk with ``workers`` stress-ng writers."""
+        from .faults.resources import io_contention
+
+        return self.inject(io_contention(self.service(service), workers=workers, **options))
 
     def _peer(self, peer: str) -> Service | str:
         import ipaddress

@@ -25,11 +25,16 @@ from typing import Any
 
 from .errors import ConfigurationError
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from .targets.linux import start_time
 
 Undo = Callable[[dict[str, Any]], str]
 
 #: Modules whose import registers journal undos (one per fault family).
-FAULT_MODULES = ("pytest_chaos.faults.process", "pytest_chaos.faults.network")
+FAULT_MODULES = (
+    "pytest_chaos.faults.process",
+    "pytest_chaos.faults.network",
+    "pytest_chaos.faults.resources",
+)
 _UNDOS: dict[str, Undo] = {}
 
 
@@ -76,22 +81,12 @@ class Replayed:
     error: str | None = None
 
 
-def _process_start(pid: int) -> str:
-    """The start time of ``pid`` (field 22 of /proc/PID/stat): with the pid, it
-    identifies a process even after the pid number is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]
-
-
 class Journal:
     def __init__(self, directory: Path, run_id: str) -> None:
         self.directory = directory
         self.run_id = run_id
         self._seq = 0
-        self._me = (os.getpid(), _process_start(os.getpid()))
+        self._me = (os.getpid(), start_time(os.getpid()))
 
     def write(self, kind: str, description: str, data: dict[str, Any]) -> Entry:
         """Record a fault about to be applied. Durable when this returns."""
@@ -132,6 +127,12 @@ class Journal:
         _fsync_dir(self.directory)
         return entry
 
+    def update(self, entry: Entry, data: dict[str, Any]) -> Entry:
+        """Add to an entry's data what became known while applying (e.g. a pid)."""
+        fresh = self.write(entry.kind, entry.description, {**entry.data, **data})
+        self.clear(entry)
+        return fresh
+
     def clear(self, entry: Entry) -> None:
         """The fault was undone: forget it."""
         with contextlib.suppress(FileNotFoundError):
@@ -168,7 +169,7 @@ class Journal:
     def _owner_alive(self, entry: Entry) -> bool:
         if (entry.owner_pid, entry.owner_start) == self._me:
             return True
-        return bool(entry.owner_start) and _process_start(entry.owner_pid) == entry.owner_start
+        return bool(entry.owner_start) and start_time(entry.owner_pid) == entry.owner_start
 
     def replay(self) -> list[Replayed]:
         """Undo every orphaned entry, newest first; keep those whose undo failed."""

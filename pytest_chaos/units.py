@@ -64,3 +64,31 @@ def parse_signal(value: int | str | _signal.Signals) -> _signal.Signals:
                 "use one such as 'SIGKILL', 'SIGTERM' or 'SIGSTOP'."
             ) from None
     raise ConfigurationError(f"signal must be a name or a number, not {type(value).__name__}.")
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_SCALE = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: int | str, *, name: str = "size") -> int:
+    """Bytes from ``268435456``, ``"256m"``, ``"256MiB"``, ``"1g"`` (powers of 1024,
+    as Docker reads them); must be positive."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be a size such as '256m', not {value!r}.")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ConfigurationError(
+                f"{name} {value!r} is not a size: use bytes or a number with k, m, g "
+                "(powers of 1024), e.g. '256m' or '1g'."
+            )
+        size = int(float(match.group(1)) * _SIZE_SCALE[match.group(2).lower()])
+    else:
+        raise ConfigurationError(
+            f"{name} must be a size such as '256m', not {type(value).__name__}."
+        )
+    if size <= 0:
+        raise ConfigurationError(f"{name} must be positive, got {value!r}.")
+    return size

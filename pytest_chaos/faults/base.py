@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 if TYPE_CHECKING:
+    from ..journal import Entry, Journal
     from ..targets.compose import Service
 
 
@@ -48,16 +49,33 @@ def target_data(service: Service) -> dict[str, Any]:
     }
 
 
+class JournalSlot:
+    """A fault's journal entry: ``note`` adds what became known while applying;
+    calling the slot (once the undo completed) clears the entry."""
+
+    def __init__(self, journal: Journal | None, entry: Entry | None) -> None:
+        self._journal = journal
+        self._entry = entry
+
+    def note(self, **data: Any) -> None:
+        if self._journal is not None and self._entry is not None:
+            self._entry = self._journal.update(self._entry, data)
+
+    def __call__(self) -> None:
+        if self._journal is not None and self._entry is not None:
+            self._journal.clear(self._entry)
+            self._entry = None
+
+
 @contextmanager
 def journaled(
     service: Service, kind: str, description: str, data: dict[str, Any]
-) -> Iterator[Callable[[], None]]:
+) -> Iterator[JournalSlot]:
     """Write the journal entry before the body applies the fault, and hand the body a
-    function to call once its undo completed. An undo that raised never calls it, so
-    its entry stays for the next session (or ``--chaos-cleanup``) to retry."""
+    slot to call once its undo completed. An undo that raised never calls it, so its
+    entry stays for the next session (or ``--chaos-cleanup``) to retry."""
     journal = service.project.journal
     if journal is None:
-        yield lambda: None
+        yield JournalSlot(None, None)
         return
-    entry = journal.write(kind, description, {**target_data(service), **data})
-    yield lambda: journal.clear(entry)
+    yield JournalSlot(journal, journal.write(kind, description, {**target_data(service), **data}))

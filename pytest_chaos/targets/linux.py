@@ -65,6 +65,16 @@ def is_gone(pid: int, proc: Path = Path("/proc")) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
+def start_time(pid: int, proc: Path = Path("/proc")) -> str:
+    """When ``pid`` started (field 22 of /proc/PID/stat, in clock ticks since boot).
+    With the pid it names one process even after the number is reused; "" if gone."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]
+
+
 def comm(pid: int, proc: Path = Path("/proc")) -> str:
     try:
         return (proc / str(pid) / "comm").read_text().strip()

@@ -1,0 +1,472 @@
+"""Resource faults on a container's cgroups: a memory cap the OOM killer enforces,
+a CPU quota, block-I/O throttling, and I/O contention from a stress-ng process of
+ours. Limits are written to the cgroup files (v1 or v2) rather than through
+``docker update``, which would persist them in the container's configuration; the
+exact previous values are restored, in the order the kernel accepts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, EnvironmentProblem, FaultError
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..journal import undoer
+from ..targets import linux
+from ..targets.cgroup import block_device, cgroup_of
+from ..targets.compose import Service
+from ..units import parse_size
+from .base import FaultHandle, journaled
+
+UNLIMITED_V1 = "9223372036854771712"
+_OOM_LINE = re.compile(
+    r"oom-kill:.*task_memcg=(?P<memcg>\S+?),task=(?P<comm>[^,]+),pid=(?P<pid>\d+)"
+)
+
+
+@dataclass
+class OomVictim:
+    pid: int
+    process: str
+
+
+@dataclass
+class MemoryHandle(FaultHandle):
+    limit_bytes: int = 0
+    usage_at_start: int = 0
+    cgroup_version: int = 1
+    _container_id: str = ""
+    _kmsg: int | None = None
+    _victims: list[OomVictim] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"memory cap {self.target} {self.limit_bytes // 2**20} MiB"
+
+    def oom_victims(self) -> list[OomVictim]:
+        """Processes of this container the OOM killer chose since the cap was set
+        (read from the kernel log)."""
+        if self._kmsg is not None:
+            for line in _read_kmsg(self._kmsg):
+                match = _OOM_LINE.search(line)
+                if match and self._container_id in match.group("memcg"):
+                    self._victims.append(OomVictim(int(match.group("pid")), match.group("comm")))
+        return list(self._victims)
+
+    def figures(self) -> dict[str, float | int | str]:
+        victims = self.oom_victims()
+        out = {
+            **super().figures(),
+            "limit_bytes": self.limit_bytes,
+            "usage_at_start_bytes": self.usage_at_start,
+            "cgroup_version": self.cgroup_version,
+            "oom_kills": len(victims),
+        }
+        if victims:
+            out["oom_victim"] = f"{victims[0].process} (pid {victims[0].pid})"
+        return out
+
+
+@dataclass
+class CpuHandle(FaultHandle):
+    cpus: float = 0.0
+    cgroup_version: int = 1
+
+    def describe(self) -> str:
+        return f"cpu quota {self.target} {self.cpus:g} CPU"
+
+    def figures(self) -> dict[str, float | int | str]:
+        return {**super().figures(), "cpus": self.cpus, "cgroup_version": self.cgroup_version}
+
+
+@dataclass
+class IoHandle(FaultHandle):
+    device: str = ""
+    limits: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        what = ", ".join(f"{k}={v}" for k, v in self.limits.items())
+        return f"io throttle {self.target} {self.device} {what}"
+
+    def figures(self) -> dict[str, float | int | str]:
+        return {
+            **super().figures(),
+            "device": self.device,
+            **{f"limit_{k}": v for k, v in self.limits.items()},
+        }
+
+
+@dataclass
+class ContentionHandle(FaultHandle):
+    workers: int = 0
+    pid: int = 0
+    directory: str = ""
+
+    def describe(self) -> str:
+        return f"io contention {self.workers} stress-ng workers in {self.directory}"
+
+
+# -- writing cgroup files with an exact undo -------------------------------------------
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except PermissionError:
+        raise EnvironmentProblem(f"cannot write {path}: run pytest as root (sudo).") from None
+    except OSError as exc:
+        raise FaultError(f"the kernel refused {value!r} for {path}: {exc.strerror}.") from None
+
+
+def _restore(writes: Sequence[tuple[str, str]]) -> list[str]:
+    """Write (path, value) pairs in order; skip cgroups that no longer exist (the
+    container stopped, or restarted into a fresh cgroup with its configured limits)."""
+    done = []
+    for path, value in writes:
+        if Path(path).exists():
+            _write(Path(path), value)
+            done.append(f"{Path(path).name}={value}")
+    return done
+
+
+@undoer("cgroup")
+def _undo_cgroup(data: dict[str, Any]) -> str:
+    done = _restore([(str(p), str(v)) for p, v in data["restore"]])
+    return "restored " + ", ".join(done) if done else "its cgroup is gone; nothing to restore"
+
+
+@contextmanager
+def _cgroup_change(
+    service: Service,
+    handle: FaultHandle,
+    apply: Sequence[tuple[Path, str]],
+    restore: Sequence[tuple[Path, str]],
+) -> Iterator[None]:
+    restore_data = [[str(p), v] for p, v in restore]
+    with journaled(service, "cgroup", handle.describe(), {"restore": restore_data}) as undone:
+        try:
+            for path, value in apply:
+                _write(path, value)
+            handle.applied_at = time.monotonic()
+            yield
+        finally:
+            _restore([(str(p), v) for p, v in restore])
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+# -- memory -----------------------------------------------------------------------------
+
+
+@contextmanager
+def memory_cap(
+    service: Service, limit: int | str, *, allow_swap: bool = False
+) -> Iterator[MemoryHandle]:
+    """Cap ``service``'s memory at ``limit`` (swap included unless ``allow_swap``), so
+    the OOM killer acts when it grows past it. ``handle.oom_victims()`` tells which
+    processes it killed. Refused when the cap is below what the container uses now."""
+    limit_bytes = parse_size(limit, name="memory limit")
+    if limit_bytes < 4 * 2**20:
+        raise ConfigurationError(f"a memory cap below 4 MiB cannot run anything, got {limit!r}.")
+    cg = cgroup_of(service.main_pid())
+    if cg.version == 1:
+        usage = int(cg.read("memory", "memory.usage_in_bytes"))
+        limit_file = cg.path("memory", "memory.limit_in_bytes")
+        swap_file = cg.path("memory", "memory.memsw.limit_in_bytes")
+        before = limit_file.read_text().strip()
+        if swap_file.exists() and not allow_swap:
+            swap_before = swap_file.read_text().strip()
+            apply = _v1_memory(limit_file, swap_file, limit_bytes, limit_bytes, int(before))
+            restore = _v1_memory(limit_file, swap_file, int(before), int(swap_before), limit_bytes)
+        else:
+            apply = [(limit_file, str(limit_bytes))]
+            restore = [(limit_file, before)]
+    else:
+        usage = int(cg.read("memory", "memory.current"))
+        limit_file = cg.path("memory", "memory.max")
+        swap_file = cg.path("memory", "memory.swap.max")
+        before = limit_file.read_text().strip()
+        apply = [(limit_file, str(limit_bytes))]
+        restore = [(limit_file, before)]
+        if swap_file.exists() and not allow_swap:
+            apply.append((swap_file, "0"))
+            restore.append((swap_file, swap_file.read_text().strip()))
+    if limit_bytes <= usage:
+        raise ConfigurationError(
+            f"a memory cap of {limit_bytes // 2**20} MiB is below what {service.name} uses now "
+            f"({usage // 2**20} MiB): the kernel would reclaim or kill at once. Choose more "
+            "than its current use."
+        )
+    handle = MemoryHandle(
+        kind="memory",
+        target=service.name,
+        limit_bytes=limit_bytes,
+        usage_at_start=usage,
+        cgroup_version=cg.version,
+        _container_id=service.container_id,
+        _kmsg=_open_kmsg(),
+    )
+    try:
+        with _cgroup_change(service, handle, apply, restore):
+            yield handle
+    finally:
+        handle.oom_victims()
+        if handle._kmsg is not None:
+            os.close(handle._kmsg)
+            handle._kmsg = None
+
+
+def _v1_memory(
+    limit_file: Path, swap_file: Path, limit: int, swap: int, current_limit: int
+) -> list[tuple[Path, str]]:
+    """Writes that set the v1 memory and memory+swap limits, in an order that keeps
+    memsw >= limit at every step (the kernel refuses otherwise)."""
+    if limit <= current_limit:
+        return [(limit_file, str(limit)), (swap_file, str(swap))]
+    return [(swap_file, str(swap)), (limit_file, str(limit))]
+
+
+def _open_kmsg() -> int | None:
+    """The kernel log, positioned at its end, or None where it cannot be read."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def _read_kmsg(fd: int) -> list[str]:
+    lines = []
+    while True:
+        try:
+            record = os.read(fd, 8192)
+        except BlockingIOError:
+            break
+        except OSError:  # EPIPE: overwritten records; keep reading what follows
+            continue
+        if not record:
+            break
+        lines.append(record.decode("utf-8", "replace").split(";", 1)[-1].strip())
+    return lines
+
+
+# -- cpu --------------------------------------------------------------------------------
+
+
+@contextmanager
+def cpu_quota(service: Service, cpus: float, *, period_us: int = 100_000) -> Iterator[CpuHandle]:
+    """Let ``service`` use at most ``cpus`` CPUs (CFS quota), e.g. 0.5."""
+    cpus = check_cpus(cpus)
+    if not 1000 <= period_us <= 1_000_000:
+        raise ConfigurationError(f"period_us must be between 1000 and 1000000, got {period_us}.")
+    quota = max(1000, round(cpus * period_us))
+    cg = cgroup_of(service.main_pid())
+    if cg.version == 1:
+        quota_file = cg.path("cpu", "cpu.cfs_quota_us")
+        period_file = cg.path("cpu", "cpu.cfs_period_us")
+        apply = [(quota_file, "-1"), (period_file, str(period_us)), (quota_file, str(quota))]
+        restore = [
+            (quota_file, "-1"),
+            (period_file, period_file.read_text().strip()),
+            (quota_file, quota_file.read_text().strip()),
+        ]
+    else:
+        max_file = cg.path("cpu", "cpu.max")
+        apply = [(max_file, f"{quota} {period_us}")]
+        restore = [(max_file, max_file.read_text().strip())]
+    handle = CpuHandle(kind="cpu", target=service.name, cpus=cpus, cgroup_version=cg.version)
+    with _cgroup_change(service, handle, apply, restore):
+        yield handle
+
+
+def check_cpus(cpus: float | int | str) -> float:
+    try:
+        value = float(cpus)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"cpus must be a number such as 0.5, not {cpus!r}.") from None
+    limit = os.cpu_count() or 1
+    if isinstance(cpus, bool) or not 0.01 <= value <= limit:
+        raise ConfigurationError(
+            f"cpus must be between 0.01 and {limit} (this machine's CPUs), got {cpus!r}."
+        )
+    return value
+
+
+# -- block I/O --------------------------------------------------------------------------
+
+_IO_KEYS = ("read_bps", "write_bps", "read_iops", "write_iops")
+_V2_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "write_iops": "wiops"}
+
+
+def data_path(service: Service) -> str:
+    """Where the service keeps its data on the host: its first volume or bind mount,
+    else Docker's own data root."""
+    mounts = service.container().attrs.get("Mounts") or []
+    for mount in mounts:
+        if mount.get("Source"):
+            return str(mount["Source"])
+    return str(service.project.client.info().get("DockerRootDir", "/var/lib/docker"))
+
+
+@contextmanager
+def io_throttle(
+    service: Service, *, path: str | None = None, **limits: int | str
+) -> Iterator[IoHandle]:
+    """Throttle ``service``'s block I/O on the disk holding ``path`` (default: its
+    data volume): ``read_bps``, ``write_bps`` (bytes/s, e.g. '1m'), ``read_iops``,
+    ``write_iops``. On cgroup v1 only direct and fsync'd writes are throttled, not
+    buffered ones (the kernel's writeback is charged to no one)."""
+    unknown = set(limits) - set(_IO_KEYS)
+    if unknown or not limits:
+        raise ConfigurationError(
+            f"io_throttle takes one or more of {', '.join(_IO_KEYS)}; got {sorted(limits)}."
+        )
+    values = {
+        k: parse_size(v, name=k) if k.endswith("bps") else _positive_int(v, k)
+        for k, v in limits.items()
+    }
+    major, minor = block_device(path or data_path(service))
+    device = f"{major}:{minor}"
+    cg = cgroup_of(service.main_pid())
+    apply: list[tuple[Path, str]] = []
+    restore: list[tuple[Path, str]] = []
+    if cg.version == 1:
+        for key, value in values.items():
+            file = cg.path("blkio", f"blkio.throttle.{key}_device")
+            previous = _device_line(file.read_text(), device)
+            apply.append((file, f"{device} {value}"))
+            restore.append((file, f"{device} {previous.split()[1] if previous else 0}"))
+    else:
+        file = cg.path("io", "io.max")
+        previous = _device_line(file.read_text(), device)
+        apply.append(
+            (file, device + " " + " ".join(f"{_V2_KEYS[k]}={v}" for k, v in values.items()))
+        )
+        restore.append(
+            (file, previous or device + " " + " ".join(f"{k}=max" for k in _V2_KEYS.values()))
+        )
+    handle = IoHandle(kind="io", target=service.name, device=device, limits=values)
+    with _cgroup_change(service, handle, apply, restore):
+        yield handle
+
+
+def _device_line(text: str, device: str) -> str | None:
+    for line in text.splitlines():
+        if line.split()[:1] == [device]:
+            return line.strip()
+    return None
+
+
+def _positive_int(value: int | str, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}.") from None
+    if isinstance(value, bool) or number <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, not {value!r}.")
+    return number
+
+
+# -- I/O contention ----------------------------------------------------------------------
+
+
+@contextmanager
+def io_contention(
+    service: Service,
+    *,
+    workers: int = 2,
+    path: str | None = None,
+    bytes_per_worker: int | str = "256m",
+) -> Iterator[ContentionHandle]:
+    """Compete for the disk holding ``service``'s data: ``workers`` stress-ng
+    processes of ours writing and reading files there (with fsync), until undone."""
+    if not 1 <= workers <= 16:
+        raise ConfigurationError(f"workers must be between 1 and 16, got {workers}.")
+    size = parse_size(bytes_per_worker, name="bytes_per_worker")
+    stress = shutil.which("stress-ng")
+    if stress is None:
+        raise EnvironmentProblem(
+            "stress-ng is not installed: apt-get install stress-ng (scripts/setup does)."
+        )
+    base = Path(path or data_path(service))
+    parent = base if base.is_dir() else base.parent
+    directory = tempfile.mkdtemp(prefix="pytest-chaos-io-", dir=parent)
+    handle = ContentionHandle(
+        kind="io-contention", target=service.name, workers=workers, directory=directory
+    )
+    argv = [
+        stress,
+        "--hdd",
+        str(workers),
+        "--hdd-bytes",
+        str(size),
+        "--hdd-opts",
+        "fsync",
+        "--temp-path",
+        directory,
+        "--timeout",
+        "3600s",
+        "--quiet",
+    ]
+    with journaled(service, "stress-ng", handle.describe(), {"directory": directory}) as undone:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            handle.pid = proc.pid
+            undone.note(pid=proc.pid, start=linux.start_time(proc.pid))
+            # In force once its workers run; bad options make it exit instead.
+            deadline = time.monotonic() + 10
+            while len(linux.children(proc.pid)) < workers:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    said = proc.stderr.read().decode().strip() if proc.stderr else ""
+                    raise FaultError(f"stress-ng did not start its workers: {said or 'no output'}")
+                time.sleep(0.02)
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            _stop_group(proc.pid, proc)
+            shutil.rmtree(directory, ignore_errors=True)
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+def _stop_group(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Stop stress-ng and its workers: its own session, started by us."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    if proc is not None:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@undoer("stress-ng")
+def _undo_stress(data: dict[str, Any]) -> str:
+    pid = int(data.get("pid", 0))
+    outcome = "stress-ng was not running"
+    if pid > 1 and linux.start_time(pid) == data.get("start"):
+        _stop_group(pid)
+        outcome = f"stopped stress-ng (pid {pid})"
+    shutil.rmtree(str(data["directory"]), ignore_errors=True)
+    return f"{outcome}; removed {data['directory']}"

@@ -1,0 +1,185 @@
+"""Resource faults against the real stack: each limit is in force (measured from
+inside the container) while the context is open, and the exact previous cgroup
+values are back afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pytest_chaos import ConfigurationError
+from pytest_chaos.faults.resources import cpu_quota, io_contention, io_throttle, memory_cap
+from pytest_chaos.targets import linux
+from pytest_chaos.targets.cgroup import cgroup_of
+
+pytestmark = [pytest.mark.root, pytest.mark.resources, pytest.mark.slow]
+
+CPU_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+MEMORY_FILES = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+
+BUSY = """
+import time
+start, cpu0 = time.monotonic(), time.process_time()
+while time.monotonic() - start < 1.5:
+    pass
+print(time.process_time() - cpu0)
+"""
+
+
+def snapshot(service, controller, names):
+    cg = cgroup_of(service.main_pid())
+    if cg.version == 2:
+        names = {"cpu": ("cpu.max",), "memory": ("memory.max", "memory.swap.max")}[controller]
+    return {n: cg.read(controller, n) for n in names if cg.has(controller, n)}
+
+
+def run_in(service, code: str) -> str:
+    result = service.container().exec_run(["python3", "-c", code])
+    return result.output.decode().strip()
+
+
+def test_cpu_quota_caps_cpu_time_and_restores_exactly(chaos_project):
+    api = chaos_project.service("trading-api")
+    before = snapshot(api, "cpu", CPU_FILES)
+    with cpu_quota(api, 0.5) as handle:
+        limited = float(run_in(api, BUSY))
+        assert snapshot(api, "cpu", CPU_FILES) != before
+    unlimited = float(run_in(api, BUSY))
+    assert snapshot(api, "cpu", CPU_FILES) == before
+    # 1.5 s of wall time at 0.5 CPU: about 0.75 s of CPU. Measured here 0.73-0.76 s;
+    # unlimited, 1.2-1.5 s on this shared 2-core machine.
+    assert limited < 0.9, limited
+    assert unlimited > limited * 1.3, (unlimited, limited)
+    assert handle.figures()["cpus"] == 0.5
+
+
+def test_memory_cap_lets_the_oom_killer_act_and_names_the_victim(chaos_project):
+    api = chaos_project.service("trading-api")
+    before = snapshot(api, "memory", MEMORY_FILES)
+    cg = cgroup_of(api.main_pid())
+    usage = int(cg.read("memory", "memory.usage_in_bytes" if cg.version == 1 else "memory.current"))
+    hog = "x = bytearray(400 * 2**20); import time; time.sleep(5)"
+    with memory_cap(api, usage + 64 * 2**20) as handle:
+        result = api.container().exec_run(["python3", "-c", hog])
+        assert result.exit_code == 137  # SIGKILLed by the OOM killer
+        victims = handle.oom_victims()
+    assert [v.process for v in victims] == ["python3"]
+    assert victims[0].pid != api.main_pid()  # the hog, not the API
+    assert snapshot(api, "memory", MEMORY_FILES) == before
+    assert handle.figures()["oom_kills"] == 1
+    assert api.is_healthy()
+
+
+def test_a_memory_cap_below_current_use_is_refused(chaos_project):
+    api = chaos_project.service("trading-api")
+    before = snapshot(api, "memory", MEMORY_FILES)
+    refused = pytest.raises(ConfigurationError, match="below what trading-api uses now")
+    with refused, memory_cap(api, "5m"):
+        pass
+    assert snapshot(api, "memory", MEMORY_FILES) == before
+
+
+def test_io_throttle_slows_direct_writes_and_restores(chaos_project):
+    postgres = chaos_project.service("postgres")
+    write = [
+        "dd",
+        "if=/dev/zero",
+        "of=/var/lib/postgresql/data/chaos-io-probe",
+        "bs=1M",
+        "count=8",
+        "oflag=direct",
+    ]
+
+    def timed() -> float:
+        start = time.monotonic()
+        assert postgres.container().exec_run(write).exit_code == 0
+        return time.monotonic() - start
+
+    try:
+        with io_throttle(postgres, write_bps="4m") as handle:
+            throttled = timed()
+        free = timed()
+    finally:
+        postgres.container().exec_run(["rm", "-f", "/var/lib/postgresql/data/chaos-io-probe"])
+    # 8 MiB at 4 MiB/s: about 2 s (the first second's budget lets some through at once).
+    assert throttled > 1.0, throttled
+    assert free < throttled / 3, (free, throttled)
+    cg = cgroup_of(postgres.main_pid())
+    if cg.version == 1:
+        assert handle.device not in cg.read("blkio", "blkio.throttle.write_bps_device")
+
+
+def test_io_contention_runs_stress_ng_until_undone(chaos_project):
+    postgres = chaos_project.service("postgres")
+    with io_contention(postgres, workers=2, bytes_per_worker="32m") as handle:
+        assert len(linux.children(handle.pid)) >= 2
+        directory = handle.directory
+    assert linux.is_gone(handle.pid)
+    import os
+
+    assert not os.path.exists(directory)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: cpu_quota(s, 0), "cpus must be between"),
+        (lambda s: cpu_quota(s, "half"), "cpus must be a number"),
+        (lambda s: memory_cap(s, "lots"), "is not a size"),
+        (lambda s: io_throttle(s), "io_throttle takes one or more of"),
+        (lambda s: io_throttle(s, write_bps="fast"), "is not a size"),
+        (lambda s: io_throttle(s, writes=5), "io_throttle takes one or more of"),
+        (lambda s: io_contention(s, workers=0), "workers must be between"),
+    ],
+)
+def test_bad_resource_arguments_apply_nothing(chaos_project, call, message):
+    api = chaos_project.service("trading-api")
+    before = snapshot(api, "cpu", CPU_FILES), snapshot(api, "memory", MEMORY_FILES)
+    with pytest.raises(ConfigurationError, match=message), call(api):
+        pass
+    assert (snapshot(api, "cpu", CPU_FILES), snapshot(api, "memory", MEMORY_FILES)) == before
+
+
+@pytest.mark.parametrize("kind", ["cpu", "memory"])
+def test_kill_9_of_pytest_leaves_the_limit_and_cleanup_restores_it(
+    pytester, chaos_project, tmp_path, kind
+):
+    call = {"cpu": 'chaos.cpu_quota("redis", 0.3)', "memory": 'chaos.memory_cap("redis", "200m")'}
+    files = {"cpu": CPU_FILES, "memory": MEMORY_FILES}[kind]
+    redis = chaos_project.service("redis")
+    before = snapshot(redis, kind, files)
+    marker = tmp_path / "in-force"
+    pytester.makepyfile(
+        f"""
+        import pathlib, time
+        def test_x(chaos):
+            {call[kind]}
+            pathlib.Path({str(marker)!r}).write_text("yes")
+            time.sleep(120)
+        """
+    )
+    args = [f"--chaos-project={chaos_project.name}", f"--chaos-journal={tmp_path / 'journal'}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "the inner pytest ended before applying its fault"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert snapshot(redis, kind, files) != before, "the limit should outlive a SIGKILLed pytest"
+    result = pytester.runpytest_subprocess(*args, "--chaos-cleanup")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["pytest-chaos: undid * redis*restored *"])
+    assert snapshot(redis, kind, files) == before

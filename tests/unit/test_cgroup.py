@@ -1,0 +1,95 @@
+"""Finding a container's cgroups on v1, hybrid and v2 hosts, from fake trees."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_chaos import ConfigurationError
+from pytest_chaos.faults.resources import _v1_memory
+from pytest_chaos.targets.cgroup import cgroup_of
+from pytest_chaos.units import parse_size
+
+CID = "docker/" + "a" * 64
+
+
+def fake(tmp_path: Path, cgroup_lines: list[str], dirs: list[str], v2_root: bool = False):
+    proc = tmp_path / "proc"
+    (proc / "42").mkdir(parents=True)
+    (proc / "42" / "cgroup").write_text("\n".join(cgroup_lines) + "\n")
+    root = tmp_path / "cgroup"
+    for d in dirs:
+        (root / d).mkdir(parents=True)
+    if v2_root:
+        (root / "cgroup.controllers").write_text("cpu memory io\n")
+        (root / CID / "cgroup.controllers").write_text("cpu memory io\n")
+    return root, proc
+
+
+def test_v1_and_hybrid_hosts_use_the_v1_controllers(tmp_path):
+    root, proc = fake(
+        tmp_path,
+        [f"4:memory:/{CID}", f"1:cpu:/{CID}", f"7:blkio:/{CID}", "0::/"],
+        [f"memory/{CID}", f"cpu/{CID}", f"blkio/{CID}", "unified"],
+    )
+    cg = cgroup_of(42, root, proc)
+    assert cg.version == 1
+    assert (
+        cg.path("memory", "memory.limit_in_bytes")
+        == root / "memory" / CID / "memory.limit_in_bytes"
+    )
+    assert cg.path("blkio", "x") == root / "blkio" / CID / "x"
+
+
+def test_comounted_v1_controllers_are_found(tmp_path):
+    root, proc = fake(
+        tmp_path,
+        [f"3:cpu,cpuacct:/{CID}", f"4:memory:/{CID}"],
+        [f"cpu,cpuacct/{CID}", f"memory/{CID}"],
+    )
+    assert (
+        cgroup_of(42, root, proc).path("cpu", "cpu.cfs_quota_us").parent
+        == root / "cpu,cpuacct" / CID
+    )
+
+
+def test_a_v2_host_uses_the_unified_directory(tmp_path):
+    root, proc = fake(tmp_path, [f"0::/{CID}"], [CID], v2_root=True)
+    cg = cgroup_of(42, root, proc)
+    assert cg.version == 2
+    assert cg.path("memory", "memory.max") == root / CID / "memory.max"
+    assert cg.path("io", "io.max") == root / CID / "io.max"
+
+
+@given(
+    limit=st.integers(1, 2**40),
+    current=st.integers(1, 2**40),
+)
+def test_v1_memory_writes_keep_memsw_at_least_the_limit_at_every_step(limit, current):
+    state = {"limit": current, "memsw": current}
+    for path, value in _v1_memory(Path("limit"), Path("memsw"), limit, limit, current):
+        state[path.name] = int(value)
+        assert state["memsw"] >= state["limit"]
+    assert state == {"limit": limit, "memsw": limit}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("256m", 256 * 2**20),
+        ("1g", 2**30),
+        ("512MiB", 512 * 2**20),
+        ("1.5k", 1536),
+        (4096, 4096),
+        ("10", 10),
+    ],
+)
+def test_sizes_parse_in_powers_of_1024(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "-1m", "0", 0, True, "1x", None])
+def test_bad_sizes_are_refused(bad):
+    with pytest.raises(ConfigurationError):
+        parse_size(bad)
