@@ -17,6 +17,7 @@ from .units import parse_duration
 
 if TYPE_CHECKING:
     from .faults.network import BandwidthHandle, NetworkHandle
+    from .faults.postgres import HogHandle, MaxConnectionsHandle
     from .faults.process import CascadeHandle, KillHandle, PauseHandle, StopHandle
     from .faults.resources import ContentionHandle, CpuHandle, IoHandle, MemoryHandle
     from .journal import Journal
@@ -212,6 +213,18 @@ class Chaos:
         from .faults.resources import io_contention
 
         return self.inject(io_contention(self.service(service), workers=workers, **options))
+
+    def max_connections(self, service: str, value: int) -> MaxConnectionsHandle:
+        """Restart PostgreSQL ``service`` with a lower max_connections."""
+        from .faults.postgres import max_connections
+
+        return self.inject(max_connections(self.service(service), value))
+
+    def connection_hog(self, service: str, dsn: str, connections: int) -> HogHandle:
+        """Hold ``connections`` idle connections to PostgreSQL ``service`` at ``dsn``."""
+        from .faults.postgres import connection_hog
+
+        return self.inject(connection_hog(self.service(service), dsn, connections))
 
     def _peer(self, peer: str) -> Service | str:
         import ipaddress

@@ -34,6 +34,7 @@ FAULT_MODULES = (
     "pytest_chaos.faults.process",
     "pytest_chaos.faults.network",
     "pytest_chaos.faults.resources",
+    "pytest_chaos.faults.postgres",
 )
 _UNDOS: dict[str, Undo] = {}
 

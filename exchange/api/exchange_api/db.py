@@ -282,7 +282,13 @@ class Database:
 
 
 def _too_many_clients(exc: BaseException) -> bool:
-    return getattr(exc, "sqlstate", None) == "53300" or "too many clients" in str(exc)
+    # SQLSTATE 53300 is not always set on a refused connection: read the message too.
+    text = str(exc)
+    return (
+        getattr(exc, "sqlstate", None) == "53300"
+        or "too many clients" in text
+        or "remaining connection slots are reserved" in text
+    )
 
 
 def _describe(exc: BaseException) -> str:
