@@ -16,6 +16,7 @@ from .faults.base import FaultHandle
 from .units import parse_duration
 
 if TYPE_CHECKING:
+    from .faults.latency import LatencyHandle
     from .faults.network import BandwidthHandle, NetworkHandle
     from .faults.postgres import HogHandle, MaxConnectionsHandle
     from .faults.process import CascadeHandle, KillHandle, PauseHandle, StopHandle
@@ -182,6 +183,24 @@ class Chaos:
 
         parse_rate(rate)
         return self.inject(bandwidth(self.service(service), rate, **options))
+
+    def latency(
+        self,
+        service: str,
+        delay: float | str,
+        *,
+        jitter: float | str = 0,
+        peers: list[str] | None = None,
+        method: str = "auto",
+    ) -> LatencyHandle:
+        """Delay what ``service`` sends (to ``peers``, or everything): netem where the
+        kernel has it, else the NFQUEUE delayer; ``handle.method`` says which."""
+        from .faults.latency import check_delay, latency
+
+        check_delay(delay, jitter)
+        target = self.service(service)
+        others = [self._peer(p) for p in peers or []]
+        return self.inject(latency(target, delay, jitter=jitter, peers=others, method=method))
 
     def memory_cap(
         self, service: str, limit: int | str, *, allow_swap: bool = False

@@ -35,6 +35,7 @@ FAULT_MODULES = (
     "pytest_chaos.faults.network",
     "pytest_chaos.faults.resources",
     "pytest_chaos.faults.postgres",
+    "pytest_chaos.faults.latency",
 )
 _UNDOS: dict[str, Undo] = {}
 

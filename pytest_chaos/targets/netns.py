@@ -86,6 +86,30 @@ def netlink_socket(ns: NetNamespace) -> socket.socket:
     return sock
 
 
+def scratch_netlink_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket in a fresh, empty network namespace of our own (a
+    thread unshares it and opens the socket; the namespace goes away with the
+    socket). For questions to the kernel that must not touch any real interface."""
+    made: dict[str, object] = {}
+
+    def unshare_and_open() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            made["error"] = os.strerror(ctypes.get_errno())
+            return
+        made["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+
+    thread = threading.Thread(target=unshare_and_open, name="pytest-chaos-unshare")
+    thread.start()
+    thread.join()
+    sock = made.get("socket")
+    if not isinstance(sock, socket.socket):
+        raise PermissionProblem(
+            f"cannot make a scratch network namespace ({made.get('error')}): run pytest as root."
+        )
+    return sock
+
+
 def _inode(path: str) -> int:
     return os.stat(path).st_ino
 

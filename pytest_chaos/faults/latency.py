@@ -1,0 +1,297 @@
+"""Latency (with optional jitter) on what a service sends, toward chosen peers or
+all traffic.
+
+Where the kernel has sch_netem, a netem qdisc does it (for chosen peers, under a
+prio qdisc with u32 filters). Where it does not (netlink answers ENOENT for the
+netem kind, as on this project's CI machines), the packets go through an NFQUEUE,
+fed by an iptables rule inside the namespace and emptied by a delayer process of
+ours (``pytest_chaos.faults.delayer``) that holds each packet for the delay. The
+rule has --queue-bypass: should the delayer die, traffic flows undelayed. The
+handle says which path is in force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigurationError, EnvironmentProblem, FaultError
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..journal import undoer
+from ..targets import linux
+from ..targets.compose import ComposeProject, Service
+from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
+from ..units import parse_duration
+from .base import FaultHandle, journaled
+from .network import DEFAULT_ROOT_QDISCS, _peer_addresses, qdisc_session, root_qdisc
+
+METHODS = ("auto", "netem", "nfqueue")
+CHAIN_PREFIX = "PYTEST_CHAOS_"
+
+
+@dataclass
+class LatencyHandle(FaultHandle):
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    peers: dict[str, str] | None = None
+    #: "netem" or "nfqueue": the path in force.
+    method: str = ""
+    delayer_pid: int = 0
+
+    def describe(self) -> str:
+        whom = ", ".join(self.peers or {}) or "all traffic"
+        jitter = f" ±{self.jitter_s * 1000:g} ms" if self.jitter_s else ""
+        return f"latency {self.target} -> {whom} {self.delay_s * 1000:g} ms{jitter}"
+
+    def figures(self) -> dict[str, float | int | str]:
+        return {
+            **super().figures(),
+            "delay_ms": round(self.delay_s * 1000, 3),
+            "jitter_ms": round(self.jitter_s * 1000, 3),
+            "method": self.method,
+        }
+
+
+def check_delay(delay: float | str, jitter: float | str) -> tuple[float, float]:
+    delay_s = parse_duration(delay, name="delay")
+    if delay_s > 10:
+        raise ConfigurationError(f"delay must be at most 10 s, got {delay!r}.")
+    jitter_s = 0.0 if jitter in (0, 0.0, "0") else parse_duration(jitter, name="jitter")
+    if jitter_s > delay_s:
+        raise ConfigurationError(f"jitter ({jitter!r}) must not exceed the delay ({delay!r}).")
+    return delay_s, jitter_s
+
+
+def netem_available() -> bool:
+    """Whether the kernel has sch_netem. Asked in a network namespace of our own,
+    made for the question and gone after it: a netem qdisc on its loopback either
+    works or netlink answers ENOENT (the kind is unknown). Nothing else is touched."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    sock = scratch_netlink_socket()
+    with contextlib.closing(IPRoute(fileno=sock.detach())) as ipr:
+        try:
+            ipr.tc("add", "netem", 1, handle="1:", delay=1000)
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return False
+            raise
+    return True
+
+
+@contextmanager
+def latency(
+    service: Service,
+    delay: float | str,
+    *,
+    jitter: float | str = 0,
+    peers: Sequence[Service | str] = (),
+    method: str = "auto",
+    interface: str = "eth0",
+) -> Iterator[LatencyHandle]:
+    """Delay what ``service`` sends (to ``peers``, or everything) by ``delay``."""
+    delay_s, jitter_s = check_delay(delay, jitter)
+    if method not in METHODS:
+        raise ConfigurationError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
+    addresses = _peer_addresses(peers)
+    pid = service.init_pid()
+    if method == "auto":
+        method = "netem" if netem_available() else "nfqueue"
+    elif method == "netem" and not netem_available():
+        raise EnvironmentProblem(
+            "this kernel has no sch_netem (netlink: ENOENT for kind netem); use method='auto' "
+            "or 'nfqueue' for the packet-delaying fallback, or load the module "
+            "(modprobe sch_netem)."
+        )
+    handle = LatencyHandle(
+        kind="latency",
+        target=service.name,
+        delay_s=delay_s,
+        jitter_s=jitter_s,
+        peers=addresses,
+        method=method,
+    )
+    if method == "netem":
+        with _netem(service, pid, handle, interface):
+            yield handle
+    else:
+        with _nfqueue(service, pid, handle):
+            yield handle
+
+
+# -- netem ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _netem(service: Service, pid: int, handle: LatencyHandle, interface: str) -> Iterator[None]:
+    delay_us, jitter_us = int(handle.delay_s * 1e6), int(handle.jitter_s * 1e6)
+    with (
+        qdisc_session(pid, service.name, interface) as (ipr, index),
+        journaled(service, "qdisc", handle.describe(), {"interface": interface}) as undone,
+    ):
+        before = root_qdisc(ipr, index)
+        if before not in DEFAULT_ROOT_QDISCS:
+            raise FaultError(
+                f"{service.name} {interface} already has a root qdisc {before!r}; "
+                "refusing to replace it."
+            )
+        try:
+            if not handle.peers:
+                ipr.tc("add", "netem", index, handle="1:", delay=delay_us, jitter=jitter_us)
+            else:
+                # Band 3 of a prio qdisc gets the netem; u32 filters send the peers there.
+                ipr.tc("add", "prio", index, handle="1:", bands=3)
+                ipr.tc(
+                    "add",
+                    "netem",
+                    index,
+                    handle="30:",
+                    parent="1:3",
+                    delay=delay_us,
+                    jitter=jitter_us,
+                )
+                for address in handle.peers.values():
+                    hex_ip = "".join(f"{int(part):02x}" for part in address.split("."))
+                    ipr.tc(
+                        "add-filter",
+                        "u32",
+                        index,
+                        parent="1:",
+                        prio=1,
+                        protocol=0x0800,
+                        target="1:3",
+                        keys=[f"0x{hex_ip}/0xffffffff+16"],
+                    )
+            handle.applied_at = time.monotonic()
+            yield
+        finally:
+            if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
+                ipr.tc("del", index=index, root=True)
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+# -- NFQUEUE fallback -------------------------------------------------------------------
+
+
+def _iptables(ns: NetNamespace, *args: str) -> str:
+    return ns.run(["iptables", "-w", "5", "-t", "mangle", *args])
+
+
+def _remove_chain(ns: NetNamespace, chain: str) -> bool:
+    listed = _iptables(ns, "-S")
+    if f"-N {chain}" not in listed:
+        return False
+    while f"-A OUTPUT -j {chain}" in _iptables(ns, "-S", "OUTPUT"):
+        _iptables(ns, "-D", "OUTPUT", "-j", chain)
+    _iptables(ns, "-F", chain)
+    _iptables(ns, "-X", chain)
+    return True
+
+
+@contextmanager
+def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None]:
+    try:
+        import netfilterqueue  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem(
+            "the kernel has no netem and the NFQUEUE fallback needs the netfilterqueue package: "
+            "apt-get install libnetfilter-queue-dev, then pip install netfilterqueue "
+            "(scripts/setup does both)."
+        ) from None
+    journal = service.project.journal
+    chain = f"{CHAIN_PREFIX}{journal.run_id if journal else 'NORUN'}_{secrets.token_hex(2)}".upper()
+    queue = 1000 + secrets.randbelow(60000)
+    with (
+        open_netns(pid, service.name) as ns,
+        journaled(service, "nfqueue-latency", handle.describe(), {"chain": chain}) as undone,
+    ):
+        proc: subprocess.Popen[str] | None = None
+        try:
+            proc = subprocess.Popen(
+                [
+                    "nsenter",
+                    f"--net=/proc/self/fd/{ns.fd}",
+                    sys.executable,
+                    "-m",
+                    "pytest_chaos.faults.delayer",
+                    "--queue",
+                    str(queue),
+                    "--delay-ms",
+                    str(handle.delay_s * 1000),
+                    "--jitter-ms",
+                    str(handle.jitter_s * 1000),
+                ],
+                pass_fds=(ns.fd,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            handle.delayer_pid = proc.pid
+            undone.note(pid=proc.pid, start=linux.start_time(proc.pid))
+            ready = proc.stdout.readline().strip() if proc.stdout else ""
+            if ready != "ready":
+                said = proc.stderr.read().strip() if proc.stderr else ""
+                raise FaultError(f"the packet delayer did not start: {said or 'no output'}")
+            _iptables(ns, "-N", chain)
+            targets: list[str | None] = list((handle.peers or {}).values()) or [None]
+            for address in targets:
+                rule = ["-A", chain, "-o", "eth0"]
+                if address is not None:
+                    rule += ["-d", address]
+                _iptables(ns, *rule, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+            _iptables(ns, "-I", "OUTPUT", "-j", chain)
+            handle.applied_at = time.monotonic()
+            yield
+        finally:
+            with contextlib.suppress(FaultError):
+                _remove_chain(ns, chain)
+            if proc is not None:
+                _stop(proc)
+            if f"-N {chain}" in _iptables(ns, "-S"):
+                raise FaultError(f"iptables chain {chain} is still in {service.name}'s namespace.")
+            handle.undone_at = time.monotonic()
+            undone()
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@undoer("nfqueue-latency")
+def _undo_nfqueue(data: dict[str, Any]) -> str:
+    done = []
+    project = ComposeProject(str(data["project"]))
+    service = Service(project, str(data["service"]), str(data["container_id"]))
+    with contextlib.suppress(Exception), open_netns(service.init_pid(), service.name) as ns:
+        if _remove_chain(ns, str(data["chain"])):
+            done.append(f"removed iptables chain {data['chain']}")
+    pid = int(data.get("pid", 0))
+    if pid > 1 and linux.start_time(pid) == data.get("start"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        done.append(f"stopped the delayer (pid {pid})")
+    return "; ".join(done) or "nothing was left"
