@@ -22,6 +22,10 @@ import time
 from typing import Any
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGINT: accept what is held and exit."""
+
+
 def run(queue: int, delay_s: float, jitter_s: float, seed: int | None = None) -> int:
     from netfilterqueue import NetfilterQueue
 
@@ -29,7 +33,6 @@ def run(queue: int, delay_s: float, jitter_s: float, seed: int | None = None) ->
     held: list[tuple[float, int, Any]] = []
     order = itertools.count()
     last_due = 0.0
-    stopping = False
 
     def hold(packet: Any) -> None:
         nonlocal last_due
@@ -39,8 +42,8 @@ def run(queue: int, delay_s: float, jitter_s: float, seed: int | None = None) ->
         heapq.heappush(held, (last_due, next(order), packet))
 
     def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        # Raising (not just flagging) ends a select that would otherwise be retried.
+        raise _Stop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -50,7 +53,7 @@ def run(queue: int, delay_s: float, jitter_s: float, seed: int | None = None) ->
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     try:
-        while not stopping:
+        while True:
             now = time.monotonic()
             while held and held[0][0] <= now:
                 heapq.heappop(held)[2].accept()
@@ -61,6 +64,8 @@ def run(queue: int, delay_s: float, jitter_s: float, seed: int | None = None) ->
                 continue
             if readable:
                 nfq.run(block=False)
+    except _Stop:
+        pass
     finally:
         while held:
             heapq.heappop(held)[2].accept()
