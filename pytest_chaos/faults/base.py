@@ -40,6 +40,25 @@ class FaultHandle:
         return out
 
 
+def journaled_service(data: dict[str, Any]) -> Service:
+    """The service a journal entry names (it may since have stopped or gone)."""
+    from ..targets.compose import ComposeProject, Service
+
+    project = ComposeProject(str(data["project"]))
+    return Service(project, str(data["service"]), str(data["container_id"]))
+
+
+def running_pid(service: Service) -> int | None:
+    """The container's first process, or None when it is stopped or removed (its
+    namespaces, and whatever a fault put in them, went with it)."""
+    from ..errors import UnknownService, UnsafeTarget
+
+    try:
+        return service.init_pid()
+    except (UnknownService, UnsafeTarget):
+        return None
+
+
 def target_data(service: Service) -> dict[str, Any]:
     """What a journal undo needs to find ``service`` again."""
     return {

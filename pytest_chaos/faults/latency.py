@@ -29,10 +29,10 @@ from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..journal import undoer
 from ..targets import linux
-from ..targets.compose import ComposeProject, Service
+from ..targets.compose import Service
 from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
 from ..units import parse_duration
-from .base import FaultHandle, journaled
+from .base import FaultHandle, journaled, journaled_service, running_pid
 from .network import DEFAULT_ROOT_QDISCS, _peer_addresses, qdisc_session, root_qdisc
 
 METHODS = ("auto", "netem", "nfqueue")
@@ -284,11 +284,12 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 @undoer("nfqueue-latency")
 def _undo_nfqueue(data: dict[str, Any]) -> str:
     done = []
-    project = ComposeProject(str(data["project"]))
-    service = Service(project, str(data["service"]), str(data["container_id"]))
-    with contextlib.suppress(Exception), open_netns(service.init_pid(), service.name) as ns:
-        if _remove_chain(ns, str(data["chain"])):
-            done.append(f"removed iptables chain {data['chain']}")
+    service = journaled_service(data)
+    pid_1 = running_pid(service)
+    if pid_1 is not None:
+        with open_netns(pid_1, service.name) as ns:
+            if _remove_chain(ns, str(data["chain"])):
+                done.append(f"removed iptables chain {data['chain']}")
     pid = int(data.get("pid", 0))
     if pid > 1 and linux.start_time(pid) == data.get("start"):
         with contextlib.suppress(ProcessLookupError):

@@ -22,10 +22,10 @@ from typing import Any
 from ..errors import ConfigurationError, FaultError, UnknownService
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..journal import undoer
-from ..targets.compose import ComposeProject, Service
+from ..targets.compose import Service
 from ..targets.netns import NetNamespace, netlink_socket, open_netns
 from ..units import parse_duration
-from .base import FaultHandle, journaled
+from .base import FaultHandle, journaled, journaled_service, running_pid
 
 MODES = ("drop", "reject")
 DIRECTIONS = ("both", "egress", "ingress")
@@ -298,11 +298,9 @@ def loss(
 
 @undoer("nft-table")
 def _undo_table(data: dict[str, Any]) -> str:
-    project = ComposeProject(str(data["project"]))
-    service = Service(project, str(data["service"]), str(data["container_id"]))
-    try:
-        pid = service.init_pid()
-    except Exception:  # noqa: BLE001 - stopped or removed: its namespace, and the table, are gone
+    service = journaled_service(data)
+    pid = running_pid(service)
+    if pid is None:
         return "its container is not running; the table went with its namespace"
     with open_netns(pid, service.name) as ns:
         removed = _delete_table(ns, str(data["table"]))
@@ -411,11 +409,9 @@ def qdisc_session(pid: int, owner: str, interface: str) -> Iterator[tuple[Any, i
 
 @undoer("qdisc")
 def _undo_qdisc(data: dict[str, Any]) -> str:
-    project = ComposeProject(str(data["project"]))
-    service = Service(project, str(data["service"]), str(data["container_id"]))
-    try:
-        pid = service.init_pid()
-    except Exception:  # noqa: BLE001 - not running: the qdisc went with its namespace
+    service = journaled_service(data)
+    pid = running_pid(service)
+    if pid is None:
         return "its container is not running; the qdisc went with its namespace"
     with qdisc_session(pid, service.name, str(data["interface"])) as (ipr, index):
         if root_qdisc(ipr, index) in DEFAULT_ROOT_QDISCS:

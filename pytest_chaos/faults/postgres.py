@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..journal import undoer
-from ..targets.compose import ComposeProject, Service
-from .base import FaultHandle, journaled
+from ..targets.compose import Service
+from .base import FaultHandle, journaled, journaled_service, running_pid
 
 if TYPE_CHECKING:
     import psycopg
@@ -136,8 +136,7 @@ def max_connections(
 
 @undoer("pg-max-connections")
 def _undo_max_connections(data: dict[str, Any]) -> str:
-    project = ComposeProject(str(data["project"]))
-    service = Service(project, str(data["service"]), str(data["container_id"]))
+    service = journaled_service(data)
     service.ensure_running_and_healthy(timeout=60.0, start_after=0.0)
     previous = data.get("previous")
     _set(service, None if previous is None else str(previous))
@@ -189,11 +188,8 @@ def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[Hog
 
 @undoer("pg-hog")
 def _undo_hog(data: dict[str, Any]) -> str:
-    project = ComposeProject(str(data["project"]))
-    service = Service(project, str(data["service"]), str(data["container_id"]))
-    try:
-        service.init_pid()
-    except Exception:  # noqa: BLE001 - not running: its connections are gone
+    service = journaled_service(data)
+    if running_pid(service) is None:
         return "PostgreSQL is not running; its connections are gone"
     name = str(data["application_name"])
     if not re.fullmatch(r"pytest_chaos_hog_[0-9a-z]+", name):

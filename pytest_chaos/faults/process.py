@@ -21,9 +21,9 @@ from ..errors import ConfigurationError, FaultError, PermissionProblem, UnknownS
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..journal import undoer
 from ..targets import linux
-from ..targets.compose import ComposeProject, Service
+from ..targets.compose import Service
 from ..units import parse_duration, parse_signal
-from .base import FaultHandle, journaled
+from .base import FaultHandle, journaled, journaled_service
 
 _EXIT_GRACE_S = 5.0
 # Signals that leave the process stopped rather than dead; undone by SIGCONT.
@@ -298,8 +298,7 @@ def _gaps(gaps: float | str | Sequence[float | str], count: int) -> list[float]:
 
 
 def _journaled_service(data: dict[str, Any]) -> Service | None:
-    project = ComposeProject(str(data["project"]))
-    service = Service(project, str(data["service"]), str(data["container_id"]))
+    service = journaled_service(data)
     try:
         service.container()
     except UnknownService:

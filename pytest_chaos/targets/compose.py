@@ -38,6 +38,11 @@ def docker_client() -> docker.DockerClient:
         client = docker.from_env(timeout=30)
         client.ping()
     except DockerException as exc:
+        if "Permission denied" in str(exc):
+            raise DockerUnavailable(
+                "permission denied on the Docker socket: run pytest as root (sudo), "
+                "or as a member of the docker group."
+            ) from exc
         raise DockerUnavailable(
             f"cannot reach the Docker daemon ({exc}); start dockerd (scripts/setup does) "
             "or set DOCKER_HOST."

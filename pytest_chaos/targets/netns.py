@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..errors import EnvironmentProblem, FaultError, PermissionProblem, UnsafeTarget
@@ -65,48 +65,37 @@ def netlink_socket(ns: NetNamespace) -> socket.socket:
     thread, so a short-lived thread enters the namespace and opens the socket there
     (a socket keeps the namespace it was created in); pytest's threads never move,
     and nothing forks (a forked pytest would run its finalizers twice)."""
-    made: dict[str, object] = {}
-
-    def enter_and_open() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(ns.fd, _CLONE_NEWNET) != 0:
-            made["error"] = os.strerror(ctypes.get_errno())
-            return
-        made["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-
-    thread = threading.Thread(target=enter_and_open, name="pytest-chaos-setns")
-    thread.start()
-    thread.join()
-    sock = made.get("socket")
-    if not isinstance(sock, socket.socket):
-        raise PermissionProblem(
-            f"cannot enter {ns.owner}'s network namespace ({made.get('error')}): "
-            "run pytest as root (sudo)."
-        )
-    return sock
+    return _netlink_socket_from_thread(
+        lambda libc: int(libc.setns(ns.fd, _CLONE_NEWNET)),
+        f"cannot enter {ns.owner}'s network namespace",
+    )
 
 
 def scratch_netlink_socket() -> socket.socket:
     """A NETLINK_ROUTE socket in a fresh, empty network namespace of our own (a
     thread unshares it and opens the socket; the namespace goes away with the
     socket). For questions to the kernel that must not touch any real interface."""
+    return _netlink_socket_from_thread(
+        lambda libc: int(libc.unshare(_CLONE_NEWNET)), "cannot make a scratch network namespace"
+    )
+
+
+def _netlink_socket_from_thread(move: Callable[[ctypes.CDLL], int], failure: str) -> socket.socket:
     made: dict[str, object] = {}
 
-    def unshare_and_open() -> None:
+    def move_and_open() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(_CLONE_NEWNET) != 0:
+        if move(libc) != 0:
             made["error"] = os.strerror(ctypes.get_errno())
             return
         made["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
 
-    thread = threading.Thread(target=unshare_and_open, name="pytest-chaos-unshare")
+    thread = threading.Thread(target=move_and_open, name="pytest-chaos-netns")
     thread.start()
     thread.join()
     sock = made.get("socket")
     if not isinstance(sock, socket.socket):
-        raise PermissionProblem(
-            f"cannot make a scratch network namespace ({made.get('error')}): run pytest as root."
-        )
+        raise PermissionProblem(f"{failure} ({made.get('error')}): run pytest as root (sudo).")
     return sock
 
 

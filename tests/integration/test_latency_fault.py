@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import pytest
@@ -96,43 +94,15 @@ def test_bad_latency_arguments_apply_nothing(chaos_project, kwargs, message):
         assert "PYTEST_CHAOS" not in ns.run(["iptables", "-t", "mangle", "-S"])
 
 
-def test_kill_9_of_pytest_leaves_the_delay_and_cleanup_removes_it(
-    pytester, chaos_project, tmp_path
-):
-    marker = tmp_path / "in-force"
-    pytester.makepyfile(
-        f"""
-        import pathlib, time
-        def test_x(chaos):
-            handle = chaos.latency("trading-api", "100ms", peers=["postgres"])
-            pathlib.Path({str(marker)!r}).write_text(str(handle.delayer_pid))
-            time.sleep(120)
-        """
-    )
-    args = [f"--chaos-project={chaos_project.name}", f"--chaos-journal={tmp_path / 'journal'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def test_kill_9_of_pytest_leaves_the_delay_and_cleanup_removes_it(chaos_project, kill_9_during):
     api = chaos_project.service("trading-api")
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() or not marker.read_text():
-            assert proc.poll() is None, "the inner pytest ended before applying its fault"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    killed = kill_9_during('chaos.latency("trading-api", "100ms", peers=["postgres"])')
     assert statistics.median(connect_ms(api, "postgres", 5432, 5)) > 90
-    result = pytester.runpytest_subprocess(*args, "--chaos-cleanup")
+    result = killed.cleanup()
     assert result.ret == 0
     result.stdout.fnmatch_lines(["pytest-chaos: undid latency trading-api*"])
     assert statistics.median(connect_ms(api, "postgres", 5432)) < 10
-    delayer = int(marker.read_text())
+    delayer = int(killed.said)
     deadline = time.monotonic() + 10
     while not linux.is_gone(delayer) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 
 import pytest
 
@@ -215,40 +213,13 @@ KILL_9 = {
 
 @pytest.mark.parametrize("kind", sorted(KILL_9))
 def test_kill_9_of_pytest_leaves_the_fault_and_cleanup_removes_it(
-    pytester, chaos_project, tmp_path, kind
+    chaos_project, kill_9_during, kind
 ):
     call, in_force, said = KILL_9[kind]
-    marker = tmp_path / "in-force"
-    pytester.makepyfile(
-        f"""
-        import pathlib, time
-        def test_x(chaos):
-            {call}
-            pathlib.Path({str(marker)!r}).write_text("yes")
-            time.sleep(120)
-        """
-    )
-    journal = tmp_path / "journal"
-    args = [f"--chaos-project={chaos_project.name}", f"--chaos-journal={journal}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     api = chaos_project.service("trading-api")
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the inner pytest ended before applying its fault"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    killed = kill_9_during(call)
     assert in_force(api), "the fault should outlive a SIGKILLed pytest"
-    result = pytester.runpytest_subprocess(*args, "--chaos-cleanup")
+    result = killed.cleanup()
     assert result.ret == 0
     result.stdout.fnmatch_lines([said])
     assert not in_force(api)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import psycopg
@@ -77,39 +75,13 @@ def test_connection_hog_holds_and_releases_connections(chaos_project, exchange):
 
 
 def test_kill_9_of_pytest_leaves_max_connections_and_cleanup_restores_it(
-    pytester, chaos_project, tmp_path
+    chaos_project, kill_9_during
 ):
     postgres = chaos_project.service("postgres")
     before = psql(postgres, "SHOW max_connections")
-    marker = tmp_path / "in-force"
-    pytester.makepyfile(
-        f"""
-        import pathlib, time
-        def test_x(chaos):
-            chaos.max_connections("postgres", 15)
-            pathlib.Path({str(marker)!r}).write_text("yes")
-            time.sleep(120)
-        """
-    )
-    args = [f"--chaos-project={chaos_project.name}", f"--chaos-journal={tmp_path / 'journal'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while not marker.exists():
-            assert proc.poll() is None, "the inner pytest ended before applying its fault"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    killed = kill_9_during('chaos.max_connections("postgres", 15)')
     assert psql(postgres, "SHOW max_connections") == "15"
-    result = pytester.runpytest_subprocess(*args, "--chaos-cleanup")
+    result = killed.cleanup()
     assert result.ret == 0
     result.stdout.fnmatch_lines([f"pytest-chaos: undid max_connections postgres*is {before} again"])
     assert psql(postgres, "SHOW max_connections") == before

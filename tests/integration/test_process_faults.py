@@ -3,10 +3,6 @@ through the journal after pytest itself is killed with SIGKILL."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
 import pytest
 
 from pytest_chaos import ConfigurationError, FaultError, cascade, pause, stop
@@ -79,46 +75,17 @@ FAULTS = {
 
 @pytest.mark.parametrize("kind", sorted(FAULTS))
 def test_kill_9_of_pytest_leaves_the_fault_and_cleanup_undoes_it(
-    pytester, chaos_project, tmp_path, kind
+    chaos_project, kill_9_during, kind
 ):
     call, in_force = FAULTS[kind]
-    marker = tmp_path / "in-force"
-    pytester.makepyfile(
-        f"""
-        import pathlib, time
-        def test_x(chaos):
-            {call}
-            pathlib.Path({str(marker)!r}).write_text("yes")
-            time.sleep(120)
-        """
-    )
-    journal = tmp_path / "journal"
-    args = [f"--chaos-project={chaos_project.name}", f"--chaos-journal={journal}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     redis = chaos_project.service("redis")
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the inner pytest ended before applying its fault"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    killed = kill_9_during(call)
     assert in_force(redis), "the fault should outlive a SIGKILLed pytest"
-
-    result = pytester.runpytest_subprocess(*args, "--chaos-cleanup")
+    result = killed.cleanup()
     assert result.ret == 0
     result.stdout.fnmatch_lines([f"pytest-chaos: undid {kind.replace('sigstop', 'kill')} redis*"])
     assert redis.is_healthy()
     assert not in_force(redis)
-    assert list(journal.glob("*.json")) == []
 
 
 def _proc_state(pid: int) -> str:

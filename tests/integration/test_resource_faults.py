@@ -4,8 +4,6 @@ values are back afterwards."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -145,41 +143,15 @@ def test_bad_resource_arguments_apply_nothing(chaos_project, call, message):
 
 @pytest.mark.parametrize("kind", ["cpu", "memory"])
 def test_kill_9_of_pytest_leaves_the_limit_and_cleanup_restores_it(
-    pytester, chaos_project, tmp_path, kind
+    chaos_project, kill_9_during, kind
 ):
     call = {"cpu": 'chaos.cpu_quota("redis", 0.3)', "memory": 'chaos.memory_cap("redis", "200m")'}
     files = {"cpu": CPU_FILES, "memory": MEMORY_FILES}[kind]
     redis = chaos_project.service("redis")
     before = snapshot(redis, kind, files)
-    marker = tmp_path / "in-force"
-    pytester.makepyfile(
-        f"""
-        import pathlib, time
-        def test_x(chaos):
-            {call[kind]}
-            pathlib.Path({str(marker)!r}).write_text("yes")
-            time.sleep(120)
-        """
-    )
-    args = [f"--chaos-project={chaos_project.name}", f"--chaos-journal={tmp_path / 'journal'}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the inner pytest ended before applying its fault"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    killed = kill_9_during(call[kind])
     assert snapshot(redis, kind, files) != before, "the limit should outlive a SIGKILLed pytest"
-    result = pytester.runpytest_subprocess(*args, "--chaos-cleanup")
+    result = killed.cleanup()
     assert result.ret == 0
     result.stdout.fnmatch_lines(["pytest-chaos: undid * redis*restored *"])
     assert snapshot(redis, kind, files) == before

@@ -207,19 +207,7 @@ def test_faults_are_undone_when_pytest_is_interrupted(pytester, faults, sig):
             time.sleep(60)  # the dwell the interruption cuts short
         """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while "in force" not in (faults.read_text() if faults.exists() else ""):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "the inner test never applied its fault"
-        time.sleep(0.05)
+    proc = _run_until_applied(pytester, faults)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert faults.read_text().split("\n") == ["apply a", "in force", "undo a", ""]
