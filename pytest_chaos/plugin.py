@@ -57,7 +57,7 @@ class ChaosSettings:
     journal: Path
 
 
-@dataclass
+@dataclass(eq=False)  # registered with pluggy, which keeps plugins in sets
 class ChaosPlugin:
     """Session state: settings and the figures each test recorded."""
 

@@ -331,3 +331,13 @@ def test_a_forked_child_killed_with_sigterm_does_not_rerun_pytest_teardown(pytes
     )
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
     assert len(log.read_text().splitlines()) == 1
+
+
+def test_works_beside_conftest_files_in_sibling_folders(pytester):
+    """pluggy keeps plugins in sets when a conftest does not apply to a test's folder:
+    the session plugin must be hashable (it was not, and crashed the whole run)."""
+    pytester.mkpydir("a").joinpath("conftest.py").write_text("")
+    pytester.path.joinpath("a", "test_a.py").write_text("def test_a(chaos):\n    pass\n")
+    pytester.mkpydir("b").joinpath("conftest.py").write_text("")
+    pytester.path.joinpath("b", "test_b.py").write_text("def test_b():\n    pass\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
