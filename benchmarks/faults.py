@@ -125,7 +125,7 @@ def stack(project_name: str | None) -> Iterator[ComposeProject]:
 
 
 def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], bool], Any, Any, int]]:
-    """(name, ours-enter, ours-leave, in_force, cli-enter, cli-leave, runs-divisor)."""
+    """(name, ours-enter, ours-leave, in_force, cli-enter, cli-leave, settle seconds)."""
     redis, nginx, api, pg = (p.service(n) for n in ("redis", "nginx", "trading-api", "postgres"))
     rid = redis.container_id
     docker = shutil.which("docker") or "docker"
@@ -146,13 +146,13 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
     cases = [
         (
             # Docker backs restarts off (100 ms, doubling) while a container keeps
-            # dying within 10 s of its start: kills are spaced by more (divisor 4).
+            # dying within 10 s of its start: kills are spaced by more.
             "kill (SIGKILL, restart policy)",
             *cm_pair(lambda: process.kill(redis, "SIGKILL")),
             redis_down,
             kill_enter_cli,
             kill_leave_cli,
-            4,
+            11.0,
         ),
         (
             "pause",
@@ -160,7 +160,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             lambda: bool(redis.state()["Paused"]),
             lambda: run([docker, "pause", rid]),
             lambda _: run([docker, "unpause", rid]),
-            1,
+            0.0,
         ),
         (
             "stop / start",
@@ -168,7 +168,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             lambda: not nginx.is_healthy(),
             lambda: run([docker, "stop", "-t", "1", nginx.container_id]),
             lambda _: run([docker, "start", nginx.container_id]),
-            2,
+            0.0,
         ),
         (
             "partition (reject)",
@@ -204,7 +204,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
                     "REJECT",
                 ]
             ),
-            1,
+            0.0,
         ),
         (
             "loss 10%",
@@ -238,7 +238,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
                     *LOSS_RULE,
                 ]
             ),
-            1,
+            0.0,
         ),
         (
             "bandwidth (tbf)",
@@ -268,7 +268,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             lambda _: run(
                 ["nsenter", "-t", api_pid(), "-n", "tc", "qdisc", "del", "dev", "eth0", "root"]
             ),
-            1,
+            0.0,
         ),
         (
             "latency 50 ms",
@@ -276,7 +276,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             lambda: "PYTEST_CHAOS" in _ipt(api, "mangle"),
             None,
             None,
-            1,
+            0.0,
         ),
         (
             "cpu quota 0.5",
@@ -294,7 +294,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
                 ]
             ),
             lambda _: run([docker, "update", "--cpu-quota", "-1", api.container_id]),
-            1,
+            0.0,
         ),
         (
             "memory cap 400m",
@@ -302,7 +302,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             lambda: cgroup_value(api, "memory", "memory.limit_in_bytes") == str(400 * 2**20),
             None,
             None,
-            1,
+            0.0,
         ),
         (
             "io throttle",
@@ -310,7 +310,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             lambda: "10485760" in cgroup_value(pg, "blkio", "blkio.throttle.write_bps_device"),
             None,
             None,
-            1,
+            0.0,
         ),
     ]
     return cases
@@ -393,9 +393,8 @@ def main() -> None:
         project.journal = Journal(
             Path("/var/lib/pytest-chaos/journal"), "bench" + os.urandom(2).hex()
         )
-        for name, enter, leave, in_force, cli_enter, cli_leave, divisor in fault_cases(project):
-            runs = max(3, args.runs // divisor)
-            settle = 11.0 if divisor == 4 else 0.0
+        for name, enter, leave, in_force, cli_enter, cli_leave, settle in fault_cases(project):
+            runs = args.runs
             ours, cli = [], []
             for _ in range(runs):
                 ours.append(measure(enter, leave, in_force))
