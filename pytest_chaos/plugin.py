@@ -20,6 +20,7 @@ from .units import parse_duration
 
 if TYPE_CHECKING:
     from .chaos import Chaos
+    from .observe.bpf import BpfProbes
     from .targets.compose import ComposeProject
 
 MARKERS = {
@@ -266,6 +267,20 @@ def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
     if settings.project:
         return attach(settings.project, plugin.journal)
     return start_with_pytest_docker(request, timeout=settings.timeout, journal=plugin.journal)
+
+
+@pytest.fixture
+def bpf(request: pytest.FixtureRequest) -> BpfProbes:
+    """Kernel probes scoped to services: ``with bpf.watch("trading-api") as probes:``
+    runs them while the block runs; ``probes.observation`` holds what they saw, and
+    every figure becomes a JUnit property ``bpf_<service>_...``. Where BPF cannot load,
+    the figures come from /proc counters and ``observation.degraded`` says why."""
+    from .observe.bpf import BpfProbes
+
+    def record(name: str, value: object) -> None:
+        request.node.user_properties.append((name, value))
+
+    return BpfProbes(lambda: request.getfixturevalue("chaos_project"), record)
 
 
 @pytest.fixture

@@ -149,6 +149,14 @@ class Service:
                 return str(net["IPAddress"])
         raise UnknownService(f"service {self.name!r} has no IP address (is it running?).")
 
+    def addresses(self) -> list[str]:
+        """Every IP address of the container, one per network it is on."""
+        networks = self.container().attrs["NetworkSettings"]["Networks"]
+        found = [str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress")]
+        if not found:
+            raise UnknownService(f"service {self.name!r} has no IP address (is it running?).")
+        return found
+
     def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
         bindings = self.container().attrs["NetworkSettings"]["Ports"].get(f"{port}/{protocol}")
         if not bindings:
