@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,18 @@ from typing import Any
 
 from ..errors import ConfigurationError, EnvironmentProblem
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from .histogram import Histogram
 
-PROBES = ("connect", "tcp")
-_SOURCES = {"connect": "tcp_connect.c", "tcp": "tcp_events.c"}
+PROBES = ("connect", "tcp", "process", "runqueue", "block", "pages")
+_SOURCES = {
+    "connect": "tcp_connect.c",
+    "tcp": "tcp_events.c",
+    "process": "process_events.c",
+    "runqueue": "runqueue.c",
+    "block": "block_io.c",
+    "pages": "page_alloc.c",
+}
+_SIGNALS = {2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
 _STATES = [
     "0", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
     "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE", "14", "15",
@@ -68,6 +78,17 @@ class TcpObservation:
     resets_sent: int | None = None
     resets_received: int | None = None
     state_changes: dict[str, int] = field(default_factory=dict)
+    #: OOM victims, fatal signals and exits of the services' processes, in order.
+    process_events: list[ProcessEvent] | None = None
+    #: OOM kills counted by the services' memory cgroups (the /proc fallback's view).
+    oom_kills: int | None = None
+    runqueue: Histogram | None = None
+    #: Mean run-queue wait per scheduling of the services' threads (/proc fallback).
+    runqueue_mean_us: float | None = None
+    block_read: Histogram | None = None
+    block_write: Histogram | None = None
+    #: Pages the services' processes allocated (host-wide in the /proc fallback).
+    page_allocs: int | None = None
     #: "bpf", or "proc" when only /proc counters could be read.
     source: str = "bpf"
     #: Why the observation is degraded (None when BPF ran).
@@ -84,8 +105,34 @@ class TcpObservation:
             if a.port == port and (destination is None or a.destination == destination)
         ]
 
+    @property
+    def oom_victims(self) -> list[ProcessEvent]:
+        return [e for e in self.process_events or [] if e.kind == "oom_victim"]
+
+    @property
+    def exits(self) -> list[ProcessEvent]:
+        return [e for e in self.process_events or [] if e.kind == "exit"]
+
     def figures(self, prefix: str = "bpf") -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {f"{prefix}_source": self.source}
+        if self.process_events is not None:
+            out[f"{prefix}_oom_victims"] = len(self.oom_victims)
+            out[f"{prefix}_process_exits"] = len(self.exits)
+            if self.oom_victims:
+                first = self.oom_victims[0]
+                out[f"{prefix}_oom_victim"] = f"{first.comm} (pid {first.pid})"
+        if self.oom_kills is not None:
+            out[f"{prefix}_oom_kills"] = self.oom_kills
+        if self.runqueue is not None:
+            out.update(self.runqueue.figures(f"{prefix}_runq"))
+        if self.runqueue_mean_us is not None:
+            out[f"{prefix}_runq_mean_us"] = round(self.runqueue_mean_us, 1)
+        for name in ("block_read", "block_write"):
+            hist = getattr(self, name)
+            if hist is not None and hist.count:
+                out.update(hist.figures(f"{prefix}_{name}"))
+        if self.page_allocs is not None:
+            out[f"{prefix}_page_allocs"] = self.page_allocs
         if self.degraded:
             out[f"{prefix}_degraded"] = self.degraded
         if self.connects is not None:
@@ -104,6 +151,20 @@ class TcpObservation:
 # -- pairing kernel events into attempts ---------------------------------------------
 
 
+class _ProcessEvent(ctypes.Structure):
+    """struct process_event of bpf_programs/process_events.c."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("pid", ctypes.c_int32),
+        ("sig", ctypes.c_int32),
+        ("result", ctypes.c_int32),
+        ("in_scope", ctypes.c_uint32),
+        ("comm", ctypes.c_char * 16),
+    ]
+
+
 class _ConnectEvent(ctypes.Structure):
     """struct connect_event of bpf_programs/tcp_connect.c."""
 
@@ -117,6 +178,18 @@ class _ConnectEvent(ctypes.Structure):
         ("error", ctypes.c_int32),
         ("kind", ctypes.c_uint32),
     ]
+
+
+@dataclass(frozen=True)
+class ProcessEvent:
+    """An OOM victim ("oom_victim"), a fatal signal sent ("signal") or a process
+    exit ("exit") of a watched process, at ``ts`` (monotonic s)."""
+
+    ts: float
+    kind: str
+    pid: int
+    comm: str
+    signal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,54 +327,76 @@ def proc_tcp_counters(pid: int) -> dict[str, int]:
 # -- the session ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What the probes watch: the services' IPv4 addresses (TCP probes), a function
+    returning their current pids (process, run-queue and page probes; called again
+    while the session runs, as services restart), block devices as (major, minor)
+    (block probe), and a pid inside their network namespace (/proc fallback)."""
+
+    addresses: tuple[str, ...]
+    pid: int
+    pids: Any = None  # Callable[[], set[int]]
+    devices: tuple[tuple[int, int], ...] = ()
+    cgroups: tuple[Path, ...] = ()  # memory cgroup directories, for the fallback
+    #: (device, inode) of the services' pid namespaces: the kernel tells whether the
+    #: current task is in one (bpf_get_ns_current_pid_tgid), even for a process that
+    #: lives a few milliseconds.
+    pid_namespaces: tuple[tuple[int, int], ...] = ()
+
+
 class BpfSession:
-    """Probes scoped to ``addresses`` (the services' IPv4 addresses) while the context
-    is open; ``observation`` holds what they saw once it closes. ``pid`` is a process
-    in the services' network namespace, for the /proc fallback."""
+    """Probes scoped to the services while the context is open; ``observation`` holds
+    what they saw once it closes."""
 
     def __init__(
         self,
-        addresses: Sequence[str],
+        addresses: Sequence[str] = (),
         *,
         pid: int,
-        probes: Sequence[str] = PROBES,
+        probes: Sequence[str] = ("connect", "tcp"),
         support: BpfSupport | None = None,
+        scope: Scope | None = None,
     ) -> None:
         unknown = set(probes) - set(PROBES)
         if unknown or not probes:
             raise ConfigurationError(
                 f"probes are some of {', '.join(PROBES)}; got {sorted(probes)}."
             )
-        if not addresses:
+        self.scope = scope or Scope(tuple(str(a) for a in addresses), pid)
+        if not self.scope.addresses and {"connect", "tcp"} & set(probes):
             raise ConfigurationError(
-                "a BPF session needs the addresses of the services it watches."
+                "the TCP probes need the addresses of the services they watch."
             )
-        self.addresses = [str(a) for a in addresses]
-        self.pid = pid
+        if self.scope.pids is None and {"process", "runqueue", "pages"} & set(probes):
+            raise ConfigurationError(
+                "the process, runqueue and pages probes need the services' pids."
+            )
         self.probes = tuple(probes)
         self.support = support if support is not None else bpf_support()
         self.observation = TcpObservation()
         self._bpfs: dict[str, Any] = {}
         self._events: list[RawConnectEvent] = []
+        self._process_events: list[ProcessEvent] = []
+        self._known_pids: set[int] = set()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self._counters_before: dict[str, int] = {}
+        self._before: dict[str, Any] = {}
 
     def __enter__(self) -> BpfSession:
-        self._counters_before = proc_tcp_counters(self.pid)
+        self._before = self._proc_snapshot()
         if not self.support.available:
             return self
         try:
             self._load()
         except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception on load failures
             self._close_bpf()
-            self.support = BpfSupport(
-                False, f"BPF did not load: {str(exc).strip().splitlines()[-1]}"
-            )
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            self.support = BpfSupport(False, f"BPF did not load: {last}")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        after = proc_tcp_counters(self.pid)
+        after = self._proc_snapshot()
         if self._bpfs:
             self._stop.set()
             if self._poller is not None:
@@ -318,45 +413,96 @@ class BpfSession:
 
         if self.support.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = self.support.kernel_source
-        keys = [struct.unpack("I", socket.inet_aton(a))[0] for a in self.addresses]
         for probe in self.probes:
-            bpf = BPF(src_file=str(programs_dir() / _SOURCES[probe]).encode())
-            self._bpfs[probe] = bpf
-            scope = bpf[b"scope"]
-            for key in keys:
-                scope[scope.Key(key)] = scope.Leaf(1)
+            self._bpfs[probe] = BPF(src_file=str(programs_dir() / _SOURCES[probe]).encode())
+        keys = [struct.unpack("I", socket.inet_aton(a))[0] for a in self.scope.addresses]
+        for probe in ("connect", "tcp"):
+            if probe in self._bpfs:
+                table = self._bpfs[probe][b"scope"]
+                for key in keys:
+                    table[table.Key(key)] = table.Leaf(1)
+        for probe in ("process", "pages"):
+            if probe in self._bpfs:
+                table = self._bpfs[probe][b"pid_namespaces"]
+                for i, (dev, ino) in enumerate(self.scope.pid_namespaces[:8]):
+                    table[table.Key(i)] = table.Leaf(dev, ino)
+        if "block" in self._bpfs:
+            table = self._bpfs["block"][b"devices"]
+            for major, minor in self.scope.devices:
+                table[table.Key((major << 20) | minor)] = table.Leaf(1)
+        self._refresh_pids()
         if "connect" in self._bpfs:
+            self._bpfs["connect"][b"connect_events"].open_perf_buffer(self._on_connect, page_cnt=64)
+        if "process" in self._bpfs:
+            self._bpfs["process"][b"process_events"].open_perf_buffer(self._on_process, page_cnt=64)
+        self._poller = threading.Thread(target=self._poll, name="pytest-chaos-bpf", daemon=True)
+        self._poller.start()
 
-            def on_event(_cpu: int, data: Any, _size: int) -> None:
-                # Decoded with our own struct: a callback that referred to the bcc
-                # table would keep it alive past cleanup(), and its __del__ then fails.
-                ev = ctypes.cast(data, ctypes.POINTER(_ConnectEvent)).contents
-                self._events.append(
-                    RawConnectEvent(
-                        ts=ev.ts_ns / 1e9,
-                        kind=int(ev.kind),
-                        skaddr=int(ev.skaddr),
-                        saddr=socket.inet_ntoa(struct.pack("I", ev.saddr)),
-                        daddr=socket.inet_ntoa(struct.pack("I", ev.daddr)),
-                        sport=int(ev.sport),
-                        dport=int(ev.dport),
-                        error=int(ev.error),
-                    )
-                )
+    # Callbacks decode with our own structs: a callback that referred to the bcc table
+    # would keep it alive past cleanup(), and its __del__ then fails.
 
-            self._bpfs["connect"][b"connect_events"].open_perf_buffer(on_event, page_cnt=64)
-            self._poller = threading.Thread(target=self._poll, name="pytest-chaos-bpf", daemon=True)
-            self._poller.start()
+    def _on_connect(self, _cpu: int, data: Any, _size: int) -> None:
+        ev = ctypes.cast(data, ctypes.POINTER(_ConnectEvent)).contents
+        self._events.append(
+            RawConnectEvent(
+                ts=ev.ts_ns / 1e9,
+                kind=int(ev.kind),
+                skaddr=int(ev.skaddr),
+                saddr=socket.inet_ntoa(struct.pack("I", ev.saddr)),
+                daddr=socket.inet_ntoa(struct.pack("I", ev.daddr)),
+                sport=int(ev.sport),
+                dport=int(ev.dport),
+                error=int(ev.error),
+            )
+        )
+
+    def _on_process(self, _cpu: int, data: Any, _size: int) -> None:
+        ev = ctypes.cast(data, ctypes.POINTER(_ProcessEvent)).contents
+        pid = int(ev.pid)
+        if not ev.in_scope and pid not in self._known_pids:
+            self._refresh_pids()  # a process that started since the last refresh
+            if pid not in self._known_pids:
+                return
+        kind = {1: "oom_victim", 2: "signal", 3: "exit"}.get(int(ev.kind), "unknown")
+        self._process_events.append(
+            ProcessEvent(
+                ts=ev.ts_ns / 1e9,
+                kind=kind,
+                pid=pid,
+                comm=bytes(ev.comm).split(b"\0", 1)[0].decode("utf-8", "replace"),
+                signal=_SIGNALS.get(int(ev.sig)) if kind == "signal" else None,
+            )
+        )
+
+    def _refresh_pids(self) -> None:
+        if self.scope.pids is None:
+            return
+        pids = set(self.scope.pids())
+        self._known_pids |= pids
+        tids = {int(t.name) for p in pids for t in _tasks(p)}
+        if "runqueue" in self._bpfs:
+            table = self._bpfs["runqueue"][b"watched"]
+            for tid in tids:
+                table[table.Key(tid)] = table.Leaf(1)
 
     def _poll(self) -> None:
-        bpf = self._bpfs["connect"]
+        buffers = [self._bpfs[p] for p in ("connect", "process") if p in self._bpfs]
+        refreshed = 0.0
         while not self._stop.is_set():
-            bpf.perf_buffer_poll(timeout=100)
+            for bpf in buffers:
+                bpf.perf_buffer_poll(timeout=50)
+            if not buffers:
+                self._stop.wait(0.05)
+            if time.monotonic() - refreshed > 0.2:
+                self._refresh_pids()
+                refreshed = time.monotonic()
 
     def _collect(self) -> None:
         obs = TcpObservation(source="bpf")
+        for probe in ("connect", "process"):
+            if probe in self._bpfs:
+                self._bpfs[probe].perf_buffer_poll(timeout=50)
         if "connect" in self._bpfs:
-            self._bpfs["connect"].perf_buffer_poll(timeout=50)
             obs.connects = assemble_attempts(self._events)
         if "tcp" in self._bpfs:
             counters = [v.value for v in self._bpfs["tcp"][b"counters"].values()]
@@ -366,6 +512,15 @@ class BpfSession:
                 for i, v in enumerate(self._bpfs["tcp"][b"states"].values())
                 if v.value
             }
+        if "process" in self._bpfs:
+            obs.process_events = sorted(self._process_events, key=lambda e: e.ts)
+        if "runqueue" in self._bpfs:
+            obs.runqueue = _histogram(self._bpfs["runqueue"][b"runq_us"])
+        if "block" in self._bpfs:
+            obs.block_read = _histogram(self._bpfs["block"][b"read_us"])
+            obs.block_write = _histogram(self._bpfs["block"][b"write_us"])
+        if "pages" in self._bpfs:
+            obs.page_allocs = int(self._bpfs["pages"][b"pages"][0].value)
         self.observation = obs
 
     def _close_bpf(self) -> None:
@@ -375,15 +530,27 @@ class BpfSession:
 
     # -- /proc -----------------------------------------------------------------------------
 
-    def _fallback(self, after: dict[str, int]) -> None:
-        def delta(key: str) -> int:
-            return after.get(key, 0) - self._counters_before.get(key, 0)
+    def _proc_snapshot(self) -> dict[str, Any]:
+        try:
+            tcp = proc_tcp_counters(self.scope.pid)
+        except OSError:  # the process is gone (its container stopped or restarted)
+            tcp = {}
+        snap: dict[str, Any] = {"tcp": tcp}
+        snap["oom"] = sum(_oom_kills(c) for c in self.scope.cgroups)
+        if self.scope.pids is not None:
+            snap["sched"] = _schedstat(self.scope.pids())
+        snap["vmstat"] = _vmstat_pgalloc()
+        return snap
 
-        self.observation = TcpObservation(
-            connects=None,
+    def _fallback(self, after: dict[str, Any]) -> None:
+        tcp_before, tcp_after = self._before["tcp"], after["tcp"]
+
+        def delta(key: str) -> int:
+            return int(tcp_after.get(key, 0)) - int(tcp_before.get(key, 0))
+
+        obs = TcpObservation(
             retransmits=delta("Tcp.RetransSegs"),
             resets_sent=delta("Tcp.OutRsts"),
-            resets_received=None,
             state_changes={
                 "ActiveOpens": delta("Tcp.ActiveOpens"),
                 "AttemptFails": delta("Tcp.AttemptFails"),
@@ -391,6 +558,61 @@ class BpfSession:
             source="proc",
             degraded=self.support.reason,
         )
+        if self.scope.cgroups:
+            obs.oom_kills = after["oom"] - self._before["oom"]
+        if "sched" in after:
+            waited = after["sched"][0] - self._before["sched"][0]
+            slices = after["sched"][1] - self._before["sched"][1]
+            obs.runqueue_mean_us = waited / slices / 1000 if slices > 0 else 0.0
+        obs.page_allocs = after["vmstat"] - self._before["vmstat"]  # host-wide: degraded
+        self.observation = obs
+
+
+def _tasks(pid: int) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+
+
+def _histogram(table: Any) -> Histogram:
+    return Histogram({int(k.value): int(v.value) for k, v in table.items() if v.value})
+
+
+def _oom_kills(memory_cgroup: Path) -> int:
+    for name in ("memory.oom_control", "memory.events"):
+        try:
+            text = (memory_cgroup / name).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    return 0
+
+
+def _schedstat(pids: set[int]) -> tuple[int, int]:
+    """Run-queue wait (ns) and timeslices summed over every thread of ``pids``."""
+    waited = slices = 0
+    for pid in pids:
+        for task in _tasks(pid):
+            try:
+                _, wait_ns, count = (task / "schedstat").read_text().split()
+            except (OSError, ValueError):
+                continue
+            waited += int(wait_ns)
+            slices += int(count)
+    return waited, slices
+
+
+def _vmstat_pgalloc() -> int:
+    total = 0
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key.startswith("pgalloc_"):
+            total += int(value)
+    return total
 
 
 class BpfProbes:
@@ -408,12 +630,48 @@ class BpfProbes:
         if not services:
             raise ConfigurationError("watch which service? e.g. bpf.watch('trading-api').")
         targets = [self._project().service(name) for name in services]
-        addresses = [a for t in targets for a in t.addresses()]
         session = BpfSession(
-            addresses, pid=targets[0].init_pid(), probes=probes, support=self.support
+            pid=targets[0].init_pid(), probes=probes, support=self.support, scope=scope_of(targets)
         )
         with session:
             yield session
         label = "_".join(name.replace("-", "_") for name in services)
         for key, value in session.observation.figures(prefix=f"bpf_{label}").items():
             self._record(key, value)
+
+
+def scope_of(services: Sequence[Any]) -> Scope:
+    """The Scope of compose services: their addresses, their current pids (read from
+    their cgroups each time), the disks holding their data, their memory cgroups."""
+    from ..faults.resources import data_path
+    from ..targets.cgroup import block_device, cgroup_of
+
+    def pids() -> set[int]:
+        found: set[int] = set()
+        for service in services:
+            with contextlib.suppress(Exception):
+                cg = cgroup_of(service.main_pid())
+                procs = cg.path("pids" if cg.version == 1 else "", "cgroup.procs")
+                found |= {int(p) for p in procs.read_text().split()}
+        return found
+
+    devices = []
+    cgroups = []
+    for service in services:
+        with contextlib.suppress(Exception):
+            devices.append(block_device(data_path(service)))
+        with contextlib.suppress(Exception):
+            cgroups.append(cgroup_of(service.main_pid()).path("memory", "cgroup.procs").parent)
+    namespaces = []
+    for service in services:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{service.init_pid()}/ns/pid")
+            namespaces.append((st.st_dev, st.st_ino))
+    return Scope(
+        pid_namespaces=tuple(sorted(set(namespaces))),
+        addresses=tuple(a for s in services for a in s.addresses()),
+        pid=services[0].init_pid(),
+        pids=pids,
+        devices=tuple(sorted(set(devices))),
+        cgroups=tuple(cgroups),
+    )

@@ -1,0 +1,35 @@
+// Pages allocated by processes of the watched pid namespaces (kmem:mm_page_alloc,
+// counted in 4 KiB pages: an order-n allocation is 2^n pages). Scoped by pid
+// namespace, so even a process that lives a few milliseconds is counted.
+
+struct pid_namespace {
+    u64 dev;
+    u64 ino;
+};
+
+BPF_ARRAY(pid_namespaces, struct pid_namespace, 8);
+BPF_ARRAY(pages, u64, 1);
+
+static inline u32 current_in_scope(void) {
+    struct bpf_pidns_info info = {};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int index = i;
+        struct pid_namespace *ns = pid_namespaces.lookup(&index);
+        if (!ns || ns->ino == 0)
+            return 0;
+        if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(kmem, mm_page_alloc) {
+    if (!current_in_scope())
+        return 0;
+    int zero = 0;
+    u64 *count = pages.lookup(&zero);
+    if (count)
+        __sync_fetch_and_add(count, 1ULL << args->order);
+    return 0;
+}

@@ -1,0 +1,37 @@
+// Run-queue latency of the watched threads: from wakeup (or preemption while still
+// runnable) to running again, in a log2 histogram of microseconds.
+// sched:sched_wakeup, sched:sched_wakeup_new, sched:sched_switch.
+
+BPF_HASH(watched, u32, u8, 65536);
+BPF_HASH(queued_at, u32, u64, 65536);
+BPF_HISTOGRAM(runq_us, int, 64);
+
+static inline void enqueue(u32 tid) {
+    if (!watched.lookup(&tid))
+        return;
+    u64 now = bpf_ktime_get_ns();
+    queued_at.update(&tid, &now);
+}
+
+TRACEPOINT_PROBE(sched, sched_wakeup) {
+    enqueue(args->pid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_wakeup_new) {
+    enqueue(args->pid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_switch) {
+    if (args->prev_state == 0)  // TASK_RUNNING: preempted, still waiting for a CPU
+        enqueue(args->prev_pid);
+    u32 next = args->next_pid;
+    u64 *queued = queued_at.lookup(&next);
+    if (!queued)
+        return 0;
+    u64 delta_us = (bpf_ktime_get_ns() - *queued) / 1000;
+    runq_us.increment(bpf_log2l(delta_us));
+    queued_at.delete(&next);
+    return 0;
+}

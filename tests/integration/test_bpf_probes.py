@@ -1,0 +1,238 @@
+"""BPF probes against ground truth on the real stack: what the kernel saw matches
+what was done, and what /proc says."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from pytest_chaos import EnvironmentProblem
+from pytest_chaos.faults.network import partition
+from pytest_chaos.observe.bpf import (
+    BpfSession,
+    BpfSupport,
+    bpf_support,
+    proc_tcp_counters,
+    scope_of,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
+
+SUPPORT = bpf_support()
+needs_bpf = pytest.mark.skipif(not SUPPORT.available, reason=f"BPF unavailable: {SUPPORT.reason}")
+
+CONNECTS = """
+import json, socket, sys, time
+host, port, count, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+seen = []
+for _ in range(count):
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        seen.append(0)
+    except socket.timeout:
+        seen.append(-1)
+    except OSError as exc:
+        seen.append(exc.errno)
+print(json.dumps(seen))
+"""
+
+
+def connect_from(service, host: str, port: int, count: int, timeout: float = 1.0) -> list[int]:
+    out = service.container().exec_run(
+        ["python3", "-c", CONNECTS, host, str(port), str(count), str(timeout)]
+    )
+    return json.loads(out.output)
+
+
+def session_for(service, **kwargs) -> BpfSession:
+    return BpfSession(service.addresses(), pid=service.init_pid(), **kwargs)
+
+
+@needs_bpf
+def test_connects_to_a_closed_port_are_seen_one_by_one_with_errno_111(chaos_project):
+    api, redis = chaos_project.service("trading-api"), chaos_project.service("redis")
+    with session_for(api) as probes:
+        started = time.monotonic()
+        errnos = connect_from(api, "redis", 1, 7)
+    assert errnos == [111] * 7
+    attempts = probes.observation.attempts_to(1)
+    assert len(attempts) == 7
+    assert {(a.outcome, a.errno, a.destination) for a in attempts} == {
+        ("refused", 111, redis.address())
+    }
+    assert all(a.started >= started for a in attempts)  # the kernel's clock is time.monotonic()
+    assert probes.observation.resets_received == 7
+
+
+@needs_bpf
+def test_retransmissions_under_a_partition_match_the_namespaces_counters(chaos_project):
+    api, postgres = chaos_project.service("trading-api"), chaos_project.service("postgres")
+    before = proc_tcp_counters(api.init_pid())["Tcp.RetransSegs"]
+    with session_for(api) as probes, partition(api, [postgres], mode="drop", direction="egress"):
+        errnos = connect_from(api, "postgres", 5432, 3, timeout=2.5)
+    after = proc_tcp_counters(api.init_pid())["Tcp.RetransSegs"]
+    assert errnos == [-1, -1, -1]  # timed out
+    # Each 2.5 s connect retransmits its SYN at 1 s and 2 s (3 s on older kernels).
+    assert probes.observation.retransmits >= 3
+    # The API's own traffic retransmits nothing here, so the namespace's counter is ours.
+    assert probes.observation.retransmits == after - before
+    assert [a.outcome for a in probes.observation.attempts_to(5432)] == ["closed"] * 3
+
+
+@needs_bpf
+def test_probes_of_one_service_do_not_count_anothers_traffic(chaos_project):
+    api, redis = chaos_project.service("trading-api"), chaos_project.service("redis")
+    with session_for(redis) as probes:
+        connect_from(api, "redis", 1, 5)
+    assert probes.observation.connects == []
+    assert probes.observation.retransmits == 0
+
+
+def test_without_bpf_the_proc_counters_stand_in_and_say_why(chaos_project):
+    api = chaos_project.service("trading-api")
+    reason = "BPF unavailable (forced by this test)"
+    with session_for(api, support=BpfSupport(False, reason)) as probes:
+        connect_from(api, "redis", 1, 4)
+    obs = probes.observation
+    assert (obs.source, obs.degraded, obs.connects) == ("proc", reason, None)
+    assert obs.state_changes["AttemptFails"] == 4
+    assert obs.figures()["bpf_degraded"] == reason
+    with pytest.raises(EnvironmentProblem, match="no connect timeline: BPF did not run"):
+        obs.attempts_to(1)
+
+
+def test_the_bpf_fixture_records_figures_as_junit_properties(pytester, chaos_project):
+    pytester.makepyfile(
+        """
+        import json
+        PROBE = "import socket\\ntry: socket.create_connection(('redis', 1))\\nexcept OSError: pass"
+
+        def test_x(bpf, chaos):
+            with bpf.watch("trading-api") as probes:
+                chaos.service("trading-api").container().exec_run(["python3", "-c", PROBE])
+            assert probes.observation.source in ("bpf", "proc")
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        f"--chaos-project={chaos_project.name}", "--junitxml=out.xml"
+    )
+    result.assert_outcomes(passed=1)
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="bpf_trading_api_source"' in xml
+    if SUPPORT.available:
+        assert '<property name="bpf_trading_api_connects_refused" value="1"' in xml
+
+
+def scratch(chaos_project, command, **options):
+    """A container of the project (its labels say so) running ``command``."""
+    import uuid
+
+    name = f"chaos-scratch-{uuid.uuid4().hex[:8]}"
+    image = chaos_project.service("trading-api").container().image.id
+    container = chaos_project.client.containers.create(
+        image,
+        command,
+        name=name,
+        labels={
+            "com.docker.compose.project": chaos_project.name,
+            "com.docker.compose.service": name,
+        },
+        **options,
+    )
+    return name, container
+
+
+@needs_bpf
+def test_an_oom_victim_is_the_process_docker_reports_oom_killed(chaos_project):
+    # The hog waits for a file, so the probes are attached before it grows.
+    hog = (
+        "import os, time\n"
+        "while not os.path.exists('/tmp/go'):\n"
+        "    time.sleep(0.02)\n"
+        "blocks = []\n"
+        "while True:\n"
+        "    blocks.append(b'x' * (8 * 2**20))\n"
+        "    time.sleep(0.01)\n"
+    )
+    name, container = scratch(
+        chaos_project, ["python3", "-c", hog], mem_limit="96m", memswap_limit="96m"
+    )
+    try:
+        container.start()
+        service = chaos_project.service(name)
+        main = service.main_pid()
+        scope = scope_of([service])
+        with BpfSession(pid=service.init_pid(), probes=("process",), scope=scope) as probes:
+            container.exec_run(["touch", "/tmp/go"])  # noqa: S108 - inside the container
+            deadline = time.monotonic() + 30
+            while container.status != "exited" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                container.reload()
+        container.reload()
+        assert container.attrs["State"]["OOMKilled"] is True
+        victims = probes.observation.oom_victims
+        assert [(v.pid, v.comm) for v in victims] == [(main, "python3")]
+    finally:
+        container.remove(force=True)
+
+
+@needs_bpf
+def test_a_killed_service_shows_the_signal_and_the_exit_of_its_process(chaos_project):
+    from pytest_chaos import kill
+
+    redis = chaos_project.service("redis")
+    session = BpfSession(pid=redis.init_pid(), probes=("process",), scope=scope_of([redis]))
+    with session as probes, kill(redis, "SIGKILL") as handle:
+        pass
+    events = [(e.kind, e.pid, e.signal) for e in probes.observation.process_events]
+    assert ("signal", handle.pid, "SIGKILL") in events
+    assert ("exit", handle.pid, None) in events
+    assert events.index(("signal", handle.pid, "SIGKILL")) < events.index(
+        ("exit", handle.pid, None)
+    )
+
+
+@needs_bpf
+def test_run_queue_block_io_and_page_probes_see_the_services_work(chaos_project):
+    postgres = chaos_project.service("postgres")
+    work = (
+        "dd if=/dev/zero of=/var/lib/postgresql/data/chaos-bpf-probe bs=1M count=8 oflag=direct && "
+        "rm /var/lib/postgresql/data/chaos-bpf-probe && "
+        "python3 -c 'x = b\"x\" * (64 * 2**20)'"
+    )
+    probes_wanted = ("runqueue", "block", "pages")
+    with BpfSession(
+        pid=postgres.init_pid(), probes=probes_wanted, scope=scope_of([postgres])
+    ) as probes:
+        assert postgres.container().exec_run(["sh", "-c", work]).exit_code == 0
+    obs = probes.observation
+    assert obs.block_write.count >= 8  # eight 1 MiB direct writes, at least one request each
+    assert obs.runqueue.count > 0
+    assert obs.runqueue.percentile(50) > 0
+    assert obs.page_allocs >= 64 * 256  # 64 MiB touched by a process that lived briefly
+
+
+def test_without_bpf_oom_kills_and_run_queue_come_from_the_cgroup_and_schedstat(chaos_project):
+    hog = "x = bytearray(400 * 2**20)"
+    api = chaos_project.service("trading-api")
+    scope = scope_of([api])
+    from pytest_chaos.faults.resources import memory_cap
+    from pytest_chaos.targets.cgroup import cgroup_of
+
+    cg = cgroup_of(api.main_pid())
+    usage = int(cg.read("memory", "memory.usage_in_bytes" if cg.version == 1 else "memory.current"))
+    forced = BpfSupport(False, "BPF unavailable (forced by this test)")
+    with (
+        BpfSession(
+            pid=api.init_pid(), probes=("process", "runqueue"), scope=scope, support=forced
+        ) as probes,
+        memory_cap(api, usage + 64 * 2**20),
+    ):
+        assert api.container().exec_run(["python3", "-c", hog]).exit_code == 137
+    obs = probes.observation
+    assert obs.source == "proc"
+    assert obs.oom_kills == 1
+    assert obs.runqueue_mean_us is not None
+    assert obs.process_events is None
