@@ -2,6 +2,8 @@
 // counted in 4 KiB pages: an order-n allocation is 2^n pages). Scoped by pid
 // namespace, so even a process that lives a few milliseconds is counted.
 
+// Also in the other pid-namespace-scoped program: bcc rewrites map accesses only in
+// the main source file, so this cannot live in a shared header.
 struct pid_namespace {
     u64 dev;
     u64 ino;

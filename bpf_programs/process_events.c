@@ -25,16 +25,16 @@ struct process_event {
     char comm[16];
 };
 
+BPF_PERF_OUTPUT(process_events);
+// Also in the other pid-namespace-scoped program: bcc rewrites map accesses only in
+// the main source file, so this cannot live in a shared header.
 struct pid_namespace {
     u64 dev;
     u64 ino;
 };
 
-BPF_PERF_OUTPUT(process_events);
 BPF_ARRAY(pid_namespaces, struct pid_namespace, 8);
 
-// Whether the current task lives in one of the watched pid namespaces (filled by
-// userspace with the device and inode of /proc/PID/ns/pid).
 static inline u32 current_in_scope(void) {
     struct bpf_pidns_info info = {};
 #pragma unroll

@@ -33,7 +33,7 @@ from ..targets.compose import Service
 from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
 from ..units import parse_duration
 from .base import FaultHandle, journaled, journaled_service, running_pid
-from .network import DEFAULT_ROOT_QDISCS, _peer_addresses, qdisc_session, root_qdisc
+from .network import _peer_addresses, root_qdisc_fault
 
 METHODS = ("auto", "netem", "nfqueue")
 CHAIN_PREFIX = "PYTEST_CHAOS_"
@@ -123,7 +123,7 @@ def latency(
         method=method,
     )
     if method == "netem":
-        with _netem(service, pid, handle, interface):
+        with _netem(service, handle, interface):
             yield handle
     else:
         with _nfqueue(service, pid, handle):
@@ -134,52 +134,32 @@ def latency(
 
 
 @contextmanager
-def _netem(service: Service, pid: int, handle: LatencyHandle, interface: str) -> Iterator[None]:
+def _netem(service: Service, handle: LatencyHandle, interface: str) -> Iterator[None]:
     delay_us, jitter_us = int(handle.delay_s * 1e6), int(handle.jitter_s * 1e6)
-    with (
-        qdisc_session(pid, service.name, interface) as (ipr, index),
-        journaled(service, "qdisc", handle.describe(), {"interface": interface}) as undone,
-    ):
-        before = root_qdisc(ipr, index)
-        if before not in DEFAULT_ROOT_QDISCS:
-            raise FaultError(
-                f"{service.name} {interface} already has a root qdisc {before!r}; "
-                "refusing to replace it."
+    with root_qdisc_fault(service, interface, handle.describe()) as (ipr, index):
+        if not handle.peers:
+            ipr.tc("add", "netem", index, handle="1:", delay=delay_us, jitter=jitter_us)
+        else:
+            # Band 3 of a prio qdisc gets the netem; u32 filters send the peers there.
+            ipr.tc("add", "prio", index, handle="1:", bands=3)
+            ipr.tc(
+                "add", "netem", index, handle="30:", parent="1:3", delay=delay_us, jitter=jitter_us
             )
-        try:
-            if not handle.peers:
-                ipr.tc("add", "netem", index, handle="1:", delay=delay_us, jitter=jitter_us)
-            else:
-                # Band 3 of a prio qdisc gets the netem; u32 filters send the peers there.
-                ipr.tc("add", "prio", index, handle="1:", bands=3)
+            for address in handle.peers.values():
+                hex_ip = "".join(f"{int(part):02x}" for part in address.split("."))
                 ipr.tc(
-                    "add",
-                    "netem",
+                    "add-filter",
+                    "u32",
                     index,
-                    handle="30:",
-                    parent="1:3",
-                    delay=delay_us,
-                    jitter=jitter_us,
+                    parent="1:",
+                    prio=1,
+                    protocol=0x0800,
+                    target="1:3",
+                    keys=[f"0x{hex_ip}/0xffffffff+16"],
                 )
-                for address in handle.peers.values():
-                    hex_ip = "".join(f"{int(part):02x}" for part in address.split("."))
-                    ipr.tc(
-                        "add-filter",
-                        "u32",
-                        index,
-                        parent="1:",
-                        prio=1,
-                        protocol=0x0800,
-                        target="1:3",
-                        keys=[f"0x{hex_ip}/0xffffffff+16"],
-                    )
-            handle.applied_at = time.monotonic()
-            yield
-        finally:
-            if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
-                ipr.tc("del", index=index, root=True)
-            handle.undone_at = time.monotonic()
-            undone()
+        handle.applied_at = time.monotonic()
+        yield
+    handle.undone_at = time.monotonic()
 
 
 # -- NFQUEUE fallback -------------------------------------------------------------------

@@ -345,37 +345,46 @@ def bandwidth(
     latency_s = parse_duration(latency, name="latency")
     if burst < 1600:
         raise ConfigurationError(f"burst must be at least one packet (1600 bytes), got {burst}.")
-    pid = service.init_pid()
     handle = BandwidthHandle(
         kind="bandwidth", target=service.name, rate_bps=bits, interface=interface
     )
-    with (
-        qdisc_session(pid, service.name, interface) as (ipr, index),
-        journaled(service, "qdisc", handle.describe(), {"interface": interface}) as undone,
-    ):
+    with root_qdisc_fault(service, interface, handle.describe()) as (ipr, index):
+        ipr.tc(
+            "add",
+            "tbf",
+            index,
+            handle="1:",
+            rate=f"{bits}bit",
+            burst=burst,
+            latency=int(latency_s * 1e6),
+        )
+        handle.applied_at = time.monotonic()
+        yield handle
+    handle.undone_at = time.monotonic()
+
+
+@contextlib.contextmanager
+def root_qdisc_fault(
+    service: Service, interface: str, description: str
+) -> Iterator[tuple[Any, int]]:
+    """A netlink handle on ``interface`` of ``service``, for a fault that sets the root
+    qdisc: refused (before anything is journaled or changed) when someone else's root
+    qdisc is there; on exit, whatever root qdisc was set is removed, so the default
+    comes back."""
+    with qdisc_session(service.init_pid(), service.name, interface) as (ipr, index):
         before = root_qdisc(ipr, index)
         if before not in DEFAULT_ROOT_QDISCS:
             raise FaultError(
                 f"{service.name} {interface} already has a root qdisc {before!r}; "
                 "refusing to replace it (remove it first)."
             )
-        try:
-            ipr.tc(
-                "add",
-                "tbf",
-                index,
-                handle="1:",
-                rate=f"{bits}bit",
-                burst=burst,
-                latency=int(latency_s * 1e6),
-            )
-            handle.applied_at = time.monotonic()
-            yield handle
-        finally:
-            if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
-                ipr.tc("del", index=index, root=True)
-            handle.undone_at = time.monotonic()
-            undone()
+        with journaled(service, "qdisc", description, {"interface": interface}) as undone:
+            try:
+                yield ipr, index
+            finally:
+                if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
+                    ipr.tc("del", index=index, root=True)
+                undone()
 
 
 DEFAULT_ROOT_QDISCS = frozenset({"noqueue", "pfifo_fast", "fq_codel", "mq", None})

@@ -11,6 +11,7 @@ import pytest
 from pytest_chaos import EnvironmentProblem
 from pytest_chaos.faults.network import partition
 from pytest_chaos.observe.bpf import (
+    PROBES,
     BpfSession,
     BpfSupport,
     bpf_support,
@@ -236,3 +237,14 @@ def test_without_bpf_oom_kills_and_run_queue_come_from_the_cgroup_and_schedstat(
     assert obs.oom_kills == 1
     assert obs.runqueue_mean_us is not None
     assert obs.process_events is None
+
+
+@needs_bpf
+@pytest.mark.parametrize("probe", PROBES)
+def test_every_program_loads_here(chaos_project, probe):
+    """A program the kernel or bcc refuses would fall back to /proc quietly: say so."""
+    api = chaos_project.service("trading-api")
+    with BpfSession(pid=api.init_pid(), probes=(probe,), scope=scope_of([api])) as probes:
+        pass
+    assert probes.support.available, probes.support.reason
+    assert probes.observation.source == "bpf"

@@ -224,3 +224,27 @@ def test_kill_9_of_pytest_leaves_the_fault_and_cleanup_removes_it(
     result.stdout.fnmatch_lines([said])
     assert not in_force(api)
     assert connect_from(api, "postgres", 5432)["outcome"] == "connected"
+
+
+def test_someone_elses_root_qdisc_is_refused_and_left_alone(chaos_project, tmp_path):
+    from pytest_chaos import FaultError, Journal
+
+    api = chaos_project.service("trading-api")
+    with open_netns(api.init_pid(), api.name) as ns:
+        ns.run(
+            ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "7:", "pfifo", "limit", "500"]
+        )
+    journal = Journal(tmp_path, "testrun")
+    api.project.journal, previous = journal, api.project.journal
+    try:
+        with (
+            pytest.raises(FaultError, match="already has a root qdisc 'pfifo'"),
+            bandwidth(api, "1mbit"),
+        ):
+            pass
+        assert root_qdisc_of(api) == "pfifo"
+        assert journal.entries() == []  # refused before anything was journaled
+    finally:
+        api.project.journal = previous
+        with open_netns(api.init_pid(), api.name) as ns:
+            ns.run(["tc", "qdisc", "del", "dev", "eth0", "root"])
