@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+
+from pytest_chaos import wait_for_recovery
 
 
 @dataclass
@@ -47,11 +48,14 @@ def kill_9_during(pytester, chaos_project, tmp_path) -> Callable[[str], Killed]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + timeout
-            while not marker.exists() or not marker.read_text():
+
+            def applied() -> bool:
                 assert proc.poll() is None, "the inner pytest ended before applying its fault"
-                assert time.monotonic() < deadline, "the inner pytest never applied its fault"
-                time.sleep(0.05)
+                return marker.exists() and bool(marker.read_text())
+
+            wait_for_recovery(
+                applied, timeout=timeout, interval=0.05, transient=(), what="the fault"
+            )
         finally:
             proc.kill()
             proc.wait()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pytest_chaos import EnvironmentProblem
+from pytest_chaos import EnvironmentProblem, wait_for_recovery
 from pytest_chaos.faults.network import partition
 from pytest_chaos.observe.bpf import (
     PROBES,
@@ -167,10 +167,12 @@ def test_an_oom_victim_is_the_process_docker_reports_oom_killed(chaos_project):
         scope = scope_of([service])
         with BpfSession(pid=service.init_pid(), probes=("process",), scope=scope) as probes:
             container.exec_run(["touch", "/tmp/go"])  # noqa: S108 - inside the container
-            deadline = time.monotonic() + 30
-            while container.status != "exited" and time.monotonic() < deadline:
-                time.sleep(0.05)
+
+            def exited() -> bool:
                 container.reload()
+                return container.status == "exited"
+
+            wait_for_recovery(exited, timeout=30, interval=0.05, what="the OOM kill")
         container.reload()
         assert container.attrs["State"]["OOMKilled"] is True
         victims = probes.observation.oom_victims

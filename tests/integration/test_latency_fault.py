@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 
 import pytest
 
-from pytest_chaos import ConfigurationError, EnvironmentProblem
+from pytest_chaos import ConfigurationError, EnvironmentProblem, wait_for_recovery
 from pytest_chaos.faults.latency import latency, netem_available
 from pytest_chaos.targets import linux
 from pytest_chaos.targets.netns import open_netns
@@ -103,7 +102,4 @@ def test_kill_9_of_pytest_leaves_the_delay_and_cleanup_removes_it(chaos_project,
     result.stdout.fnmatch_lines(["pytest-chaos: undid latency trading-api*"])
     assert statistics.median(connect_ms(api, "postgres", 5432)) < 10
     delayer = int(killed.said)
-    deadline = time.monotonic() + 10
-    while not linux.is_gone(delayer) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert linux.is_gone(delayer)
+    wait_for_recovery(lambda: linux.is_gone(delayer), timeout=10, what="the delayer's exit")

@@ -4,10 +4,9 @@ journal at its start, says what it undid, and the fault is gone."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from pytest_chaos import wait_for_recovery
 from pytest_chaos.faults.postgres import psql
 from pytest_chaos.targets.cgroup import cgroup_of
 from pytest_chaos.targets.netns import open_netns
@@ -91,7 +90,4 @@ def test_the_next_session_undoes_what_a_killed_one_left(
     result = pytester.runpytest_subprocess(*[a for a in killed.args], "test_next.py")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["pytest-chaos: undid *left by run * (pytest pid *, gone)*"])
-    deadline = time.monotonic() + 10
-    while in_force(service) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not in_force(service)
+    wait_for_recovery(lambda: not in_force(service), timeout=10, what=f"the end of {kind}")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
 
-from pytest_chaos import ConfigurationError
+from pytest_chaos import ConfigurationError, wait_for_recovery
 from pytest_chaos.faults.postgres import connection_hog, max_connections, psql
 
 pytestmark = [pytest.mark.root, pytest.mark.database, pytest.mark.slow]
@@ -61,17 +59,16 @@ def test_connection_hog_holds_and_releases_connections(chaos_project, exchange):
             f"WHERE application_name = '{handle.application_name}'",
         )
         assert held == "10"
-    deadline = time.monotonic() + 10
-    while True:
+
+    def released() -> bool:
         left = psql(
             postgres,
             "SELECT count(*) FROM pg_stat_activity "
             f"WHERE application_name = '{handle.application_name}'",
         )
-        if left == "0" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert left == "0"
+        return left == "0"
+
+    wait_for_recovery(released, timeout=10, what="the hog's connections to end")
 
 
 def test_kill_9_of_pytest_leaves_max_connections_and_cleanup_restores_it(

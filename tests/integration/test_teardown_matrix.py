@@ -8,10 +8,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from pytest_chaos import wait_for_recovery
 from pytest_chaos.faults.network import TABLE_PREFIX, qdisc_session, root_qdisc
 from pytest_chaos.faults.postgres import psql
 from pytest_chaos.targets.cgroup import cgroup_of
@@ -121,12 +121,13 @@ def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_projec
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not marker.exists():
+
+    def applied() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"the inner pytest ended before applying its faults:\n{proc.stdout.read()}")
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        return marker.exists()
+
+    wait_for_recovery(applied, timeout=120, interval=0.05, transient=(), what="the faults")
     assert chaos_project.service("redis").state()["Running"] is False  # the faults are in force
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
