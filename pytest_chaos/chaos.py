@@ -92,6 +92,7 @@ class Chaos:
         signal: int | str | _signal.Signals = _signal.SIGKILL,
         *,
         recovery_timeout: float | str | None = None,
+        process: str | None = None,
     ) -> KillHandle:
         """Signal ``service``'s main process from the host (default SIGKILL: a crash the
         restart policy answers). Undo: the service runs and is healthy again."""
@@ -101,7 +102,7 @@ class Chaos:
         parse_duration(timeout, name="recovery_timeout")
         kill_signal(signal)  # bad input fails before Docker is asked anything
         target = self.service(service)
-        return self.inject(kill(target, signal, recovery_timeout=timeout))
+        return self.inject(kill(target, signal, recovery_timeout=timeout, process=process))
 
     def pause(self, service: str, *, recovery_timeout: float | str | None = None) -> PauseHandle:
         """Freeze ``service``'s container (freezer cgroup). Undo: thaw, wait healthy."""

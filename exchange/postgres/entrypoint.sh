@@ -1,6 +1,11 @@
 #!/bin/sh
-# Initialise the cluster on first start (an empty volume), then run the postmaster as
-# the container's main process (the only child of tini).
+# Initialise the cluster on first start (an empty volume), then supervise the
+# postmaster as a database host's init system would (systemd's Restart=always with
+# RestartSec): if the postmaster dies while the container lives, start it again after
+# POSTGRES_RESTART_DELAY_S seconds. The container, its address and its name stay up
+# meanwhile, so clients meet refused connections, as with a real database host.
+# Killing this supervisor (the container's main process) is a crash of the whole
+# container, which Docker's restart policy answers.
 set -eu
 : "${POSTGRES_DB:=exchange}" "${POSTGRES_USER:=exchange}" "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
 
@@ -26,4 +31,22 @@ CREATE DATABASE "$POSTGRES_DB" OWNER "$POSTGRES_USER";
 SQL
 fi
 
-exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" "$@"
+delay=${POSTGRES_RESTART_DELAY_S:-3}
+child=""
+stopping=""
+# docker stop: pass the request on (SIGTERM = smart shutdown) and stop supervising.
+trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+
+while :; do
+  setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" "$@" &
+  child=$!
+  status=0
+  wait "$child" || status=$?
+  # A trapped signal interrupts wait: wait again for the postmaster to finish.
+  while kill -0 "$child" 2>/dev/null; do wait "$child" || status=$?; done
+  [ -n "$stopping" ] && exit 0
+  echo "postgres-entrypoint: the postmaster exited ($status); restarting it in ${delay} s"
+  sleep "$delay" &
+  wait $! || true
+  [ -n "$stopping" ] && exit 0
+done

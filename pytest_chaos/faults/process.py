@@ -153,16 +153,23 @@ def kill(
     signal: int | str | _signal.Signals = _signal.SIGKILL,
     *,
     recovery_timeout: float | str = 60.0,
+    process: str | None = None,
 ) -> Iterator[KillHandle]:
-    """Send ``signal`` to ``service``'s main process. On exit, make sure the service
-    runs and is healthy again: resume it (SIGCONT) after a stopping signal, and start
-    it if no restart policy brought it back."""
+    """Send ``signal`` to ``service``'s main process, or to the process called
+    ``process`` inside it (the top one of that name, e.g. a postmaster rather than its
+    backends). On exit, make sure the service runs and is healthy again: resume it
+    (SIGCONT) after a stopping signal, and start it if nothing brought it back."""
     sig = kill_signal(signal)
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
     restarts_before = service.restart_count()
     started_before = service.state().get("StartedAt")
-    pid = linux.check_pid(linux.main_process(service.init_pid()), service.container_id)
+    if process is None:
+        chosen = linux.main_process(service.init_pid())
+    else:
+        chosen = linux.top_process_named(service.pids(), process)
+    pid = linux.check_pid(chosen, service.container_id)
     description = f"kill {service.name} {sig.name} (pid {pid})"
+    signalled_at = time.time()
     with journaled(service, "kill", description, {"signal": sig.name, "pid": pid}) as undone:
         pid, name = send_signal(service, sig, pid)
         handle = KillHandle(
@@ -180,10 +187,13 @@ def kill(
                 # If it died meanwhile, the health wait below brings it back.
                 with contextlib.suppress(UnsafeTarget):
                     os.kill(linux.check_pid(pid, service.container_id), _signal.SIGCONT)
-            else:
+            elif process is None:  # the main process: Docker will see the container stop
                 _await_consequence(service, pid, started_before)
             handle.restored_by = service.ensure_running_and_healthy(
-                timeout=timeout_s, restarts_before=restarts_before
+                timeout=timeout_s,
+                restarts_before=restarts_before,
+                # A process inside the container: only a probe after the kill counts.
+                probed_after=signalled_at if process is not None else None,
             )
             handle.restarts = service.restart_count() - restarts_before
             handle.undone_at = time.monotonic()

@@ -129,6 +129,14 @@ class Service:
             raise UnsafeTarget(f"service {self.name!r} is not running (its container has no pid).")
         return pid
 
+    def pids(self) -> set[int]:
+        """Every process of the container now (its cgroup's members)."""
+        from .cgroup import cgroup_of
+
+        cg = cgroup_of(self.init_pid())
+        procs = cg.path("pids" if cg.version == 1 else "", "cgroup.procs")
+        return {int(p) for p in procs.read_text().split()}
+
     def main_pid(self) -> int:
         """The service's own process on the host, checked to belong to the container."""
         pid = linux.main_process(self.init_pid())
@@ -175,12 +183,20 @@ class Service:
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
     def ensure_running_and_healthy(
-        self, *, timeout: float, restarts_before: int | None = None, start_after: float = 5.0
+        self,
+        *,
+        timeout: float,
+        restarts_before: int | None = None,
+        start_after: float = 5.0,
+        probed_after: float | None = None,
     ) -> str:
         """Wait until the container runs and is healthy. If it is still stopped after
-        ``start_after`` seconds (no restart policy acted), start it. Returns who brought
-        it back: "pytest-chaos" (it started the container), "restart-policy" (the
-        container restarted since ``restarts_before``) or "still-running"."""
+        ``start_after`` seconds (no restart policy acted), start it. With
+        ``probed_after`` (a wall-clock time), "healthy" must come from a health probe
+        that started after it: Docker keeps saying healthy until probes fail, which a
+        process restarted inside the container may never let happen. Returns who
+        brought it back: "pytest-chaos" (it started the container), "restart-policy"
+        (the container restarted since ``restarts_before``) or "still-running"."""
         began = time.monotonic()
         started_by_us = False
 
@@ -195,7 +211,7 @@ class Service:
             ):
                 self.container().start()
                 started_by_us = True
-            return self.is_healthy()
+            return _is_healthy(self.container().attrs, probed_after)
 
         try:
             wait_for_recovery(check, timeout=timeout, interval=0.1, what=f"service {self.name!r}")
@@ -210,12 +226,34 @@ class Service:
         return "still-running"
 
 
-def _is_healthy(attrs: dict[str, Any]) -> bool:
+def _is_healthy(attrs: dict[str, Any], probed_after: float | None = None) -> bool:
     state = attrs.get("State", {})
     if not state.get("Running") or state.get("Restarting") or state.get("Paused"):
         return False
     health = state.get("Health")
-    return health is None or health.get("Status") == "healthy"
+    if health is None:
+        return True
+    if health.get("Status") != "healthy":
+        return False
+    if probed_after is None:
+        return True
+    log = health.get("Log") or []
+    return (
+        bool(log) and log[-1].get("ExitCode") == 0 and _timestamp(log[-1]["Start"]) > probed_after
+    )
+
+
+def _timestamp(text: str) -> float:
+    """Docker's RFC 3339 times carry nanoseconds; Python reads microseconds."""
+    import re
+    from datetime import datetime
+
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if not match:
+        return 0.0
+    head, fraction, zone = match.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{zone}").timestamp()
 
 
 def attach(name: str, journal: Journal | None = None) -> ComposeProject:

@@ -82,6 +82,33 @@ def comm(pid: int, proc: Path = Path("/proc")) -> str:
         raise UnsafeTarget(f"pid {pid} no longer exists (the process exited).") from None
 
 
+def parent(pid: int, proc: Path = Path("/proc")) -> int:
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def top_process_named(pids: set[int], name: str, proc: Path = Path("/proc")) -> int:
+    """Among ``pids``, the process called ``name`` whose parent is not also called so
+    (a postmaster, not its backends). Exactly one must match."""
+    named = set()
+    for pid in pids:
+        try:
+            if comm(pid, proc) == name:
+                named.add(pid)
+        except UnsafeTarget:
+            continue
+    tops = sorted(p for p in named if parent(p, proc) not in named)
+    if len(tops) != 1:
+        raise UnsafeTarget(
+            f"expected one process named {name!r} at the top of its tree, found {len(tops)}"
+            f" ({tops}); name the process exactly as /proc/PID/comm shows it."
+        )
+    return tops[0]
+
+
 def main_process(init_pid: int, proc: Path = Path("/proc")) -> int:
     """The service's own process: the only child of an init wrapper (tini and the
     like), else the container's first process itself."""

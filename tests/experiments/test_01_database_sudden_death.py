@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_chaos import check_no_data_loss, wait_for_recovery
+from pytest_chaos.observe.backoff import assert_backoff
 
 # The guide's success criterion: recovery in under 60 s. Measured here over 11 runs: 1.0-1.6 s
 # (postgres restart by the restart policy + crash recovery + the API's backoff).
@@ -81,6 +82,55 @@ def test_database_sudden_death(chaos, exchange):
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
 
     # No acknowledged order was lost.
+    acknowledged = load.acknowledged("orders") + exchange.probe_acks
+    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
+    chaos.record("orders_lost", report.lost_count)
+
+
+@pytest.mark.bpf
+def test_database_process_death_reconnects_with_backoff(chaos, exchange, bpf):
+    """The guide's view of the same failure: the postmaster alone dies, the database
+    host (its container, address and name) stays, and PostgreSQL's supervisor starts
+    it again after a delay (3 s here). Every reconnect of the API meets a refused
+    connection; BPF times them, and the intervals must grow: exponential backoff,
+    not a retry storm."""
+    wait_for_recovery(exchange.accepts_orders, timeout=60, what="the exchange's steady state")
+    with exchange.load(orders=20, market=10, ready=10, dashboard=1) as load:
+        load.wait_for_records("orders", 10)
+        with bpf.watch("trading-api", probes=("connect",)) as probes:
+            if probes.support.available is False:
+                pytest.skip(f"the connect timeline needs BPF: {probes.support.reason}")
+            died = chaos.kill("postgres", "SIGKILL", process="postgres")
+            recovery = wait_for_recovery(
+                exchange.accepts_orders,
+                since=died.applied_at,
+                timeout=RECOVERY_LIMIT_S,
+                interval=0.05,
+                what="order placement after the postmaster died",
+            )
+    outage_end = died.applied_at + recovery.recovery_time_s
+    attempts = [
+        a
+        for a in probes.observation.attempts_to(5432)
+        if died.applied_at <= a.started <= outage_end
+    ]
+    refused = [a for a in attempts if a.outcome == "refused"]
+    chaos.record("recovery_time_s", round(recovery.recovery_time_s, 3))
+    chaos.record("reconnect_attempts", len(attempts))
+    chaos.record("reconnects_refused_errno_111", len(refused))
+    assert refused, f"no refused connect seen during the outage: {attempts}"
+    assert {a.errno for a in refused} == {111}
+    backoff = assert_backoff([a.started for a in refused], min_attempts=3)
+    chaos.record("backoff_intervals_s", ", ".join(f"{i:.3f}" for i in backoff.intervals))
+    chaos.record("backoff_growth", round(backoff.growth_factor or 0.0, 2))
+    failed = [
+        r
+        for r in load.records("orders", since=died.applied_at, until=outage_end)
+        if r.status != 201
+    ]
+    unclear = [r for r in failed if (r.status, r.summary) != (503, "database_unavailable")]
+    assert not unclear, f"orders failed without a clear 503 database_unavailable: {unclear[:5]}"
+    assert recovery.recovery_time_s < RECOVERY_LIMIT_S
     acknowledged = load.acknowledged("orders") + exchange.probe_acks
     report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
     chaos.record("orders_lost", report.lost_count)
