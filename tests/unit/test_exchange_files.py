@@ -54,3 +54,18 @@ def test_reconnect_backoff_grows_exponentially_to_its_cap_with_jitter():
     assert len(set(delays)) == len(delays)  # jittered: no two clients retry in step
     backoff.reset()
     assert backoff.next_delay() <= 0.2
+
+
+def test_health_counts_only_probes_after_a_given_time():
+    from pytest_chaos.targets.compose import _is_healthy, _timestamp
+
+    def attrs(start, code=0):
+        log = [{"Start": start, "ExitCode": code}]
+        return {"State": {"Running": True, "Health": {"Status": "healthy", "Log": log}}}
+
+    after = _timestamp("2026-11-27T17:15:20.5Z")
+    assert _timestamp("2026-11-27T17:15:20.927123456Z") - after == pytest.approx(0.427123)
+    assert _is_healthy(attrs("2026-11-27T17:15:20.1Z"))  # no time given: Docker's word
+    assert not _is_healthy(attrs("2026-11-27T17:15:20.1Z"), after)  # probe before
+    assert _is_healthy(attrs("2026-11-27T17:15:21.000000001Z"), after)
+    assert not _is_healthy(attrs("2026-11-27T17:15:21Z", code=1), after)

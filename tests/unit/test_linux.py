@@ -77,3 +77,29 @@ def test_cgroup_v1_and_v2_paths_name_the_container(tmp_path):
     proc = _fake_proc(tmp_path, {700: ("x", [], v1), 701: ("x", [], v2)})
     assert linux.check_pid(700, CONTAINER, proc=proc) == 700
     assert linux.check_pid(701, CONTAINER, proc=proc) == 701
+
+
+def _fake_stat(tmp_path, tree):
+    """pid -> (comm, parent)"""
+    for pid, (name, ppid) in tree.items():
+        d = tmp_path / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "comm").write_text(name + "\n")
+        (d / "stat").write_text(
+            f"{pid} ({name}) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 0 0 0 0 1234 0\n"
+        )
+    return tmp_path
+
+
+def test_the_top_process_of_a_name_is_the_postmaster_not_its_backends(tmp_path):
+    proc = _fake_stat(
+        tmp_path, {10: ("sh", 1), 11: ("postgres", 10), 12: ("postgres", 11), 13: ("postgres", 11)}
+    )
+    assert linux.top_process_named({10, 11, 12, 13}, "postgres", proc) == 11
+
+
+@pytest.mark.parametrize("tree", [{10: ("sh", 1)}, {11: ("postgres", 1), 12: ("postgres", 1)}])
+def test_no_or_several_top_processes_of_a_name_are_refused(tmp_path, tree):
+    proc = _fake_stat(tmp_path, tree)
+    with pytest.raises(UnsafeTarget, match="expected one process named 'postgres'"):
+        linux.top_process_named(set(tree), "postgres", proc)
