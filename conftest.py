@@ -51,6 +51,22 @@ def _local_base_image() -> bool:
     return found.returncode == 0
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--exchange-weaken",
+        default="",
+        metavar="WEAKNESS[,...]",
+        help="run the exchange with these weaknesses (see exchange/api/exchange_api/config.py), "
+        "to show an experiment failing for the right reason",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    weaken = config.getoption("--exchange-weaken")
+    if weaken:
+        os.environ["EXCHANGE_WEAKEN"] = weaken
+
+
 @pytest.fixture(scope="session")
 def docker_compose_command() -> str:
     # Debian bookworm has docker-compose 1.29, not the `docker compose` plugin.
@@ -113,7 +129,7 @@ class Exchange:
             f"{self.api_url}/orders", json=self.order(next(self._ids)), timeout=5.0
         )
         if response.status_code == 201:
-            self.probe_acks.append(str(response.json()["id"]))
+            self.probe_acks.append(str(response.json()["client_order_id"]))
             return True
         return False
 
@@ -125,7 +141,7 @@ class Exchange:
                 "orders",
                 orders,
                 lambda n: Request("POST", f"{self.api_url}/orders", self.order(n, rng)),
-                ack=lambda r: str(r.json()["id"]) if r.status_code == 201 else None,
+                ack=lambda r: str(r.json()["client_order_id"]) if r.status_code == 201 else None,
                 summarize=_json_error,
             ),
             Flow(
@@ -153,13 +169,15 @@ class Exchange:
     def load(self, **rates: float) -> LoadGenerator:
         return LoadGenerator(self.flows(**rates), request_timeout=10.0, max_duration=300.0)
 
-    def orders_exist(self, ids: list[str]) -> list[str]:
-        """Which of these order ids are stored in PostgreSQL (asked directly)."""
+    def orders_exist(self, client_order_ids: list[str]) -> list[str]:
+        """Which of these acknowledged orders are stored in PostgreSQL (asked directly,
+        by the client order id the exchange acknowledged)."""
         import psycopg
 
         with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
             rows = conn.execute(
-                "SELECT id FROM orders WHERE id = ANY(%s)", ([int(i) for i in ids],)
+                "SELECT client_order_id FROM orders WHERE client_order_id = ANY(%s)",
+                (list(client_order_ids),),
             ).fetchall()
         return [str(row[0]) for row in rows]
 

@@ -12,7 +12,7 @@ from hypothesis import settings
 settings.register_profile("chaos", deadline=None)
 settings.load_profile("chaos")
 
-_LEVELS = {"unit": "unit", "plugin": "plugin", "integration": "integration"}
+_LEVELS = {"unit": "unit", "plugin": "plugin", "integration": "integration", "weakened": "weakened"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

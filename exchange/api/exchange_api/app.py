@@ -3,6 +3,7 @@ JSON error with a clear message and, where it helps, a Retry-After header."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -27,6 +28,25 @@ DB = "db"
 CACHE = "cache"
 METRICS = "metrics"
 MARKET_TTL_S = 3600  # the last good book stays as a fallback long after it is fresh
+
+
+@web.middleware
+async def api_rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The weakness rate-limit-api: a per-client token bucket (50 r/s, burst 100) on
+    the API itself, so bypassing nginx no longer bypasses the limit."""
+    if "rate-limit-api" in request.app[SETTINGS].weaken:
+        buckets = request.app["buckets"]
+        client = request.remote or "?"
+        now = time.monotonic()
+        tokens, last = buckets.get(client, (100.0, now))
+        tokens = min(100.0, tokens + (now - last) * 50.0)
+        if tokens < 1.0:
+            buckets[client] = (tokens, now)
+            return web.json_response(
+                {"error": "rate_limited", "message": "Too many requests."}, status=429
+            )
+        buckets[client] = (tokens - 1.0, now)
+    return await handler(request)
 
 
 @web.middleware
@@ -58,12 +78,42 @@ async def place_order(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("The body must be JSON.") from None
     order = orders.NewOrder.parse(body)
+    if "ack-before-commit" in request.app[SETTINGS].weaken:
+        return _accept_and_write_behind(request.app, order)
     db = request.app[DB]
     placed, created = await db.run(lambda conn: orders.place(conn, order))
     request.app[METRICS].inc("orders_placed" if created else "orders_replayed")
-    if created:
+    if created and "blocking-events" in request.app[SETTINGS].weaken:
+        # The weakness: the order waits on Redis, and fails with it.
+        if not await request.app[CACHE].publish_now(
+            "orders", {"type": "order_placed", "order": placed}
+        ):
+            raise ServiceError("Publishing the order event failed (Redis unavailable).")
+    elif created:
         request.app[CACHE].publish_later("orders", {"type": "order_placed", "order": placed})
     return web.json_response(placed, status=201 if created else 200)
+
+
+def _accept_and_write_behind(app: web.Application, order: orders.NewOrder) -> web.Response:
+    """The weakness ack-before-commit: acknowledge now, write later. Orders queued when
+    the database fails are dropped: acknowledged, and lost."""
+    app["write_behind"].append(order)
+    app[METRICS].inc("orders_accepted_unwritten")
+    return web.json_response(
+        {"id": None, "client_order_id": order.client_order_id, "status": "accepted"}, status=201
+    )
+
+
+async def _write_behind(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(0.2)
+        queued, app["write_behind"] = app["write_behind"], []
+        for order in queued:
+            try:
+                await app[DB].run(lambda conn, o=order: orders.place(conn, o))
+            except ServiceError as exc:
+                app[METRICS].inc("orders_lost_unwritten")
+                log.error("dropped acknowledged order %s: %s", order.client_order_id, exc.message)
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -94,7 +144,7 @@ async def market(request: web.Request) -> web.Response:
     try:
         book = await app[DB].run(lambda conn: orders.market(conn, symbol))
     except ServiceError as exc:
-        if cached is None:
+        if cached is None or "no-cache-fallback" in app[SETTINGS].weaken:
             raise
         metrics.inc("market_served_stale")
         return web.json_response(
@@ -166,6 +216,8 @@ async def dashboard(request: web.Request) -> web.Response:
 
 async def _start(app: web.Application) -> None:
     app[DB].start()
+    if "ack-before-commit" in app[SETTINGS].weaken:
+        app["write_behind_task"] = asyncio.get_running_loop().create_task(_write_behind(app))
 
 
 async def _stop(app: web.Application) -> None:
@@ -174,12 +226,18 @@ async def _stop(app: web.Application) -> None:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=[api_rate_limit, errors_as_json])
+    app["buckets"] = {}
+    app["write_behind"] = []
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[DB] = Database(settings, metrics)
     app[CACHE] = Cache(settings, metrics)
+    if settings.weaken:
+        log.warning(
+            "running WEAKENED for an experiment's proof: %s", ", ".join(sorted(settings.weaken))
+        )
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     app.add_routes(

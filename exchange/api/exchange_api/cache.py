@@ -57,6 +57,12 @@ class Cache:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def publish_now(self, channel: str, event: dict[str, Any]) -> bool:
+        """Publish and wait for Redis; False if it failed (counted)."""
+        result = await self._call("publish", self._client.publish(channel, json.dumps(event)))
+        self._metrics.inc("events_published" if result is not None else "events_failed")
+        return result is not None
+
     async def ping(self) -> bool:
         return await self._call("ping", self._client.ping()) is not None
 

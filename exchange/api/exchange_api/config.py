@@ -14,6 +14,28 @@ def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+# Ways a real service is weak, switched on one at a time by EXCHANGE_WEAKEN to show
+# that the experiment meant to catch each one fails.
+WEAKNESSES = {
+    "no-backoff": "reconnect every 10 ms, without backoff (a retry storm)",
+    "ack-before-commit": "answer 201 at once and write orders behind, every 200 ms",
+    "no-cache-fallback": "fail market data when the database fails, stale cache or not",
+    "blocking-events": "publish order events before answering; fail the order if Redis fails",
+    "rate-limit-api": "rate-limit on the API itself too (50 r/s per client), not only in nginx",
+}
+
+
+def _weaknesses(text: str) -> frozenset[str]:
+    chosen = frozenset(w.strip() for w in text.split(",") if w.strip())
+    unknown = chosen - set(WEAKNESSES)
+    if unknown:
+        raise SystemExit(
+            f"EXCHANGE_WEAKEN names unknown weaknesses {sorted(unknown)}; "
+            f"known: {sorted(WEAKNESSES)}"
+        )
+    return chosen
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -27,6 +49,8 @@ class Settings:
     market_fresh_s: float
     backoff_base_s: float
     backoff_cap_s: float
+    #: Weaknesses switched on for the proof that each experiment can fail (WEAKNESSES).
+    weaken: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -44,4 +68,5 @@ class Settings:
             market_fresh_s=_float("MARKET_FRESH_S", 0.25),
             backoff_base_s=_float("RECONNECT_BACKOFF_BASE_S", 0.2),
             backoff_cap_s=_float("RECONNECT_BACKOFF_CAP_S", 5.0),
+            weaken=_weaknesses(os.environ.get("EXCHANGE_WEAKEN", "")),
         )

@@ -60,7 +60,10 @@ class Database:
         self._slots = asyncio.Semaphore(settings.db_pool_size)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._reconnect: asyncio.Task[None] | None = None
-        self._backoff = Backoff(base=settings.backoff_base_s, cap=settings.backoff_cap_s)
+        if "no-backoff" in settings.weaken:
+            self._backoff = Backoff(base=0.01, cap=0.01, jitter=0.0)
+        else:
+            self._backoff = Backoff(base=settings.backoff_base_s, cap=settings.backoff_cap_s)
         self._schema_ready = False
         self.state = "down"
         self.last_error: str | None = "not connected yet"
