@@ -61,6 +61,11 @@ def test_database_sudden_death(chaos, exchange):
     chaos.record("orders_during_fault", len(orders))
     chaos.record("market_requests_during_fault", len(market))
 
+    # First the invariant that matters most: no acknowledged order was lost.
+    acknowledged = load.acknowledged("orders") + exchange.probe_acks
+    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
+    chaos.record("orders_lost", report.lost_count)
+
     # The API said the database was unavailable, in its readiness and on the dashboard.
     assert any(r.status == 503 and r.summary == "down" for r in ready), (
         f"/ready never reported the database down during the outage: {ready}"
@@ -80,11 +85,6 @@ def test_database_sudden_death(chaos, exchange):
     assert fallback, f"no market data came from the cache fallback during the outage: {market}"
 
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
-
-    # No acknowledged order was lost.
-    acknowledged = load.acknowledged("orders") + exchange.probe_acks
-    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
-    chaos.record("orders_lost", report.lost_count)
 
 
 @pytest.mark.bpf
