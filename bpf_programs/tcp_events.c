@@ -17,10 +17,11 @@ enum tcp_counter {
     RETRANSMITS = 0,
     RESETS_SENT = 1,
     RESETS_RECEIVED = 2,
+    RETRANSMIT_FAILURES = 3,
 };
 
 BPF_HASH(scope, u32, u8, 64);
-BPF_ARRAY(counters, u64, 3);
+BPF_ARRAY(counters, u64, 4);
 BPF_ARRAY(states, u64, 16);
 
 static inline int in_scope(u32 addr) {
@@ -38,8 +39,19 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
         return 0;
     u32 saddr = 0;
     __builtin_memcpy(&saddr, args->saddr, 4);
-    if (in_scope(saddr))
-        bump(RETRANSMITS);
+    if (!in_scope(saddr))
+        return 0;
+#ifdef CHAOS_RETRANSMIT_HAS_ERR
+    // Newer kernels trace failed attempts too. -EBUSY: the original was still queued,
+    // nothing was retransmitted. Other errors (e.g. dropped on the way out) count as
+    // retransmissions that failed, as the kernel counts them (RetransSegs and
+    // TCPRetransFail both, measured on 6.18).
+    if (args->err == -16)
+        return 0;
+    if (args->err != 0)
+        bump(RETRANSMIT_FAILURES);
+#endif
+    bump(RETRANSMITS);
     return 0;
 }
 

@@ -77,6 +77,8 @@ class TcpObservation:
     retransmits: int | None = None
     resets_sent: int | None = None
     resets_received: int | None = None
+    #: Retransmissions that failed to leave (dropped on the way out; TCPRetransFail).
+    retransmit_failures: int | None = None
     state_changes: dict[str, int] = field(default_factory=dict)
     #: OOM victims, fatal signals and exits of the services' processes, in order.
     process_events: list[ProcessEvent] | None = None
@@ -141,7 +143,7 @@ class TcpObservation:
                 out[f"{prefix}_connects_{outcome}"] = sum(
                     a.outcome == outcome for a in self.connects
                 )
-        for name in ("retransmits", "resets_sent", "resets_received"):
+        for name in ("retransmits", "retransmit_failures", "resets_sent", "resets_received"):
             value = getattr(self, name)
             if value is not None:
                 out[f"{prefix}_{name}"] = value
@@ -414,7 +416,9 @@ class BpfSession:
         if self.support.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = self.support.kernel_source
         for probe in self.probes:
-            self._bpfs[probe] = BPF(src_file=str(programs_dir() / _SOURCES[probe]).encode())
+            self._bpfs[probe] = BPF(
+                src_file=str(programs_dir() / _SOURCES[probe]).encode(), cflags=_tracepoint_flags()
+            )
         keys = [struct.unpack("I", socket.inet_aton(a))[0] for a in self.scope.addresses]
         for probe in ("connect", "tcp"):
             if probe in self._bpfs:
@@ -507,6 +511,7 @@ class BpfSession:
         if "tcp" in self._bpfs:
             counters = [v.value for v in self._bpfs["tcp"][b"counters"].values()]
             obs.retransmits, obs.resets_sent, obs.resets_received = counters[:3]
+            obs.retransmit_failures = counters[3]
             obs.state_changes = {
                 _STATES[i]: v.value
                 for i, v in enumerate(self._bpfs["tcp"][b"states"].values())
@@ -550,6 +555,7 @@ class BpfSession:
 
         obs = TcpObservation(
             retransmits=delta("Tcp.RetransSegs"),
+            retransmit_failures=delta("TcpExt.TCPRetransFail"),
             resets_sent=delta("Tcp.OutRsts"),
             state_changes={
                 "ActiveOpens": delta("Tcp.ActiveOpens"),
@@ -566,6 +572,18 @@ class BpfSession:
             obs.runqueue_mean_us = waited / slices / 1000 if slices > 0 else 0.0
         obs.page_allocs = after["vmstat"] - self._before["vmstat"]  # host-wide: degraded
         self.observation = obs
+
+
+def _tracepoint_flags() -> list[str]:
+    """-D flags for tracepoint arguments that only some kernels have."""
+    flags = []
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        fmt = Path(root, "events/tcp/tcp_retransmit_skb/format")
+        with contextlib.suppress(OSError):
+            if " err;" in fmt.read_text():
+                flags.append("-DCHAOS_RETRANSMIT_HAS_ERR")
+            break
+    return flags
 
 
 def _tasks(pid: int) -> list[Path]:
