@@ -69,33 +69,49 @@ def test_connects_to_a_closed_port_are_seen_one_by_one_with_errno_111(chaos_proj
 
 @needs_bpf
 def test_retransmissions_under_a_partition_match_the_namespaces_counters(chaos_project):
-    api, postgres = chaos_project.service("trading-api"), chaos_project.service("postgres")
-    with session_for(api) as probes:
-        # Both counters are read while the probes run, the partition between the reads.
-        counters = proc_tcp_counters(api.init_pid())
-        before, failed_before = (
-            counters["Tcp.RetransSegs"],
-            counters.get("TcpExt.TCPRetransFail", 0),
-        )
-        with partition(api, [postgres], mode="drop", direction="egress"):
-            errnos = connect_from(api, "postgres", 5432, 3, timeout=2.5)
-        counters = proc_tcp_counters(api.init_pid())
-        after, failed_after = counters["Tcp.RetransSegs"], counters.get("TcpExt.TCPRetransFail", 0)
+    """On a container of its own: a service that was restarted keeps its address, and
+    sockets of its previous network namespace may still retransmit from it (seen after
+    the experiments ran), which address-scoped probes count and the new namespace's
+    counters do not."""
+    import uuid
+
+    postgres = chaos_project.service("postgres")
+    network = next(iter(postgres.container().attrs["NetworkSettings"]["Networks"]))
+    name = f"chaos-scratch-{uuid.uuid4().hex[:8]}"
+    container = chaos_project.client.containers.run(
+        chaos_project.service("trading-api").container().image.id,
+        ["sleep", "600"],
+        name=name,
+        detach=True,
+        network=network,
+        labels={
+            "com.docker.compose.project": chaos_project.name,
+            "com.docker.compose.service": name,
+        },
+    )
+    try:
+        client = chaos_project.service(name)
+        with session_for(client) as probes:
+            counters = proc_tcp_counters(client.init_pid())
+            before, failed_before = (
+                counters["Tcp.RetransSegs"],
+                counters.get("TcpExt.TCPRetransFail", 0),
+            )
+            with partition(client, [postgres], mode="drop", direction="egress"):
+                errnos = connect_from(client, postgres.address(), 5432, 3, timeout=2.5)
+            counters = proc_tcp_counters(client.init_pid())
+            after, failed_after = (
+                counters["Tcp.RetransSegs"],
+                counters.get("TcpExt.TCPRetransFail", 0),
+            )
+    finally:
+        container.remove(force=True)
     assert errnos == [-1, -1, -1]  # timed out
     # Each 2.5 s connect retransmits its SYN at 1 s and 2 s (3 s on older kernels).
     assert probes.observation.retransmits >= 3
-    # The namespace's counters and the tracepoint count the same retransmissions. Exact
-    # in every isolated run here; in full-suite runs the tracepoint has seen one more
-    # than RetransSegs (7 against 6, twice), a difference not yet explained: agreement
-    # is asserted within one segment, and both numbers are shown.
-    seen, counted = probes.observation.retransmits, after - before
-    assert abs(seen - counted) <= 1, (seen, counted)
+    assert probes.observation.retransmits == after - before
     if probes.observation.retransmit_failures is not None:
-        failed_seen, failed_counted = (
-            probes.observation.retransmit_failures,
-            failed_after - failed_before,
-        )
-        assert abs(failed_seen - failed_counted) <= 1, (failed_seen, failed_counted)
+        assert probes.observation.retransmit_failures == failed_after - failed_before
     assert [a.outcome for a in probes.observation.attempts_to(5432)] == ["closed"] * 3
 
 
