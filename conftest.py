@@ -169,6 +169,16 @@ class Exchange:
     def load(self, **rates: float) -> LoadGenerator:
         return LoadGenerator(self.flows(**rates), request_timeout=10.0, max_duration=300.0)
 
+    def check_no_orders_lost(self, load: LoadGenerator) -> int:
+        """Every order acknowledged during the experiment (by ``load`` and by the
+        steady-state probe) is stored; fails naming the missing ones. Returns how many
+        were lost (0), for the record."""
+        from pytest_chaos import check_no_data_loss
+
+        acknowledged = load.acknowledged("orders") + self.probe_acks
+        report = check_no_data_loss(acknowledged, self.orders_exist, what="acknowledged orders")
+        return report.lost_count
+
     def orders_exist(self, client_order_ids: list[str]) -> list[str]:
         """Which of these acknowledged orders are stored in PostgreSQL (asked directly,
         by the client order id the exchange acknowledged)."""

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from pytest_chaos import check_no_data_loss, wait_for_recovery
+from pytest_chaos import wait_for_recovery
 
 pytestmark = [
     pytest.mark.experiment("02"),
@@ -79,6 +79,4 @@ def test_network_partition(chaos, exchange, bpf):
     # The exchange's reconnect backoff is capped at 5 s: recovery follows within seconds.
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
 
-    acknowledged = load.acknowledged("orders") + exchange.probe_acks
-    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
-    chaos.record("orders_lost", report.lost_count)
+    chaos.record("orders_lost", exchange.check_no_orders_lost(load))

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from pytest_chaos import check_no_data_loss, wait_for_recovery
+from pytest_chaos import wait_for_recovery
 
 pytestmark = [pytest.mark.experiment("07"), pytest.mark.cache, pytest.mark.root, pytest.mark.slow]
 
@@ -94,6 +94,4 @@ def test_redis_failure(chaos, exchange):
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
     assert metrics(exchange).get("cache_hits", 0) > m2.get("cache_hits", 0)
 
-    acknowledged = load.acknowledged("orders") + exchange.probe_acks
-    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
-    chaos.record("orders_lost", report.lost_count)
+    chaos.record("orders_lost", exchange.check_no_orders_lost(load))

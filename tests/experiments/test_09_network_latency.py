@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from pytest_chaos import check_no_data_loss, wait_for_recovery
+from pytest_chaos import wait_for_recovery
 
 pytestmark = [pytest.mark.experiment("09"), pytest.mark.network, pytest.mark.root, pytest.mark.slow]
 
@@ -82,6 +82,4 @@ def test_network_latency(chaos, exchange):
     assert refused, f"no order was refused at {STEPS_MS[-1]} ms: the timeouts never acted"
     assert not unclear, f"unclear failures at {STEPS_MS[-1]} ms: {unclear[:5]}"
     assert slowest < SLOWEST_ALLOWED_S, f"an order took {slowest:.2f} s: a hang, not a timeout"
-    acknowledged = load.acknowledged("orders") + exchange.probe_acks
-    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
-    chaos.record("orders_lost", report.lost_count)
+    chaos.record("orders_lost", exchange.check_no_orders_lost(load))

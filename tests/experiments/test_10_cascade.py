@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pytest_chaos import check_no_data_loss, wait_for_recovery
+from pytest_chaos import wait_for_recovery
 
 pytestmark = [
     pytest.mark.experiment("10"),
@@ -68,6 +68,4 @@ def test_cascade(chaos, exchange, bpf):
     assert recovery.recovery_time_s >= healthy_at["postgres"] - 1.0, (recovery, healthy_at)
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
 
-    acknowledged = load.acknowledged("orders") + exchange.probe_acks
-    report = check_no_data_loss(acknowledged, exchange.orders_exist, what="acknowledged orders")
-    chaos.record("orders_lost", report.lost_count)
+    chaos.record("orders_lost", exchange.check_no_orders_lost(load))
