@@ -133,38 +133,43 @@ class Exchange:
             return True
         return False
 
-    def flows(self, *, orders: float, market: float, ready: float, dashboard: float) -> list[Flow]:
-        """Order placement, market data, readiness and the dashboard, at the given rates."""
+    def flows(
+        self, *, orders: float = 0, market: float = 0, ready: float = 0, dashboard: float = 0
+    ) -> list[Flow]:
+        """Order placement, market data, readiness and the dashboard, at the given rates
+        (a flow left at 0 is not run)."""
         rng = random.Random(1)  # noqa: S311 - test data, not security
-        return [
-            Flow(
+        every = {
+            "orders": lambda rate: Flow(
                 "orders",
-                orders,
+                rate,
                 lambda n: Request("POST", f"{self.api_url}/orders", self.order(n, rng)),
                 ack=lambda r: str(r.json()["client_order_id"]) if r.status_code == 201 else None,
                 summarize=_json_error,
             ),
-            Flow(
+            "market": lambda rate: Flow(
                 "market",
-                market,
+                rate,
                 lambda n: Request("GET", f"{self.api_url}/market/{self.symbol}"),
                 summarize=lambda r: (
                     r.json().get("source") if r.status_code == 200 else _json_error(r)
                 ),
             ),
-            Flow(
+            "ready": lambda rate: Flow(
                 "ready",
-                ready,
+                rate,
                 lambda n: Request("GET", f"{self.api_url}/ready"),
                 summarize=lambda r: r.json()["database"]["state"],
             ),
-            Flow(
+            "dashboard": lambda rate: Flow(
                 "dashboard",
-                dashboard,
+                rate,
                 lambda n: Request("GET", f"{self.http_url}/"),
                 summarize=lambda r: "Database unavailable" in r.text,
             ),
-        ]
+        }
+        rates = {"orders": orders, "market": market, "ready": ready, "dashboard": dashboard}
+        return [every[name](rate) for name, rate in rates.items() if rate > 0]
 
     def load(self, **rates: float) -> LoadGenerator:
         return LoadGenerator(self.flows(**rates), request_timeout=10.0, max_duration=300.0)

@@ -1,6 +1,9 @@
-// Pages allocated by processes of the watched pid namespaces (kmem:mm_page_alloc,
-// counted in 4 KiB pages: an order-n allocation is 2^n pages). Scoped by pid
-// namespace, so even a process that lives a few milliseconds is counted.
+// Pages allocated and freed by processes of the watched pid namespaces
+// (kmem:mm_page_alloc / mm_page_free / mm_page_free_batched, counted in 4 KiB pages:
+// an order-n allocation is 2^n pages), and memory-pressure events: reclaim they had to
+// do themselves, in their memory cgroup or host-wide, before an allocation could be
+// served. Scoped by pid namespace, so even a process that lives a few milliseconds is
+// counted. Allocations minus frees is the growth the guide's experiment 03 watches.
 
 // Also in the other pid-namespace-scoped program: bcc rewrites map accesses only in
 // the main source file, so this cannot live in a shared header.
@@ -10,7 +13,8 @@ struct pid_namespace {
 };
 
 BPF_ARRAY(pid_namespaces, struct pid_namespace, 8);
-BPF_ARRAY(pages, u64, 1);
+// [0] pages allocated, [1] pages freed, [2] reclaim events (memcg or direct)
+BPF_ARRAY(pages, u64, 3);
 
 static inline u32 current_in_scope(void) {
     struct bpf_pidns_info info = {};
@@ -33,5 +37,35 @@ TRACEPOINT_PROBE(kmem, mm_page_alloc) {
     u64 *count = pages.lookup(&zero);
     if (count)
         __sync_fetch_and_add(count, 1ULL << args->order);
+    return 0;
+}
+
+static inline void add(int index, u64 value) {
+    u64 *count = pages.lookup(&index);
+    if (count)
+        __sync_fetch_and_add(count, value);
+}
+
+TRACEPOINT_PROBE(kmem, mm_page_free) {
+    if (current_in_scope())
+        add(1, 1ULL << args->order);
+    return 0;
+}
+
+TRACEPOINT_PROBE(kmem, mm_page_free_batched) {
+    if (current_in_scope())
+        add(1, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(vmscan, mm_vmscan_memcg_reclaim_begin) {
+    if (current_in_scope())
+        add(2, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(vmscan, mm_vmscan_direct_reclaim_begin) {
+    if (current_in_scope())
+        add(2, 1);
     return 0;
 }

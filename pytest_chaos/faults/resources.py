@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,14 +45,47 @@ class OomVictim:
 @dataclass
 class MemoryHandle(FaultHandle):
     limit_bytes: int = 0
+    #: The limit before the cap (2**63 - 1 or v1's page-rounded maximum: none).
+    limit_before: int = 0
     usage_at_start: int = 0
     cgroup_version: int = 1
+    #: (time.monotonic(), bytes) of the cgroup's usage, sampled while the cap is in
+    #: force, until the cgroup goes (the container exited).
+    samples: list[tuple[float, int]] = field(default_factory=list)
     _container_id: str = ""
     _kmsg: int | None = None
     _victims: list[OomVictim] = field(default_factory=list)
+    _usage_file: Path | None = None
+    _limit_file: Path | None = None
 
     def describe(self) -> str:
         return f"memory cap {self.target} {self.limit_bytes // 2**20} MiB"
+
+    def usage_bytes(self) -> int | None:
+        """What the container's memory cgroup holds now (page cache included), or None
+        once the cgroup is gone (the container exited; a restart makes a new one)."""
+        return _read_int(self._usage_file)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((b for _, b in self.samples), default=self.usage_at_start)
+
+    def reached(self, fraction: float) -> float | None:
+        """When usage first reached ``fraction`` of the cap (monotonic), or None."""
+        return next((t for t, b in self.samples if b >= fraction * self.limit_bytes), None)
+
+    def _sample(self, stop: threading.Event, interval: float) -> None:
+        while not stop.is_set():
+            usage = self.usage_bytes()
+            if usage is None:
+                return
+            self.samples.append((time.monotonic(), usage))
+            stop.wait(interval)
+
+    def limit_in_force(self) -> int | None:
+        """The memory limit the container's cgroup has now (None: no cgroup). A
+        restarted container comes back in a fresh cgroup with its configured limit."""
+        return _read_int(self._limit_file)
 
     def oom_victims(self) -> list[OomVictim]:
         """Processes of this container the OOM killer chose since the cap was set
@@ -69,6 +103,7 @@ class MemoryHandle(FaultHandle):
             **super().figures(),
             "limit_bytes": self.limit_bytes,
             "usage_at_start_bytes": self.usage_at_start,
+            "peak_bytes": self.peak_bytes,
             "cgroup_version": self.cgroup_version,
             "oom_kills": len(victims),
         }
@@ -211,19 +246,42 @@ def memory_cap(
         kind="memory",
         target=service.name,
         limit_bytes=limit_bytes,
+        limit_before=_read_int(limit_file) or 0,
         usage_at_start=usage,
         cgroup_version=cg.version,
         _container_id=service.container_id,
         _kmsg=_open_kmsg(),
+        _usage_file=cg.path(
+            "memory", "memory.usage_in_bytes" if cg.version == 1 else "memory.current"
+        ),
+        _limit_file=limit_file,
+    )
+    stop_sampling = threading.Event()
+    sampler = threading.Thread(
+        target=handle._sample, args=(stop_sampling, 0.02), name="memory-cap-sampler", daemon=True
     )
     try:
         with _cgroup_change(service, handle, apply, restore):
+            sampler.start()
             yield handle
     finally:
+        stop_sampling.set()
+        if sampler.is_alive():
+            sampler.join(1.0)
         handle.oom_victims()
         if handle._kmsg is not None:
             os.close(handle._kmsg)
             handle._kmsg = None
+
+
+def _read_int(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return 2**63 - 1 if text == "max" else int(text)
 
 
 def _v1_memory(

@@ -91,6 +91,10 @@ class TcpObservation:
     block_write: Histogram | None = None
     #: Pages the services' processes allocated (host-wide in the /proc fallback).
     page_allocs: int | None = None
+    #: Pages they freed, and the reclaim they had to do before allocating (memory
+    #: pressure): BPF only.
+    page_frees: int | None = None
+    reclaims: int | None = None
     #: "bpf", or "proc" when only /proc counters could be read.
     source: str = "bpf"
     #: Why the observation is degraded (None when BPF ran).
@@ -135,6 +139,10 @@ class TcpObservation:
                 out.update(hist.figures(f"{prefix}_{name}"))
         if self.page_allocs is not None:
             out[f"{prefix}_page_allocs"] = self.page_allocs
+        if self.page_frees is not None:
+            out[f"{prefix}_page_frees"] = self.page_frees
+        if self.reclaims is not None:
+            out[f"{prefix}_reclaims"] = self.reclaims
         if self.degraded:
             out[f"{prefix}_degraded"] = self.degraded
         if self.connects is not None:
@@ -525,7 +533,10 @@ class BpfSession:
             obs.block_read = _histogram(self._bpfs["block"][b"read_us"])
             obs.block_write = _histogram(self._bpfs["block"][b"write_us"])
         if "pages" in self._bpfs:
-            obs.page_allocs = int(self._bpfs["pages"][b"pages"][0].value)
+            counts = self._bpfs["pages"][b"pages"]
+            obs.page_allocs = int(counts[0].value)
+            obs.page_frees = int(counts[1].value)
+            obs.reclaims = int(counts[2].value)
         self.observation = obs
 
     def _close_bpf(self) -> None:

@@ -137,6 +137,15 @@ class Service:
         procs = cg.path("pids" if cg.version == 1 else "", "cgroup.procs")
         return {int(p) for p in procs.read_text().split()}
 
+    def memory_usage(self) -> int:
+        """Bytes the container's memory cgroup holds now (page cache included)."""
+        from .cgroup import cgroup_of
+
+        cg = cgroup_of(self.init_pid())
+        return int(
+            cg.read("memory", "memory.usage_in_bytes" if cg.version == 1 else "memory.current")
+        )
+
     def main_pid(self) -> int:
         """The service's own process on the host, checked to belong to the container."""
         pid = linux.main_process(self.init_pid())
@@ -174,6 +183,31 @@ class Service:
 
     def is_healthy(self) -> bool:
         return _is_healthy(self.container().attrs)
+
+    def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """What Docker reported about this container between two wall-clock times:
+        [{"action": "oom" | "die" | "start" | ..., "time": seconds, "attributes": {...}}],
+        oldest first ("die" carries the exitCode)."""
+        import datetime as dt
+
+        self.container()  # refuses a container outside the project
+        stream = self.project.client.events(
+            since=dt.datetime.fromtimestamp(since, dt.timezone.utc),
+            until=dt.datetime.fromtimestamp(until or time.time(), dt.timezone.utc),
+            filters={"container": self.container_id, "type": "container"},
+            decode=True,
+        )
+        try:
+            return [
+                {
+                    "action": str(e.get("Action") or e.get("status")),
+                    "time": int(e.get("timeNano", 0)) / 1e9,
+                    "attributes": dict((e.get("Actor") or {}).get("Attributes") or {}),
+                }
+                for e in stream
+            ]
+        finally:
+            stream.close()
 
     def logs_tail(self, lines: int = 20) -> str:
         try:

@@ -116,6 +116,23 @@ async def _write_behind(app: web.Application) -> None:
                 log.error("dropped acknowledged order %s: %s", order.client_order_id, exc.message)
 
 
+async def list_open_orders(request: web.Request) -> web.Response:
+    """GET /orders?symbol=S&limit=N: open orders of a symbol, oldest first. Each
+    request holds its page in memory while it is built: a spike of large pages is
+    what drives the API's memory up in experiment 03."""
+    symbol = request.query.get("symbol", "")
+    if not orders.SYMBOL.match(symbol):
+        raise BadRequest("symbol must be 1-12 upper-case letters, digits or dots, e.g. 'BTC'.")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise BadRequest("limit must be an integer.") from None
+    if not 1 <= limit <= orders.MAX_OPEN_ORDERS:
+        raise BadRequest(f"limit must be between 1 and {orders.MAX_OPEN_ORDERS}.")
+    rows = await request.app[DB].run(lambda conn: orders.open_orders(conn, symbol, limit))
+    return web.json_response({"symbol": symbol, "orders": rows, "count": len(rows)})
+
+
 async def get_order(request: web.Request) -> web.Response:
     try:
         order_id = int(request.match_info["order_id"])
@@ -243,6 +260,7 @@ def build_app(settings: Settings) -> web.Application:
     app.add_routes(
         [
             web.post("/orders", place_order),
+            web.get("/orders", list_open_orders),
             web.get("/orders/{order_id}", get_order),
             web.get("/market/{symbol}", market),
             web.get("/health", health),

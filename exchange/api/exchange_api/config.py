@@ -22,6 +22,8 @@ WEAKNESSES = {
     "no-cache-fallback": "fail market data when the database fails, stale cache or not",
     "blocking-events": "publish order events before answering; fail the order if Redis fails",
     "rate-limit-api": "rate-limit on the API itself too (50 r/s per client), not only in nginx",
+    "no-db-timeout": "no statement timeout, no deadline on database calls: wait for ever",
+    "wait-for-connection": "when PostgreSQL has no connection slot left, retry until it has one",
 }
 
 

@@ -103,7 +103,9 @@ class Database:
         try:
             conn = self._idle.pop() if self._idle else await self._connect_for_request()
             try:
-                result = await asyncio.wait_for(self._transaction(conn, work), self._op_timeout())
+                result = await asyncio.wait_for(
+                    self._transaction(conn, work), self._op_timeout_or_none()
+                )
             except psycopg.errors.QueryCanceled as exc:
                 # statement_timeout: the server is alive but slow; the connection is fine.
                 self._give_back(conn)
@@ -162,7 +164,7 @@ class Database:
                 s.database_url,
                 autocommit=True,
                 connect_timeout=max(2, int(s.db_connect_timeout_s)),
-                options=f"-c statement_timeout={s.db_statement_timeout_ms}",
+                options=f"-c statement_timeout={self._statement_timeout_ms}",
                 application_name="trading-api",
             ),
             s.db_connect_timeout_s + 1.0,
@@ -172,6 +174,8 @@ class Database:
         try:
             return await self._connect()
         except psycopg.OperationalError as exc:
+            if _too_many_clients(exc) and "wait-for-connection" in self._settings.weaken:
+                return await self._connect_when_a_slot_frees()
             if _too_many_clients(exc):
                 self._metrics.inc("db_too_many_clients")
                 raise DatabaseBusy(
@@ -190,6 +194,17 @@ class Database:
                 f"The database is unavailable ({_describe(exc)}).",
                 retry_after_s=self._retry_after(),
             ) from exc
+
+    async def _connect_when_a_slot_frees(self) -> psycopg.AsyncConnection[Any]:
+        """The weakness wait-for-connection: retry a refused connection every 100 ms
+        for as long as PostgreSQL refuses it, holding the request meanwhile."""
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                return await self._connect()
+            except psycopg.OperationalError as exc:
+                if not _too_many_clients(exc):
+                    raise
 
     @staticmethod
     async def _transaction(
@@ -220,6 +235,18 @@ class Database:
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._quiet_close(conn)
+
+    @property
+    def _statement_timeout_ms(self) -> int:
+        # 0 is PostgreSQL's "no timeout".
+        return (
+            0
+            if "no-db-timeout" in self._settings.weaken
+            else self._settings.db_statement_timeout_ms
+        )
+
+    def _op_timeout_or_none(self) -> float | None:
+        return None if "no-db-timeout" in self._settings.weaken else self._op_timeout()
 
     def _op_timeout(self) -> float:
         # The server's statement_timeout answers first; this catches a silent network.

@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from .errors import BadRequest
 
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,11}$")
+SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,11}$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _MAX_PRICE = Decimal("1e12")
 
@@ -32,7 +32,7 @@ class NewOrder:
         if not isinstance(body, dict):
             raise BadRequest("The body must be a JSON object.")
         symbol = body.get("symbol")
-        if not isinstance(symbol, str) or not _SYMBOL.match(symbol):
+        if not isinstance(symbol, str) or not SYMBOL.match(symbol):
             raise BadRequest("symbol must be 1-12 upper-case letters, digits or dots, e.g. 'BTC'.")
         side = body.get("side")
         if side not in ("buy", "sell"):
@@ -136,6 +136,23 @@ async def place(conn: psycopg.AsyncConnection[Any], order: NewOrder) -> tuple[di
         row = await cur.fetchone()
         assert row is not None
     return order_json(row), True
+
+
+#: The most open orders one request may list (a client pages through more).
+MAX_OPEN_ORDERS = 10_000
+
+
+async def open_orders(
+    conn: psycopg.AsyncConnection[Any], symbol: str, limit: int
+) -> list[dict[str, Any]]:
+    """The symbol's resting orders, oldest first: what a trader's blotter shows."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        """SELECT * FROM orders WHERE symbol = %s AND remaining > 0
+           ORDER BY id ASC LIMIT %s""",
+        (symbol, limit),
+    )
+    return [order_json(row) for row in await cur.fetchall()]
 
 
 async def get(conn: psycopg.AsyncConnection[Any], order_id: int) -> dict[str, Any] | None:
