@@ -171,6 +171,29 @@ class Exchange:
         rates = {"orders": orders, "market": market, "ready": ready, "dashboard": dashboard}
         return [every[name](rate) for name, rate in rates.items() if rate > 0]
 
+    def open_orders_flow(self, symbol: str, rate: float, limit: int) -> Flow:
+        """Reads of ``symbol``'s open orders, ``limit`` per page: heavy for the API
+        (each page is built in its memory, with its CPU)."""
+        url = f"{self.api_url}/orders?symbol={symbol}&limit={limit}"
+        return Flow("pages", rate, lambda n: Request("GET", url), summarize=_json_error)
+
+    def seed_book(self, symbol: str, count: int) -> None:
+        """Give ``symbol`` a book of ``count`` resting buy orders, as after a busy day
+        (written directly in one statement: experiments that use it are about reading
+        them)."""
+        import psycopg
+
+        with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+            conn.execute(
+                """INSERT INTO orders
+                     (client_order_id, symbol, side, price, quantity, remaining, status)
+                   SELECT %(s)s || '-seed-' || g, %(s)s, 'buy', 50 + (g %% 100) / 100.0,
+                          5, 5, 'open'
+                   FROM generate_series(1, %(n)s) AS g
+                   ON CONFLICT (client_order_id) DO NOTHING""",
+                {"s": symbol, "n": count},
+            )
+
     def load(self, **rates: float) -> LoadGenerator:
         return LoadGenerator(self.flows(**rates), request_timeout=10.0, max_duration=300.0)
 

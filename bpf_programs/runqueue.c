@@ -24,7 +24,10 @@ TRACEPOINT_PROBE(sched, sched_wakeup_new) {
 }
 
 TRACEPOINT_PROBE(sched, sched_switch) {
-    if (args->prev_state == 0)  // TASK_RUNNING: preempted, still waiting for a CPU
+    // Still runnable when switched out (it waits for a CPU again): state R, reported as
+    // 0, or R+ for a preemption, which the tracepoint reports as TASK_REPORT_MAX (0x100)
+    // with no state bit in the low byte. A task throttled by its CPU quota is one of these.
+    if ((args->prev_state & 0xff) == 0)
         enqueue(args->prev_pid);
     u32 next = args->next_pid;
     u64 *queued = queued_at.lookup(&next);

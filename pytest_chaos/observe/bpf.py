@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno as errno_codes
 import os
+import re
 import socket
 import struct
 import threading
@@ -655,7 +656,11 @@ class BpfProbes:
         self.support = bpf_support()
 
     @contextlib.contextmanager
-    def watch(self, *services: str, probes: Sequence[str] = PROBES) -> Iterator[BpfSession]:
+    def watch(
+        self, *services: str, probes: Sequence[str] = PROBES, label: str | None = None
+    ) -> Iterator[BpfSession]:
+        """Observe ``services`` while the block runs. ``label`` tells sessions of the
+        same services apart in the figures (e.g. "before" and "during" a fault)."""
         if not services:
             raise ConfigurationError("watch which service? e.g. bpf.watch('trading-api').")
         targets = [self._project().service(name) for name in services]
@@ -664,8 +669,10 @@ class BpfProbes:
         )
         with session:
             yield session
-        label = "_".join(name.replace("-", "_") for name in services)
-        for key, value in session.observation.figures(prefix=f"bpf_{label}").items():
+        prefix = "bpf_" + "_".join(name.replace("-", "_") for name in services)
+        if label:
+            prefix += "_" + re.sub(r"\W+", "_", label).strip("_")
+        for key, value in session.observation.figures(prefix=prefix).items():
             self._record(key, value)
 
 

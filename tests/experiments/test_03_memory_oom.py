@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import time
 
-import psycopg
 import pytest
 
 from pytest_chaos import wait_for_recovery
-from pytest_chaos.observe.load import Flow, LoadGenerator, Request
+from pytest_chaos.observe.load import LoadGenerator
 
 pytestmark = [
     pytest.mark.experiment("03"),
@@ -40,31 +39,15 @@ OOM_DEADLINE_S = 30.0
 RECOVERY_LIMIT_S = 60.0
 
 
-def seed_book(dsn: str, symbol: str, count: int) -> None:
-    """A book of ``count`` resting buy orders, as after a busy day (written directly,
-    in one statement: the experiment is about reading them)."""
-    with psycopg.connect(dsn, connect_timeout=5) as conn:
-        conn.execute(
-            """INSERT INTO orders
-                 (client_order_id, symbol, side, price, quantity, remaining, status)
-               SELECT %(s)s || '-seed-' || g, %(s)s, 'buy', 50 + (g %% 100) / 100.0,
-                      5, 5, 'open'
-               FROM generate_series(1, %(n)s) AS g
-               ON CONFLICT (client_order_id) DO NOTHING""",
-            {"s": symbol, "n": count},
-        )
-
-
 def test_memory_pressure_oom_kill(chaos, exchange, bpf):
     wait_for_recovery(exchange.accepts_orders, timeout=60, what="the exchange's steady state")
     api = chaos.service("trading-api")
     book = f"{exchange.symbol}.BK"
-    seed_book(exchange.db_dsn, book, BOOK_ORDERS)
+    exchange.seed_book(book, BOOK_ORDERS)
     restarts_before = api.restart_count()
     api_pid = api.main_pid()
-    page_url = f"{exchange.api_url}/orders?symbol={book}&limit={PAGE}"
     spike = LoadGenerator(
-        [Flow("pages", 40, lambda n: Request("GET", page_url))],
+        [exchange.open_orders_flow(book, rate=40, limit=PAGE)],
         request_timeout=10.0, max_in_flight=24, max_duration=OOM_DEADLINE_S,
     )  # fmt: skip
 

@@ -249,6 +249,8 @@ class Database:
         return None if "no-db-timeout" in self._settings.weaken else self._op_timeout()
 
     def _op_timeout(self) -> float:
+        if "tight-timeouts" in self._settings.weaken:
+            return 0.1
         # The server's statement_timeout answers first; this catches a silent network.
         return self._settings.db_statement_timeout_ms / 1000.0 + 1.0
 

@@ -1,0 +1,122 @@
+"""Experiment 04: CPU throttling.
+
+The trading API is held to 0.5 CPU while it serves a steady flow of open-order pages
+that needs a little more than that. It must degrade, not fail: every request is
+answered, only later (requests queue while the API waits for CPU: BPF sees its
+threads wait longer in the run queue), and latency returns to its baseline soon
+after the quota is lifted. Latency percentiles before, during and after, and the
+degradation factor, are recorded.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from pytest_chaos import wait_for_recovery
+from pytest_chaos.observe.load import LoadGenerator
+
+pytestmark = [
+    pytest.mark.experiment("04"),
+    pytest.mark.resources,
+    pytest.mark.bpf,
+    pytest.mark.root,
+    pytest.mark.slow,
+]
+
+CPUS = 0.5
+# Demand: 40 pages/s of 500 open orders each, from a client that keeps at most 8
+# requests in flight (as a client with a connection pool does). Measured here: 13-15 ms
+# of API CPU per page, about 0.55 CPU unthrottled (p50 16-24 ms), a little more than the
+# quota. An open-loop flow at that edge swung between x1.1 and x60 from run to run;
+# with 8 in flight at most, the throttled API's queue stays bounded and latency settles
+# near 8 / its throughput: steady enough to assert on.
+PAGE, PAGE_RATE, IN_FLIGHT = 500, 40, 8
+BASELINE_S = 4.0  # measuring windows, not readiness waits
+DWELL_S = 6.0
+AFTER_S = 3.0
+BACK_LIMIT_S = 30.0
+
+
+def p(values: list[float], q: int) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0.0
+    )
+
+
+def near(p50: float, base_p50: float) -> bool:
+    """Back near the baseline: measured here over 6 runs, the median after the restore
+    was 0.8-1.6x the one before (a shared machine); the throttled one 6.6-11.8x."""
+    return p50 <= max(2.0 * base_p50, base_p50 + 0.010)
+
+
+def test_cpu_throttling(chaos, exchange, bpf):
+    wait_for_recovery(exchange.accepts_orders, timeout=60, what="the exchange's steady state")
+    book = f"{exchange.symbol}.BK"
+    exchange.seed_book(book, PAGE)
+    pages = LoadGenerator(
+        [exchange.open_orders_flow(book, PAGE_RATE, PAGE)],
+        request_timeout=10.0, max_in_flight=IN_FLIGHT, max_duration=120.0,
+    )  # fmt: skip
+    with exchange.load(orders=10) as orders, pages as load:
+        load.wait_for_records("pages", 20)  # warmed up: connections pooled
+        with bpf.watch("trading-api", probes=("runqueue",), label="before") as before:
+            base_from = time.monotonic()
+            time.sleep(BASELINE_S)
+        base = [r.latency_s for r in load.records("pages", since=base_from, until=time.monotonic())]
+        base_p50 = p(base, 50)
+
+        with bpf.watch("trading-api", probes=("runqueue",), label="during") as during:
+            quota = chaos.cpu_quota("trading-api", CPUS)
+            time.sleep(DWELL_S)
+            chaos.undo(quota)
+        restored_at = time.monotonic()
+
+        def back_to_baseline() -> bool:
+            # Pages sent after the restore, over the last second: median back near the
+            # baseline.
+            now = time.monotonic()
+            recent = [r.latency_s for r in load.records("pages", since=max(restored_at, now - 1.0))]
+            return len(recent) >= 10 and near(p(recent, 50), base_p50)
+
+        back = wait_for_recovery(
+            back_to_baseline, since=restored_at, timeout=BACK_LIMIT_S, interval=0.1,
+            what="request latency back to its baseline after the quota was lifted",
+        )  # fmt: skip
+        after_from = time.monotonic()
+        time.sleep(AFTER_S)
+        after = [
+            r.latency_s for r in load.records("pages", since=after_from, until=time.monotonic())
+        ]
+
+    throttled = [
+        r.latency_s for r in load.records("pages", since=quota.applied_at, until=quota.undone_at)
+    ]
+    failed = [r for r in load.records() + orders.records() if not r.ok]
+    factor = p(throttled, 50) / base_p50
+    for name, values in (("before", base), ("during", throttled), ("after", after)):
+        for q in (50, 95, 99):
+            chaos.record(f"latency_{name}_p{q}_ms", round(p(values, q) * 1000, 1))
+    chaos.record("degradation_factor_p50", round(factor, 2))
+    chaos.record("back_to_baseline_s", round(back.recovery_time_s, 3))
+    chaos.record("requests_failed", len(failed))
+    chaos.record("pages_held_back_by_client", load.skipped)
+    runq_before, runq_during = before.observation.runqueue, during.observation.runqueue
+
+    # Degraded, not failed: every request of every flow was answered successfully.
+    assert not failed, f"requests failed while the CPU was throttled: {failed[:5]}"
+    assert len(throttled) >= PAGE_RATE * DWELL_S * 0.5, "the throttled API served too few pages"
+    # Only slower. Measured here over 6 runs: p50 x6.6-x11.8 while throttled (210-240 ms
+    # against 18-36 ms); the guide expects x3-x5, the bound its low end.
+    assert factor >= 3.0, f"throttled p50 only x{factor:.2f} the baseline"
+    # The cause is visible in the kernel: the API's threads waited longer for a CPU.
+    assert runq_before is not None
+    assert runq_during is not None
+    # Measured: p99 100-111 ms throttled (a quota period's wait), 2.9-6.2 ms before.
+    assert runq_during.percentile(99) > 5 * runq_before.percentile(99)
+    # Back to the baseline soon after the quota was lifted.
+    assert back.recovery_time_s < BACK_LIMIT_S
+    assert near(p(after, 50), base_p50), (p(after, 50), base_p50)
+    chaos.record("orders_lost", exchange.check_no_orders_lost(orders))
