@@ -23,6 +23,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 listen_addresses = '*'
 shared_buffers = 64MB
 log_min_messages = warning
+# Time WAL writes and syncs (pg_stat_wal): what commit latency is made of.
+track_wal_io_timing = on
 CONF
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
   as_postgres postgres --single -D "$PGDATA" postgres >/dev/null <<SQL

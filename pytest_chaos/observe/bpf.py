@@ -90,6 +90,8 @@ class TcpObservation:
     runqueue_mean_us: float | None = None
     block_read: Histogram | None = None
     block_write: Histogram | None = None
+    #: fsync/fdatasync durations of the services' processes (BPF only).
+    sync: Histogram | None = None
     #: Pages the services' processes allocated (host-wide in the /proc fallback).
     page_allocs: int | None = None
     #: Pages they freed, and the reclaim they had to do before allocating (memory
@@ -134,7 +136,7 @@ class TcpObservation:
             out.update(self.runqueue.figures(f"{prefix}_runq"))
         if self.runqueue_mean_us is not None:
             out[f"{prefix}_runq_mean_us"] = round(self.runqueue_mean_us, 1)
-        for name in ("block_read", "block_write"):
+        for name in ("block_read", "block_write", "sync"):
             hist = getattr(self, name)
             if hist is not None and hist.count:
                 out.update(hist.figures(f"{prefix}_{name}"))
@@ -434,7 +436,7 @@ class BpfSession:
                 table = self._bpfs[probe][b"scope"]
                 for key in keys:
                     table[table.Key(key)] = table.Leaf(1)
-        for probe in ("process", "pages"):
+        for probe in ("process", "pages", "block"):
             if probe in self._bpfs:
                 table = self._bpfs[probe][b"pid_namespaces"]
                 for i, (dev, ino) in enumerate(self.scope.pid_namespaces[:8]):
@@ -533,6 +535,7 @@ class BpfSession:
         if "block" in self._bpfs:
             obs.block_read = _histogram(self._bpfs["block"][b"read_us"])
             obs.block_write = _histogram(self._bpfs["block"][b"write_us"])
+            obs.sync = _histogram(self._bpfs["block"][b"sync_us"])
         if "pages" in self._bpfs:
             counts = self._bpfs["pages"][b"pages"]
             obs.page_allocs = int(counts[0].value)
