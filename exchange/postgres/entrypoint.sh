@@ -36,8 +36,10 @@ fi
 delay=${POSTGRES_RESTART_DELAY_S:-3}
 child=""
 stopping=""
-# docker stop: pass the request on (SIGTERM = smart shutdown) and stop supervising.
-trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+# docker stop: stop supervising and shut the postmaster down fast (SIGINT: roll back
+# open transactions, disconnect clients, checkpoint). SIGTERM would be PostgreSQL's
+# "smart" shutdown, which waits for every client to leave, until Docker's SIGKILL.
+trap 'stopping=1; [ -n "$child" ] && kill -INT "$child" 2>/dev/null' TERM INT
 
 while :; do
   setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" "$@" &
