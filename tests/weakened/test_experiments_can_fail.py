@@ -34,6 +34,31 @@ CASES = [
         "no exponential backoff in",
     ),
     (
+        "test_02_network_partition.py::test_network_partition",
+        "no-db-timeout",
+        "a request took",
+    ),
+    (
+        "test_03_memory_oom.py::test_memory_pressure_oom_kill",
+        "ack-before-commit",
+        "acknowledged orders are missing",
+    ),
+    (
+        "test_04_cpu_throttling.py::test_cpu_throttling",
+        "tight-timeouts",
+        "requests failed while the CPU was throttled",
+    ),
+    (
+        "test_05_disk_io_starvation.py::test_disk_io_starvation",
+        "tight-timeouts",
+        "the API reported itself not ready",
+    ),
+    (
+        "test_06_connection_pool_exhaustion.py::test_connection_pool_exhaustion",
+        "wait-for-connection",
+        "a request waited",
+    ),
+    (
         "test_07_redis_failure.py::test_redis_failure",
         "blocking-events",
         "orders failed while Redis was down",
@@ -42,6 +67,16 @@ CASES = [
         "test_08_nginx_failure.py::test_nginx_failure",
         "rate-limit-api",
         "port 8080 did not serve the whole burst",
+    ),
+    (
+        "test_09_network_latency.py::test_network_latency",
+        "no-db-timeout",
+        "the timeouts never acted",
+    ),
+    (
+        "test_10_cascade.py::test_cascade",
+        "ack-before-commit",
+        "acknowledged orders are missing",
     ),
 ]
 

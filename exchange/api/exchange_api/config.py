@@ -22,7 +22,7 @@ WEAKNESSES = {
     "no-cache-fallback": "fail market data when the database fails, stale cache or not",
     "blocking-events": "publish order events before answering; fail the order if Redis fails",
     "rate-limit-api": "rate-limit on the API itself too (50 r/s per client), not only in nginx",
-    "no-db-timeout": "no statement timeout, no deadline on database calls: wait for ever",
+    "no-db-timeout": "no statement timeout, no deadline on queries or the pool: wait for ever",
     "tight-timeouts": "database calls time out after 100 ms, a deadline tuned on an idle machine",
     "wait-for-connection": "when PostgreSQL has no connection slot left, retry until it has one",
 }

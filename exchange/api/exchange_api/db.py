@@ -91,7 +91,7 @@ class Database:
                 retry_after_s=self._retry_after(),
             )
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._settings.db_pool_timeout_s)
+            await asyncio.wait_for(self._slots.acquire(), self._pool_wait_s())
         except TimeoutError:
             self._metrics.inc("db_pool_exhausted")
             raise PoolExhausted(
@@ -243,6 +243,11 @@ class Database:
             0
             if "no-db-timeout" in self._settings.weaken
             else self._settings.db_statement_timeout_ms
+        )
+
+    def _pool_wait_s(self) -> float | None:
+        return (
+            None if "no-db-timeout" in self._settings.weaken else self._settings.db_pool_timeout_s
         )
 
     def _op_timeout_or_none(self) -> float | None:
