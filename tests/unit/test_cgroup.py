@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_chaos import ConfigurationError
-from pytest_chaos.faults.resources import _v1_memory
+from pytest_chaos.faults.resources import MemoryHandle, _v1_memory
 from pytest_chaos.targets.cgroup import cgroup_of
 from pytest_chaos.units import parse_size
 
@@ -93,3 +93,22 @@ def test_sizes_parse_in_powers_of_1024(text, size):
 def test_bad_sizes_are_refused(bad):
     with pytest.raises(ConfigurationError):
         parse_size(bad)
+
+
+def test_a_memory_handle_reads_usage_and_limit_and_says_when_usage_neared_the_cap(tmp_path):
+    usage, limit = tmp_path / "memory.usage_in_bytes", tmp_path / "memory.limit_in_bytes"
+    usage.write_text("1000\n")
+    limit.write_text("max\n")  # v2 spelling of "no limit"
+    handle = MemoryHandle(
+        kind="memory", target="api", limit_bytes=2000, usage_at_start=900,
+        _usage_file=usage, _limit_file=limit,
+    )  # fmt: skip
+    assert handle.usage_bytes() == 1000
+    assert handle.limit_in_force() == 2**63 - 1
+    assert handle.peak_bytes == 900  # nothing sampled yet
+    handle.samples.extend([(1.0, 1200), (2.0, 1850), (3.0, 1990), (4.0, 1500)])
+    assert handle.peak_bytes == 1990
+    assert handle.reached(0.9) == 2.0
+    assert handle.reached(1.0) is None
+    usage.unlink()  # the container exited: its cgroup is gone
+    assert handle.usage_bytes() is None
