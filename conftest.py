@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_chaos import ComposeProject, Flow, LoadGenerator, Request
+from pytest_chaos import Chaos, ComposeProject, Flow, LoadGenerator, Request
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_BASE_IMAGE = "pytest-chaos/base:bookworm"
@@ -197,15 +197,20 @@ class Exchange:
     def load(self, **rates: float) -> LoadGenerator:
         return LoadGenerator(self.flows(**rates), request_timeout=10.0, max_duration=300.0)
 
-    def check_no_orders_lost(self, load: LoadGenerator) -> int:
+    def check_no_orders_lost(self, load: LoadGenerator, chaos: Chaos) -> None:
         """Every order acknowledged during the experiment (by ``load`` and by the
-        steady-state probe) is stored; fails naming the missing ones. Returns how many
-        were lost (0), for the record."""
-        from pytest_chaos import check_no_data_loss
+        steady-state probe) is stored; fails naming the missing ones. Records
+        ``orders_acknowledged`` and ``orders_lost`` either way."""
+        from pytest_chaos import DataLossDetected, check_no_data_loss
 
         acknowledged = load.acknowledged("orders") + self.probe_acks
-        report = check_no_data_loss(acknowledged, self.orders_exist, what="acknowledged orders")
-        return report.lost_count
+        chaos.record("orders_acknowledged", len(set(acknowledged)))
+        try:
+            report = check_no_data_loss(acknowledged, self.orders_exist, what="acknowledged orders")
+        except DataLossDetected as exc:
+            chaos.record("orders_lost", getattr(exc.report, "lost_count", "?"))
+            raise
+        chaos.record("orders_lost", report.lost_count)
 
     def orders_exist(self, client_order_ids: list[str]) -> list[str]:
         """Which of these acknowledged orders are stored in PostgreSQL (asked directly,

@@ -83,6 +83,11 @@ class Chaos:
         text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
         self._applied.append(_Applied(handle, stack, text, self._count))
         self.record(f"chaos_fault_{self._count}", text)
+        if isinstance(handle, FaultHandle):
+            self.record(f"chaos_fault_{self._count}_kind", handle.kind)
+            self.record(f"chaos_fault_{self._count}_target", handle.target)
+        else:
+            self.record(f"chaos_fault_{self._count}_kind", type(handle).__name__)
         log.info("chaos: applied %s", text)
         return handle
 
@@ -302,9 +307,10 @@ class Chaos:
 
     # -- figures -------------------------------------------------------------------------
 
-    def record(self, name: str, value: Figure) -> None:
+    def record(self, name: str, value: Figure, *, key: bool = False) -> None:
         """Record a measured figure: it becomes a JUnit property of the test and a line
-        of the terminal summary."""
+        of the terminal summary. ``key=True`` makes it the figure the end-of-run
+        summary table shows for this test."""
         if not name or not isinstance(name, str):
             raise ConfigurationError(f"a figure needs a name, got {name!r}.")
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -313,3 +319,8 @@ class Chaos:
             )
         self.figures[name] = value
         self._record(name, value)
+        if key:
+            from .report import KEY_FIGURE
+
+            self.figures[KEY_FIGURE] = name
+            self._record(KEY_FIGURE, name)

@@ -77,7 +77,9 @@ class RecoveryTimeout(ChaosError, TimeoutError):
 
 
 class DataLossDetected(ChaosError, AssertionError):
-    """Writes that were acknowledged are missing."""
+    """Writes that were acknowledged are missing. ``report`` counts them."""
+
+    report: object = None
 
 
 def hide_chaos_errors(excinfo: object) -> bool:

@@ -21,6 +21,7 @@ from .units import parse_duration
 if TYPE_CHECKING:
     from .chaos import Chaos
     from .observe.bpf import BpfProbes
+    from .report import TestResult
     from .targets.compose import ComposeProject
 
 MARKERS = {
@@ -65,6 +66,7 @@ class ChaosPlugin:
     settings: ChaosSettings
     journal: Journal
     figures: dict[str, dict[str, str]] = field(default_factory=dict)
+    results: dict[str, TestResult] = field(default_factory=dict)
 
     def replay_journal(self, write: Callable[[str], None]) -> bool:
         """Undo what runs that died left in force; say what was done. False if some
@@ -84,12 +86,32 @@ class ChaosPlugin:
         return ok
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from .report import TestResult
+
+        result = self.results.setdefault(report.nodeid, TestResult(report.nodeid))
+        if report.failed:
+            result.outcome = "failed" if report.when == "call" else "error"
+        elif report.skipped and result.outcome == "passed":
+            result.outcome = "skipped"
         if report.when == "teardown":
             recorded = {str(k): str(v) for k, v in report.user_properties}
+            result.figures = recorded
             if recorded:
                 self.figures[report.nodeid] = recorded
 
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        from .environment import environment
+
+        return environment().header_lines()
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        from .report import table
+
+        shown = [r for r in self.results.values() if r.figures]
+        if shown:
+            terminalreporter.section("chaos experiments")
+            for line in table(shown):
+                terminalreporter.write_line(line)
         if not self.figures:
             return
         terminalreporter.section("chaos figures")

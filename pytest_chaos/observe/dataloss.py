@@ -38,5 +38,7 @@ def check_no_data_loss(
     report = DataLossReport(acknowledged=len(ids), found=len(ids) - len(lost), lost=lost)
     if lost:
         shown = ", ".join(lost[:10]) + (" ..." if len(lost) > 10 else "")
-        raise DataLossDetected(f"{len(lost)} of {len(ids)} {what} are missing: {shown}")
+        error = DataLossDetected(f"{len(lost)} of {len(ids)} {what} are missing: {shown}")
+        error.report = report
+        raise error
     return report

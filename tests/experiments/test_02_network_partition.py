@@ -57,7 +57,7 @@ def test_network_partition(chaos, exchange, bpf):
     market = load.records("market", **window)
     slowest = max(r.latency_s for r in orders + market)
     unclear = [r for r in orders if r.status != 201 and (r.status, r.summary) not in CLEAR]
-    chaos.record("bpf_retransmits", probes.observation.retransmits or 0)
+    chaos.record("bpf_retransmits", probes.observation.retransmits or 0, key=True)
     chaos.record("slowest_answer_during_fault_s", round(slowest, 3))
     chaos.record("orders_refused_during_fault", sum(r.status != 201 for r in orders))
     chaos.record("recovery_after_heal_s", round(recovery.recovery_time_s, 3))
@@ -79,4 +79,4 @@ def test_network_partition(chaos, exchange, bpf):
     # The exchange's reconnect backoff is capped at 5 s: recovery follows within seconds.
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
 
-    chaos.record("orders_lost", exchange.check_no_orders_lost(load))
+    exchange.check_no_orders_lost(load, chaos)

@@ -72,6 +72,8 @@ def test_memory_pressure_oom_kill(chaos, exchange, bpf):
 
     obs = probes.observation
     victims = obs.oom_victims
+    if victims:
+        chaos.record("bpf_oom_victim", f"{victims[0].comm} (pid {victims[0].pid})", key=True)
     docker_said = [e["action"] for e in api.events(started_wall)]
     reached_90 = memory.reached(0.9)
     growth = memory.peak_bytes - memory.usage_at_start
@@ -103,4 +105,4 @@ def test_memory_pressure_oom_kill(chaos, exchange, bpf):
     # The cap is gone: the limit in force is the one before the experiment.
     assert memory.limit_in_force() == memory.limit_before
     # Orders refused during the outage were refused, not acknowledged and dropped.
-    chaos.record("orders_lost", exchange.check_no_orders_lost(load))
+    exchange.check_no_orders_lost(load, chaos)

@@ -104,6 +104,8 @@ def test_cpu_throttling(chaos, exchange, bpf):
     chaos.record("requests_failed", len(failed))
     chaos.record("pages_held_back_by_client", load.skipped)
     runq_before, runq_during = before.observation.runqueue, during.observation.runqueue
+    if runq_during is not None:
+        chaos.record("bpf_runq_p99_during_us", round(runq_during.percentile(99)), key=True)
 
     # Degraded, not failed: every request of every flow was answered successfully.
     assert not failed, f"requests failed while the CPU was throttled: {failed[:5]}"
@@ -119,4 +121,4 @@ def test_cpu_throttling(chaos, exchange, bpf):
     # Back to the baseline soon after the quota was lifted.
     assert back.recovery_time_s < BACK_LIMIT_S
     assert near(p(after, 50), base_p50), (p(after, 50), base_p50)
-    chaos.record("orders_lost", exchange.check_no_orders_lost(orders))
+    exchange.check_no_orders_lost(orders, chaos)

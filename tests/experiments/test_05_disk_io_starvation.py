@@ -96,6 +96,8 @@ def test_disk_io_starvation(chaos, exchange, bpf):
     not_ready = [r for r in load.records("ready", **window) if r.status != 200]
     sync_hist_before, sync_hist_during = before.observation.sync, during.observation.sync
     sync_before, sync_during = per_sync_ms(wal_0, wal_1), per_sync_ms(wal_2, wal_3)
+    if sync_hist_during is not None:
+        chaos.record("bpf_fsync_p50_during_us", round(sync_hist_during.percentile(50)), key=True)
     chaos.record("order_latency_before_p50_ms", round(base_p50 * 1000, 1))
     chaos.record("order_latency_during_p50_ms", round(p50(starved) * 1000, 1))
     chaos.record("wal_sync_before_ms", round(sync_before, 2))
@@ -126,4 +128,4 @@ def test_disk_io_starvation(chaos, exchange, bpf):
     # And it came back to its baseline once the disk was free.
     assert back.recovery_time_s < BACK_LIMIT_S
     assert postgres.is_healthy()
-    chaos.record("orders_lost", exchange.check_no_orders_lost(load))
+    exchange.check_no_orders_lost(load, chaos)

@@ -94,4 +94,4 @@ def test_redis_failure(chaos, exchange):
     assert recovery.recovery_time_s < RECOVERY_LIMIT_S
     assert metrics(exchange).get("cache_hits", 0) > m2.get("cache_hits", 0)
 
-    chaos.record("orders_lost", exchange.check_no_orders_lost(load))
+    exchange.check_no_orders_lost(load, chaos)

@@ -166,6 +166,57 @@ def test_figures_become_junit_properties_and_a_summary(pytester):
     assert '<property name="orders_lost" value="0"' in xml
 
 
+def test_the_run_ends_with_a_table_of_experiments_and_their_verdicts(pytester, faults):
+    pytester.makepyfile(
+        """
+        import pytest
+        from faults_lib import fault
+
+        @pytest.mark.experiment("07")
+        def test_cache_down(chaos):
+            chaos.inject(fault("redis"))
+            chaos.record("recovery_time_s", 2.5)
+            chaos.record("orders_acknowledged", 120)
+            chaos.record("orders_lost", 0)
+            chaos.record("bpf_api_connect_attempts", 14)
+            chaos.record("bpf_api_retransmits", 3, key=True)
+            chaos.record("bpf_api_source", "proc")
+
+        @pytest.mark.experiment("09")
+        def test_slow_network(chaos):
+            chaos.inject(fault("postgres"))
+            chaos.record("latency_method", "nfqueue")
+            chaos.record("orders_lost", 2)
+            assert False, "orders were lost"
+
+        def test_plain():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.stdout.fnmatch_lines(
+        [
+            "*chaos experiments*",
+            "experiment*test*fault*target*verdict*recovery*orders ack/lost*key figure*fallback",
+            "07 *test_cache_down *str *- *PASSED *2.50 s *120/0 *bpf_api_retransmits=3 "
+            "*no BPF: /proc counters",
+            "09 *test_slow_network *str *- *FAILED *- *?/2 *- *no netem: NFQUEUE",
+        ]
+    )
+    assert "test_plain" not in result.stdout.str().split("chaos experiments")[1]
+
+
+def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-chaos: backend *; root *",
+            "pytest-chaos: kernel *: cgroup *; BPF *; netem *",
+        ]
+    )
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
