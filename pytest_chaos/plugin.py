@@ -46,6 +46,10 @@ HELP_JOURNAL = (
     "/var/lib/pytest-chaos/journal as root, else ~/.local/state/pytest-chaos/journal)"
 )
 HELP_CLEANUP = "undo every fault the journal holds from runs that died (kill -9), then exit"
+HELP_DRY_RUN = (
+    "list the faults each selected test would inject (read from its source) and exit: "
+    "no test runs, no stack starts, the journal is not replayed"
+)
 HELP_TIMEOUT = (
     "deadline for a service to be running and healthy again after a fault, and for the "
     "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
@@ -130,6 +134,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--chaos-timeout", default=None, metavar="DURATION", help=HELP_TIMEOUT)
     group.addoption("--chaos-journal", default=None, metavar="DIR", help=HELP_JOURNAL)
     group.addoption("--chaos-cleanup", action="store_true", default=False, help=HELP_CLEANUP)
+    group.addoption("--chaos-dry-run", action="store_true", default=False, help=HELP_DRY_RUN)
     parser.addini("chaos_project", HELP_PROJECT, default=None)
     parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
     parser.addini("chaos_journal", HELP_JOURNAL, default=None)
@@ -212,7 +217,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     plugin = session.config.stash[PLUGIN_KEY]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     write = reporter.write_line if reporter is not None else print
+    if session.config.getoption("--chaos-dry-run"):
+        for entry in plugin.journal.orphans():
+            write(
+                f"pytest-chaos dry run: the journal holds {entry.description} of a run that "
+                "died; a real run (or pytest --chaos-cleanup) would undo it"
+            )
+        return
     plugin.replay_journal(write)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    if not session.config.getoption("--chaos-dry-run"):
+        return None
+    from .dryrun import report
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter is not None else print
+    report(session.items, write)
+    return True
 
 
 def _sigterm_interrupts() -> None:

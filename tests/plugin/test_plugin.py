@@ -348,6 +348,71 @@ def test_after_kill_9_the_journal_undoes_the_fault(pytester, recovery):
     assert list(journal.glob("*.json")) == []
 
 
+def test_a_dry_run_lists_each_tests_faults_and_runs_nothing(pytester, faults):
+    pytester.makepyfile(
+        test_planned="""
+        import pytest
+        from faults_lib import fault, note
+
+        @pytest.mark.network
+        def test_partition(chaos):
+            note("the test ran")
+            chaos.partition("trading-api", ["postgres"],
+                            mode="drop")
+            chaos.inject(fault("a"))
+
+        @pytest.mark.resources
+        def test_memory(chaos, chaos_project):
+            chaos.memory_cap("trading-api", "256m")
+
+        def test_no_faults():
+            note("the test ran")
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-dry-run", "-m", "network or not resources")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-chaos dry run: 2 test(s) selected; nothing runs, nothing changes",
+            "test_planned.py::test_partition",
+            '    line 7: chaos.partition("trading-api", ["postgres"], mode="drop")',
+            '    line 9: chaos.inject(fault("a"))',
+            "test_planned.py::test_no_faults",
+            "    no fault calls on the chaos fixture in this test's body",
+        ]
+    )
+    assert "test_memory" not in result.stdout.str()  # deselected by the marker
+    assert not faults.exists()  # no test body ran, no fault was applied
+
+
+def test_a_dry_run_reports_but_does_not_undo_what_the_journal_holds(pytester):
+    pytester.makeconftest(JOURNALED)
+    pytester.makepyfile(
+        test_dwell="""
+        import time
+        from conftest import journaled_fault, note
+        def test_x(chaos):
+            chaos.inject(journaled_fault(chaos.journal, "a"))
+            note("in force")
+            time.sleep(60)  # the dwell kill -9 cuts short
+        """
+    )
+    journal = pytester.path / "journal"
+    log = pytester.path / "log.txt"
+    proc = _run_until_applied(pytester, log, f"--chaos-journal={journal}", "test_dwell.py")
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+    result = pytester.runpytest_subprocess(f"--chaos-journal={journal}", "--chaos-dry-run")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["pytest-chaos dry run: the journal holds test fault a of a run that died; *"]
+    )
+    assert log.read_text().split("\n") == ["apply a", "in force", ""]  # still in force
+    assert len(list(journal.glob("*.json"))) == 1
+
+
 def test_cleanup_with_an_empty_journal_says_so(pytester, tmp_path):
     result = pytester.runpytest_subprocess(f"--chaos-journal={tmp_path}", "--chaos-cleanup")
     assert result.ret == 0
