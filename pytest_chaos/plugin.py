@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -46,6 +46,11 @@ HELP_JOURNAL = (
     "/var/lib/pytest-chaos/journal as root, else ~/.local/state/pytest-chaos/journal)"
 )
 HELP_CLEANUP = "undo every fault the journal holds from runs that died (kill -9), then exit"
+HELP_JUNIT_STRICT = (
+    "keep --junitxml valid under the Jenkins xunit plugin's junit-10.xsd, which allows no "
+    "properties in a testcase: each test's figures become testsuite properties named "
+    "'<test id>::<figure>', and the file is written as junit_family xunit2"
+)
 HELP_DRY_RUN = (
     "list the faults each selected test would inject (read from its source) and exit: "
     "no test runs, no stack starts, the journal is not replayed"
@@ -71,6 +76,8 @@ class ChaosPlugin:
     journal: Journal
     figures: dict[str, dict[str, str]] = field(default_factory=dict)
     results: dict[str, TestResult] = field(default_factory=dict)
+    #: pytest's JUnit writer when --chaos-junit-strict moves figures to the suite.
+    junit: Any = None
 
     def replay_journal(self, write: Callable[[str], None]) -> bool:
         """Undo what runs that died left in force; say what was done. False if some
@@ -89,6 +96,7 @@ class ChaosPlugin:
                 )
         return ok
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml reads the teardown report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from .report import TestResult
 
@@ -102,6 +110,11 @@ class ChaosPlugin:
             result.figures = recorded
             if recorded:
                 self.figures[report.nodeid] = recorded
+            if self.junit is not None:
+                # Strict JUnit: the figures go to the suite, keyed by the test's id.
+                for name, value in recorded.items():
+                    self.junit.add_global_property(f"{report.nodeid}::{name}", value)
+                report.user_properties = []
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         from .environment import environment
@@ -135,6 +148,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--chaos-journal", default=None, metavar="DIR", help=HELP_JOURNAL)
     group.addoption("--chaos-cleanup", action="store_true", default=False, help=HELP_CLEANUP)
     group.addoption("--chaos-dry-run", action="store_true", default=False, help=HELP_DRY_RUN)
+    group.addoption(
+        "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
+    )
     parser.addini("chaos_project", HELP_PROJECT, default=None)
     parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
     parser.addini("chaos_journal", HELP_JOURNAL, default=None)
@@ -173,14 +189,35 @@ def _settings(config: pytest.Config) -> ChaosSettings:
     )
 
 
+@pytest.hookimpl(trylast=True)  # after junitxml made its writer
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     settings = _settings(config)
     plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
+    if config.getoption("--chaos-junit-strict"):
+        plugin.junit = _strict_junit_writer(config)
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "pytest-chaos-session")
     _sigterm_interrupts()
+
+
+def _strict_junit_writer(config: pytest.Config) -> Any:
+    """pytest's JUnit writer, set to the xunit2 family (xunit1's testcase ``file`` and
+    ``line`` attributes are not in junit-10.xsd); None without --junitxml."""
+    if not config.option.xmlpath:
+        return None
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest that moved its JUnit writer
+        raise pytest.UsageError(
+            "--chaos-junit-strict cannot find pytest's JUnit writer in this pytest version; "
+            "run without it (figures stay testcase properties)."
+        ) from None
+    writer = config.stash.get(xml_key, None)
+    if writer is not None:
+        writer.family = "xunit2"
+    return writer
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
