@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import signal as _signal
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import timeline
 from .errors import ConfigurationError, UndoFailed
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .faults.base import FaultHandle
@@ -35,6 +37,7 @@ class _Applied:
     stack: ExitStack
     label: str
     index: int
+    noted: Any = None  # its span on the test's timeline
 
 
 class Chaos:
@@ -81,7 +84,9 @@ class Chaos:
         handle = stack.enter_context(fault)
         self._count += 1
         text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
-        self._applied.append(_Applied(handle, stack, text, self._count))
+        self._applied.append(
+            _Applied(handle, stack, text, self._count, timeline.note_fault(text, handle))
+        )
         self.record(f"chaos_fault_{self._count}", text)
         if isinstance(handle, FaultHandle):
             self.record(f"chaos_fault_{self._count}_kind", handle.kind)
@@ -299,6 +304,8 @@ class Chaos:
 
     def _close(self, applied: _Applied) -> None:
         applied.stack.close()
+        if applied.noted is not None:
+            applied.noted.end = time.monotonic()
         log.info("chaos: undid %s", applied.label)
         if isinstance(applied.handle, FaultHandle):
             for key, value in applied.handle.figures().items():

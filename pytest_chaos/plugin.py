@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import timeline
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .journal import Journal, default_directory, new_run_id
 from .units import parse_duration
@@ -51,6 +53,10 @@ HELP_JUNIT_STRICT = (
     "properties in a testcase: each test's figures become testsuite properties named "
     "'<test id>::<figure>', and the file is written as junit_family xunit2"
 )
+HELP_REPORT = (
+    "write an HTML report (DIR/index.html, a timeline picture per experiment) and the "
+    "same data as JSON (DIR/report.json)"
+)
 HELP_DRY_RUN = (
     "list the faults each selected test would inject (read from its source) and exit: "
     "no test runs, no stack starts, the journal is not replayed"
@@ -78,6 +84,9 @@ class ChaosPlugin:
     results: dict[str, TestResult] = field(default_factory=dict)
     #: pytest's JUnit writer when --chaos-junit-strict moves figures to the suite.
     junit: Any = None
+    #: Each test's timeline (JSON-ready), for --chaos-report.
+    timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
 
     def replay_journal(self, write: Callable[[str], None]) -> bool:
         """Undo what runs that died left in force; say what was done. False if some
@@ -101,10 +110,13 @@ class ChaosPlugin:
         from .report import TestResult
 
         result = self.results.setdefault(report.nodeid, TestResult(report.nodeid))
+        result.duration_s += report.duration
         if report.failed:
             result.outcome = "failed" if report.when == "call" else "error"
+            result.message = (result.message + "\n" + report.longreprtext).strip()[-6000:]
         elif report.skipped and result.outcome == "passed":
             result.outcome = "skipped"
+            result.message = report.longreprtext[-2000:]
         if report.when == "teardown":
             recorded = {str(k): str(v) for k, v in report.user_properties}
             result.figures = recorded
@@ -121,8 +133,39 @@ class ChaosPlugin:
 
         return environment().header_lines()
 
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+    def write_report(self, config: pytest.Config) -> Path | None:
+        directory = config.getoption("--chaos-report")
+        if not directory:
+            return None
+        from . import htmlreport
+        from .environment import environment
+
+        tests = [
+            {
+                "nodeid": r.nodeid,
+                "outcome": r.outcome,
+                "duration_s": round(r.duration_s, 3),
+                "message": r.message,
+                "figures": r.figures,
+                "timeline": self.timelines.get(r.nodeid),
+            }
+            for r in self.results.values()
+            if r.figures or r.nodeid in self.timelines
+        ]
+        counts: dict[str, int] = {}
+        for r in self.results.values():
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        run = htmlreport.run_info(environment().header_lines(), self.started, counts)
+        return htmlreport.write(Path(directory), run, tests)
+
+    def pytest_terminal_summary(
+        self, terminalreporter: pytest.TerminalReporter, config: pytest.Config
+    ) -> None:
         from .report import table
+
+        page = self.write_report(config)
+        if page is not None:
+            terminalreporter.write_sep("-", f"chaos report: {page}")
 
         shown = [r for r in self.results.values() if r.figures]
         if shown:
@@ -148,6 +191,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--chaos-journal", default=None, metavar="DIR", help=HELP_JOURNAL)
     group.addoption("--chaos-cleanup", action="store_true", default=False, help=HELP_CLEANUP)
     group.addoption("--chaos-dry-run", action="store_true", default=False, help=HELP_DRY_RUN)
+    group.addoption("--chaos-report", default=None, metavar="DIR", help=HELP_REPORT)
     group.addoption(
         "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
     )
@@ -383,7 +427,13 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         record=record,
         journal=plugin.journal,
     )
+    timeline.begin(request.node.nodeid)
     try:
         yield session
     finally:
-        session.undo_all()
+        try:
+            session.undo_all()
+        finally:
+            done = timeline.end()
+            if done is not None:
+                plugin.timelines[request.node.nodeid] = done.to_json()

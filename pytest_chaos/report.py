@@ -37,6 +37,9 @@ class TestResult:
     nodeid: str
     outcome: str = "passed"  # passed, failed, error, skipped
     figures: dict[str, str] = field(default_factory=dict)
+    duration_s: float = 0.0
+    #: The failure's (or skip's) report text, when there is one.
+    message: str = ""
 
 
 def row(result: TestResult) -> tuple[str, ...]:

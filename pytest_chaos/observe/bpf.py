@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import timeline
 from ..errors import ConfigurationError, EnvironmentProblem
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .histogram import Histogram
@@ -519,6 +520,11 @@ class BpfSession:
                 self._bpfs[probe].perf_buffer_poll(timeout=50)
         if "connect" in self._bpfs:
             obs.connects = assemble_attempts(self._events)
+            for a in obs.connects:
+                if a.outcome != "established":
+                    timeline.note_event(
+                        a.started, f"connect {a.outcome}", f"{a.destination}:{a.port}"
+                    )
         if "tcp" in self._bpfs:
             counters = [v.value for v in self._bpfs["tcp"][b"counters"].values()]
             obs.retransmits, obs.resets_sent, obs.resets_received = counters[:3]
@@ -530,6 +536,9 @@ class BpfSession:
             }
         if "process" in self._bpfs:
             obs.process_events = sorted(self._process_events, key=lambda e: e.ts)
+            for e in obs.process_events:
+                label = f"{e.comm} ({e.pid})" + (f" {e.signal}" if e.signal else "")
+                timeline.note_event(e.ts, e.kind, label)
         if "runqueue" in self._bpfs:
             obs.runqueue = _histogram(self._bpfs["runqueue"][b"runq_us"])
         if "block" in self._bpfs:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import timeline
 from ..errors import ConfigurationError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..units import parse_duration
@@ -114,6 +115,7 @@ class LoadGenerator:
         if self._thread is not None:
             raise ConfigurationError("this load generator was already started.")
         self.started_at = time.monotonic()
+        timeline.note_load(self)
         self._thread = threading.Thread(target=self._run, name="pytest-chaos-load", daemon=True)
         self._thread.start()
         return self

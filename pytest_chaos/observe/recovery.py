@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import timeline
 from ..errors import ConfigurationError, RecoveryTimeout
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..units import parse_duration
@@ -34,13 +35,15 @@ def wait_for_recovery(
     transient: tuple[type[BaseException], ...] = (Exception,),
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_timeline: bool = True,
 ) -> Recovery:
     """Call ``check`` every ``interval`` until it returns a truthy value.
 
     ``since`` is a ``clock()`` reading (e.g. the moment a fault was injected); the
     recovery time is measured from it, and the deadline is ``since + timeout``.
     Exceptions of the ``transient`` types count as a failed check. On timeout,
-    :class:`RecoveryTimeout` says what the last check returned or raised.
+    :class:`RecoveryTimeout` says what the last check returned or raised. The recovery
+    is marked on the test's timeline (HTML report) unless ``on_timeline`` is False.
     """
     timeout_s = parse_duration(timeout, name="timeout")
     interval_s = parse_duration(interval, name="interval")
@@ -60,6 +63,8 @@ def wait_for_recovery(
         else:
             if result:
                 now = clock()
+                if on_timeline and clock is time.monotonic:
+                    timeline.note_recovery(what, origin, now)
                 return Recovery(recovery_time_s=now - origin, waited_s=now - start, checks=checks)
             last = f"returned {result!r}"
         now = clock()

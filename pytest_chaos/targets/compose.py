@@ -248,7 +248,10 @@ class Service:
             return _is_healthy(self.container().attrs, probed_after)
 
         try:
-            wait_for_recovery(check, timeout=timeout, interval=0.1, what=f"service {self.name!r}")
+            wait_for_recovery(
+                check, timeout=timeout, interval=0.1, what=f"service {self.name!r}",
+                on_timeline=False,  # the fault's undo, not a recovery the test measures
+            )  # fmt: skip
         except RecoveryTimeout as exc:
             raise RecoveryTimeout(
                 f"{exc} State: {self.state().get('Status')}; last log lines:\n{self.logs_tail()}"

@@ -5,6 +5,7 @@ covered against Docker in tests/integration)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -204,6 +205,75 @@ def test_the_run_ends_with_a_table_of_experiments_and_their_verdicts(pytester, f
         ]
     )
     assert "test_plain" not in result.stdout.str().split("chaos experiments")[1]
+
+
+def test_the_report_draws_each_tests_timeline_from_what_really_happened(pytester, faults):
+    """A real load generator against an HTTP server on loopback that fails while a
+    fault is in force; the report's JSON holds those requests, the fault's window and
+    the recovery; the page draws them and shows the failure's message."""
+    pytester.makepyfile(
+        test_timeline="""
+        import threading, time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import pytest
+        from faults_lib import fault
+        from pytest_chaos import Flow, LoadGenerator, Request, wait_for_recovery
+
+        BROKEN = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(503 if BROKEN.is_set() else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        @pytest.fixture
+        def server():
+            httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            yield f"http://127.0.0.1:{httpd.server_port}/"
+            httpd.shutdown()
+
+        @pytest.mark.experiment("99")
+        @pytest.mark.parametrize("verdict", ["pass", "fail"])
+        def test_outage(chaos, server, verdict):
+            flow = Flow("reads", 50, lambda n: Request("GET", server))
+            with LoadGenerator([flow], request_timeout=2) as load:
+                load.wait_for_records("reads", 10)
+                outage = chaos.inject(fault("api"))
+                BROKEN.set()
+                time.sleep(0.3)  # the fault's dwell
+                BROKEN.clear()
+                healed = time.monotonic()
+                wait_for_recovery(lambda: load.records("reads", since=healed + 0.05),
+                                  since=healed, timeout=5, what="reads again")
+            chaos.record("recovery_time_s", 0.1)
+            assert verdict == "pass", "the experiment found a weakness"
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-report=out")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*chaos report: *out*index.html*"])
+    data = json.loads((pytester.path / "out" / "report.json").read_text())
+    tests = {t["nodeid"].rsplit("[", 1)[1].rstrip("]"): t for t in data["tests"]}
+    assert {t["outcome"] for t in tests.values()} == {"passed", "failed"}
+    timeline = tests["pass"]["timeline"]
+    (window,) = timeline["faults"]
+    assert window["label"] == "'api'"
+    assert window["end"] > window["start"]
+    requests = timeline["requests"]
+    assert len(requests) >= 10
+    failed = [r for r in requests if not r["ok"]]
+    assert failed
+    assert all(r["status"] == 503 for r in failed)
+    assert all(window["start"] - 0.1 <= r["t"] <= window["end"] + 0.1 for r in failed)
+    assert [r["what"] for r in timeline["recoveries"]] == ["reads again"]
+    assert tests["pass"]["figures"]["recovery_time_s"] == "0.1"
+    page = (pytester.path / "out" / "index.html").read_text()
+    assert page.count("<svg") == 2
+    assert "the experiment found a weakness" in page  # the failing test's message
 
 
 def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):

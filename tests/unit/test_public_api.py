@@ -13,6 +13,8 @@ def test_all_is_sorted_and_complete():
         "targets",
         "units",
         "plugin",
+        "report",
+        "timeline",
     }
     assert pytest_chaos.__all__ == sorted(pytest_chaos.__all__)
     assert set(pytest_chaos.__all__) == public - modules

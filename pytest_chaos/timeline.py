@@ -1,0 +1,125 @@
+"""What happened during a test, in time order, for the HTML report: the faults'
+windows, every request the load generators sent, the recoveries waited for, and the
+kernel events BPF saw. The ``chaos`` fixture opens a timeline for each test; the
+pieces note themselves into the open one (one test runs at a time in a process).
+
+Times are ``time.monotonic()`` readings (BPF's timestamps use the same clock) and are
+written relative to the timeline's start.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Fault:
+    label: str
+    kind: str
+    target: str
+    start: float
+    handle: Any = None
+    end: float | None = None
+
+
+@dataclass
+class Timeline:
+    nodeid: str
+    start: float = field(default_factory=time.monotonic)
+    start_wall: float = field(default_factory=time.time)
+    faults: list[_Fault] = field(default_factory=list)
+    loads: list[Any] = field(default_factory=list)
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def rel(t: float | None) -> float | None:
+            return None if t is None else round(t - self.start, 4)
+
+        requests = []
+        for load in self.loads:
+            for r in load.records():
+                requests.append(
+                    {
+                        "flow": r.flow,
+                        "t": rel(r.started),
+                        "latency_ms": round(r.latency_s * 1000, 2),
+                        "ok": r.ok,
+                        "status": r.status,
+                        "error": r.summary if r.status and r.status >= 400 else r.error,
+                    }
+                )
+        requests.sort(key=lambda r: r["t"])
+        faults = []
+        for f in self.faults:
+            start = getattr(f.handle, "applied_at", None) or f.start
+            end = getattr(f.handle, "undone_at", None) or f.end
+            faults.append(
+                {"label": f.label, "kind": f.kind, "target": f.target, "start": rel(start),
+                 "end": rel(end)}
+            )  # fmt: skip
+        return {
+            "nodeid": self.nodeid,
+            "started_at": self.start_wall,
+            "faults": faults,
+            "recoveries": [
+                {**r, "start": rel(r["start"]), "end": rel(r["end"])} for r in self.recoveries
+            ],
+            "requests": requests,
+            "events": sorted(({**e, "t": rel(e["t"])} for e in self.events), key=lambda e: e["t"]),
+        }
+
+
+_current: Timeline | None = None
+
+
+def begin(nodeid: str) -> Timeline:
+    global _current
+    _current = Timeline(nodeid)
+    return _current
+
+
+def end() -> Timeline | None:
+    global _current
+    done, _current = _current, None
+    return done
+
+
+def current() -> Timeline | None:
+    return _current
+
+
+# -- what the pieces note -----------------------------------------------------------------
+
+
+def note_fault(label: str, handle: Any) -> _Fault | None:
+    if _current is None:
+        return None
+    fault = _Fault(
+        label,
+        str(getattr(handle, "kind", type(handle).__name__)),
+        str(getattr(handle, "target", "")),
+        time.monotonic(),
+        handle,
+    )
+    _current.faults.append(fault)
+    return fault
+
+
+def note_load(load: Any) -> None:
+    if _current is not None:
+        _current.loads.append(load)
+
+
+def note_recovery(what: str, start: float, end: float) -> None:
+    if _current is not None:
+        _current.recoveries.append(
+            {"what": what, "start": start, "end": end, "seconds": round(end - start, 3)}
+        )
+
+
+def note_event(t: float, kind: str, label: str) -> None:
+    if _current is not None:
+        _current.events.append({"t": t, "kind": kind, "label": label})
