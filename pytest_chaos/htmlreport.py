@@ -21,7 +21,7 @@ from typing import Any
 from .report import COLUMNS, TestResult, row
 
 WIDTH, HEIGHT = 980, 380
-LEFT, RIGHT, TOP = 70, 24, 34
+LEFT, RIGHT, TOP = 70, 24, 46
 PLOT_BOTTOM = 270  # the latency plot ends here; the kernel-event lane and legend follow
 LANE_Y = 300
 FLOW_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f")
@@ -84,9 +84,12 @@ def svg_timeline(data: dict[str, Any]) -> str:
             f'<rect class="fault" x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 1):.1f}" '
             f'height="{PLOT_BOTTOM - TOP}" fill="#f5b041" fill-opacity="0.22"/>'
         )
+        text = f"{_short(f['label'], 60)} ({end - f['start']:.1f} s)"
+        fits_right = x0 + 3 + 6.2 * len(text) < WIDTH - RIGHT
+        anchor, tx = ("start", x0 + 3) if fits_right else ("end", WIDTH - RIGHT)
         out.append(
-            f'<text x="{x0 + 3:.1f}" y="{TOP - 6 - 12 * (i % 2)}" fill="#935116">'
-            f"{_esc(f['label'])} ({end - f['start']:.1f} s)</text>"
+            f'<text x="{tx:.1f}" y="{TOP - 6 - 12 * (i % 3)}" fill="#935116" '
+            f'text-anchor="{anchor}">{_esc(text)}</text>'
         )
     # Axes and grid.
     step = _nice_step(t_max - t_min)
