@@ -276,6 +276,16 @@ class Chaos:
         """Handles of the faults in force, oldest first."""
         return [a.handle for a in self._applied]
 
+    def in_force(self) -> list[tuple[str, float]]:
+        """(label, time.monotonic() when applied) of each fault in force, oldest first."""
+        out = []
+        for a in self._applied:
+            since = getattr(a.handle, "applied_at", None)
+            if since is None and a.noted is not None:
+                since = a.noted.start
+            out.append((a.label, float(since if since is not None else time.monotonic())))
+        return out
+
     def undo(self, handle: object) -> None:
         """Undo one fault now (faults applied after it stay)."""
         for i, applied in enumerate(self._applied):

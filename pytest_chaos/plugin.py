@@ -3,6 +3,7 @@ done by the modules it imports (lazily, so ``pytest --help`` needs no Docker).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from .units import parse_duration
 
 if TYPE_CHECKING:
     from .chaos import Chaos
+    from .live import LiveLine
     from .observe.bpf import BpfProbes
     from .report import TestResult
     from .targets.compose import ComposeProject
@@ -57,6 +59,10 @@ HELP_REPORT = (
     "write an HTML report (DIR/index.html, a timeline picture per experiment) and the "
     "same data as JSON (DIR/report.json)"
 )
+HELP_LIVE = (
+    "while a fault is in force, print a status line (faults, time in force, requests "
+    "failed) every this many seconds; 0 turns it off (default 5)"
+)
 HELP_DRY_RUN = (
     "list the faults each selected test would inject (read from its source) and exit: "
     "no test runs, no stack starts, the journal is not replayed"
@@ -84,6 +90,8 @@ class ChaosPlugin:
     results: dict[str, TestResult] = field(default_factory=dict)
     #: pytest's JUnit writer when --chaos-junit-strict moves figures to the suite.
     junit: Any = None
+    #: The live status line (None: off, or no terminal).
+    live: LiveLine | None = None
     #: Each test's timeline (JSON-ready), for --chaos-report.
     timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -193,6 +201,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--chaos-dry-run", action="store_true", default=False, help=HELP_DRY_RUN)
     group.addoption("--chaos-report", default=None, metavar="DIR", help=HELP_REPORT)
     group.addoption(
+        "--chaos-live-interval", default="5", metavar="SECONDS", type=float, help=HELP_LIVE
+    )
+    group.addoption(
         "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
     )
     parser.addini("chaos_project", HELP_PROJECT, default=None)
@@ -298,6 +309,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     plugin = session.config.stash[PLUGIN_KEY]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     write = reporter.write_line if reporter is not None else print
+    interval = session.config.getoption("--chaos-live-interval")
+    if reporter is not None and interval > 0:
+        from .live import LiveLine
+
+        capture = session.config.pluginmanager.get_plugin("capturemanager")
+
+        def live(line: str) -> None:
+            # Output during a test is captured; step outside it, as live logging does.
+            suspended = (
+                capture.global_and_fixture_disabled()
+                if capture is not None
+                else contextlib.nullcontext()
+            )
+            with suspended:
+                reporter.ensure_newline()
+                reporter.write_line(line)
+
+        plugin.live = LiveLine(live, interval)
     if session.config.getoption("--chaos-dry-run"):
         for entry in plugin.journal.orphans():
             write(
@@ -306,6 +335,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             )
         return
     plugin.replay_journal(write)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    plugin = session.config.stash.get(PLUGIN_KEY, None)
+    if plugin is not None and plugin.live is not None:
+        plugin.live.close()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -428,12 +463,16 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         journal=plugin.journal,
     )
     timeline.begin(request.node.nodeid)
+    if plugin.live is not None:
+        plugin.live.watch(session)
     try:
         yield session
     finally:
         try:
             session.undo_all()
         finally:
+            if plugin.live is not None:
+                plugin.live.unwatch()
             done = timeline.end()
             if done is not None:
                 plugin.timelines[request.node.nodeid] = done.to_json()

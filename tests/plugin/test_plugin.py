@@ -276,6 +276,29 @@ def test_the_report_draws_each_tests_timeline_from_what_really_happened(pytester
     assert "the experiment found a weakness" in page  # the failing test's message
 
 
+def test_a_live_line_says_what_is_in_force_while_a_fault_dwells(pytester, faults):
+    pytester.makepyfile(
+        test_dwell="""
+        import time
+        from faults_lib import fault
+
+        def test_dwell(chaos):
+            chaos.inject(fault("partition"))
+            time.sleep(1.3)  # the fault's dwell, long enough for two status lines
+
+        def test_no_fault(chaos):
+            time.sleep(0.8)
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-live-interval=0.5", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["chaos: 'partition' for 0.* s", "chaos: 'partition' for 1.* s"])
+    after = result.stdout.str().split("test_no_fault")[1]
+    assert "chaos:" not in after.split("PASSED")[0]  # nothing in force: silent
+    off = pytester.runpytest_subprocess("--chaos-live-interval=0")
+    assert "chaos: 'partition'" not in off.stdout.str()
+
+
 def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest_subprocess()

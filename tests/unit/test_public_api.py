@@ -15,6 +15,10 @@ def test_all_is_sorted_and_complete():
         "plugin",
         "report",
         "timeline",
+        "live",
+        "environment",
+        "dryrun",
+        "htmlreport",
     }
     assert pytest_chaos.__all__ == sorted(pytest_chaos.__all__)
     assert set(pytest_chaos.__all__) == public - modules

@@ -1,0 +1,67 @@
+"""The live line: while a fault is in force, a line every few seconds says what is
+injected, for how long, and how the requests are doing, so a long experiment never
+looks frozen (on a terminal and in a CI log alike)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import timeline
+
+
+def status_line(faults: list[tuple[str, float]], loads: list[Any], now: float) -> str:
+    """``faults``: (label, applied_at) of the faults in force."""
+    parts = [f"{label} for {now - since:.1f} s" for label, since in faults]
+    line = "chaos: " + "; ".join(parts)
+    if loads:
+        records = [r for load in loads for r in load.records()]
+        failed = sum(not r.ok for r in records)
+        line += f" | requests {len(records)} done, {failed} failed"
+        recent = [r for r in records if r.started >= now - 2.0]
+        if recent:
+            line += f", {sum(not r.ok for r in recent)} of {len(recent)} in the last 2 s"
+    return line
+
+
+class LiveLine:
+    """A daemon thread writing :func:`status_line` every ``interval`` seconds while
+    the watched chaos session has faults in force."""
+
+    def __init__(self, write: Callable[[str], None], interval: float) -> None:
+        self._write = write
+        self._interval = interval
+        self._session: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, session: Any) -> None:
+        self._session = session
+        if self._thread is None and self._interval > 0:
+            self._thread = threading.Thread(target=self._run, name="chaos-live", daemon=True)
+            self._thread.start()
+
+    def unwatch(self) -> None:
+        self._session = None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            session = self._session
+            if session is None:
+                continue
+            faults = session.in_force()
+            if not faults:
+                continue
+            current = timeline.current()
+            loads = list(current.loads) if current is not None else []
+            # A status line must never break a run.
+            with contextlib.suppress(Exception):
+                self._write(status_line(faults, loads, time.monotonic()))
