@@ -246,3 +246,10 @@ def exchange(chaos_project: ComposeProject) -> Exchange:
         http_url=f"http://{host}:{http_port}",
         db_dsn=f"postgresql://exchange:{password}@{host}:{db_port}/exchange",
     )
+
+
+@pytest.fixture(autouse=True)
+def _probe_acks_per_test(request: pytest.FixtureRequest) -> None:
+    """Each test counts (and checks) the steady-state probe's orders it placed itself."""
+    if "exchange" in request.fixturenames:
+        request.getfixturevalue("exchange").probe_acks.clear()
