@@ -86,7 +86,7 @@ class ChaosPlugin:
 
     settings: ChaosSettings
     journal: Journal
-    figures: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Each test's outcome and figures, by node id.
     results: dict[str, TestResult] = field(default_factory=dict)
     #: pytest's JUnit writer when --chaos-junit-strict moves figures to the suite.
     junit: Any = None
@@ -128,8 +128,6 @@ class ChaosPlugin:
         if report.when == "teardown":
             recorded = {str(k): str(v) for k, v in report.user_properties}
             result.figures = recorded
-            if recorded:
-                self.figures[report.nodeid] = recorded
             if self.junit is not None:
                 # Strict JUnit: the figures go to the suite, keyed by the test's id.
                 for name, value in recorded.items():
@@ -176,16 +174,15 @@ class ChaosPlugin:
             terminalreporter.write_sep("-", f"chaos report: {page}")
 
         shown = [r for r in self.results.values() if r.figures]
-        if shown:
-            terminalreporter.section("chaos experiments")
-            for line in table(shown):
-                terminalreporter.write_line(line)
-        if not self.figures:
+        if not shown:
             return
+        terminalreporter.section("chaos experiments")
+        for line in table(shown):
+            terminalreporter.write_line(line)
         terminalreporter.section("chaos figures")
-        for nodeid, figures in self.figures.items():
-            terminalreporter.write_line(nodeid)
-            for name, value in figures.items():
+        for result in shown:
+            terminalreporter.write_line(result.nodeid)
+            for name, value in result.figures.items():
                 terminalreporter.write_line(f"    {name} = {value}")
 
 
@@ -201,7 +198,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--chaos-dry-run", action="store_true", default=False, help=HELP_DRY_RUN)
     group.addoption("--chaos-report", default=None, metavar="DIR", help=HELP_REPORT)
     group.addoption(
-        "--chaos-live-interval", default="5", metavar="SECONDS", type=float, help=HELP_LIVE
+        "--chaos-live-interval", default=5.0, metavar="SECONDS", type=float, help=HELP_LIVE
     )
     group.addoption(
         "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
@@ -249,6 +246,11 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     settings = _settings(config)
+    if config.getoption("--chaos-live-interval") < 0:
+        raise pytest.UsageError(
+            "--chaos-live-interval must be 0 (off) or a positive number of seconds, not "
+            f"{config.getoption('--chaos-live-interval'):g}."
+        )
     plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
     if config.getoption("--chaos-junit-strict"):
         plugin.junit = _strict_junit_writer(config)

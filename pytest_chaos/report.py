@@ -14,7 +14,7 @@ number); and the fallbacks: a BPF ``*_source`` of ``proc``, a ``*method`` of
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 KEY_FIGURE = "chaos_key_figure"
@@ -83,12 +83,8 @@ def table(results: Sequence[TestResult]) -> list[str]:
     return lines
 
 
-def _unique(values: object) -> list[str]:
-    seen: list[str] = []
-    for v in values:  # type: ignore[attr-defined]
-        if v not in seen:
-            seen.append(str(v))
-    return seen
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
 
 
 def _recovery(f: Mapping[str, str]) -> str:

@@ -214,8 +214,9 @@ def memory_cap(
     if limit_bytes < 4 * 2**20:
         raise ConfigurationError(f"a memory cap below 4 MiB cannot run anything, got {limit!r}.")
     cg = cgroup_of(service.main_pid())
+    usage_file = cg.memory_usage_file()
+    usage = int(usage_file.read_text())
     if cg.version == 1:
-        usage = int(cg.read("memory", "memory.usage_in_bytes"))
         limit_file = cg.path("memory", "memory.limit_in_bytes")
         swap_file = cg.path("memory", "memory.memsw.limit_in_bytes")
         before = limit_file.read_text().strip()
@@ -227,7 +228,6 @@ def memory_cap(
             apply = [(limit_file, str(limit_bytes))]
             restore = [(limit_file, before)]
     else:
-        usage = int(cg.read("memory", "memory.current"))
         limit_file = cg.path("memory", "memory.max")
         swap_file = cg.path("memory", "memory.swap.max")
         before = limit_file.read_text().strip()
@@ -246,14 +246,12 @@ def memory_cap(
         kind="memory",
         target=service.name,
         limit_bytes=limit_bytes,
-        limit_before=_read_int(limit_file) or 0,
+        limit_before=_as_int(before),
         usage_at_start=usage,
         cgroup_version=cg.version,
         _container_id=service.container_id,
         _kmsg=_open_kmsg(),
-        _usage_file=cg.path(
-            "memory", "memory.usage_in_bytes" if cg.version == 1 else "memory.current"
-        ),
+        _usage_file=usage_file,
         _limit_file=limit_file,
     )
     stop_sampling = threading.Event()
@@ -278,9 +276,14 @@ def _read_int(path: Path | None) -> int | None:
     if path is None:
         return None
     try:
-        text = path.read_text().strip()
+        return _as_int(path.read_text())
     except OSError:
         return None
+
+
+def _as_int(text: str) -> int:
+    """A cgroup file's number; v2's "max" (no limit) as 2**63 - 1."""
+    text = text.strip()
     return 2**63 - 1 if text == "max" else int(text)
 
 

@@ -32,6 +32,12 @@ class Cgroup:
     def read(self, controller: str, name: str) -> str:
         return self.path(controller, name).read_text().strip()
 
+    def memory_usage_file(self) -> Path:
+        """The file holding the memory the cgroup uses now (page cache included)."""
+        return self.path(
+            "memory", "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        )
+
     def has(self, controller: str, name: str) -> bool:
         try:
             return self.path(controller, name).exists()

@@ -141,10 +141,7 @@ class Service:
         """Bytes the container's memory cgroup holds now (page cache included)."""
         from .cgroup import cgroup_of
 
-        cg = cgroup_of(self.init_pid())
-        return int(
-            cg.read("memory", "memory.usage_in_bytes" if cg.version == 1 else "memory.current")
-        )
+        return int(cgroup_of(self.init_pid()).memory_usage_file().read_text())
 
     def main_pid(self) -> int:
         """The service's own process on the host, checked to belong to the container."""

@@ -64,13 +64,13 @@ def test_cpu_throttling(chaos, exchange, bpf):
         load.wait_for_records("pages", 20)  # warmed up: connections pooled
         with bpf.watch("trading-api", probes=("runqueue",), label="before") as before:
             base_from = time.monotonic()
-            time.sleep(BASELINE_S)
+            time.sleep(BASELINE_S)  # the baseline's measuring window
         base = [r.latency_s for r in load.records("pages", since=base_from, until=time.monotonic())]
         base_p50 = p(base, 50)
 
         with bpf.watch("trading-api", probes=("runqueue",), label="during") as during:
             quota = chaos.cpu_quota("trading-api", CPUS)
-            time.sleep(DWELL_S)
+            time.sleep(DWELL_S)  # the fault's dwell
             chaos.undo(quota)
         restored_at = time.monotonic()
 
@@ -86,7 +86,7 @@ def test_cpu_throttling(chaos, exchange, bpf):
             what="request latency back to its baseline after the quota was lifted",
         )  # fmt: skip
         after_from = time.monotonic()
-        time.sleep(AFTER_S)
+        time.sleep(AFTER_S)  # the measuring window after recovery
         after = [
             r.latency_s for r in load.records("pages", since=after_from, until=time.monotonic())
         ]

@@ -63,7 +63,7 @@ def test_disk_io_starvation(chaos, exchange, bpf):
         load.wait_for_records("orders", 20)
         with bpf.watch("postgres", probes=("block",), label="before") as before:
             base_from, wal_0 = time.monotonic(), wal_sync(exchange.db_dsn)
-            time.sleep(BASELINE_S)
+            time.sleep(BASELINE_S)  # the baseline's measuring window
             wal_1 = wal_sync(exchange.db_dsn)
         base = [r.latency_s for r in load.records("orders", since=base_from)]
 
@@ -71,7 +71,7 @@ def test_disk_io_starvation(chaos, exchange, bpf):
             throttle = chaos.io_throttle("postgres", write_iops=WRITE_IOPS)
             contention = chaos.io_contention("postgres", workers=WORKERS, bytes_per_worker="64m")
             wal_2 = wal_sync(exchange.db_dsn)
-            time.sleep(DWELL_S)
+            time.sleep(DWELL_S)  # the fault's dwell
             wal_3 = wal_sync(exchange.db_dsn)
             chaos.undo(contention)
             chaos.undo(throttle)

@@ -88,7 +88,7 @@ def test_connection_pool_exhaustion(chaos, exchange, bpf):
                 count = client_connections(postgres)
                 superuser_refused += count is None
                 peak = max(peak, count or 0)
-                time.sleep(0.5)
+                time.sleep(0.5)  # between samples, inside the dwell
             chaos.undo(hog)
             released_at = time.monotonic()
             recovery = wait_for_recovery(

@@ -287,7 +287,7 @@ def test_a_live_line_says_what_is_in_force_while_a_fault_dwells(pytester, faults
             time.sleep(1.3)  # the fault's dwell, long enough for two status lines
 
         def test_no_fault(chaos):
-            time.sleep(0.8)
+            time.sleep(0.8)  # a window with nothing in force: the line must stay silent
         """
     )
     result = pytester.runpytest_subprocess("--chaos-live-interval=0.5", "-v")
@@ -297,6 +297,11 @@ def test_a_live_line_says_what_is_in_force_while_a_fault_dwells(pytester, faults
     assert "chaos:" not in after.split("PASSED")[0]  # nothing in force: silent
     off = pytester.runpytest_subprocess("--chaos-live-interval=0")
     assert "chaos: 'partition'" not in off.stdout.str()
+    bad = pytester.runpytest_subprocess("--chaos-live-interval=-1")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(
+        ["*--chaos-live-interval must be 0 (off) or a positive number of seconds, not -1."]
+    )
 
 
 def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):
