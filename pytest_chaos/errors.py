@@ -11,6 +11,7 @@ and what to do about it. The tree:
     │   ├── ForeignTarget           the container belongs to another project
     │   └── UnsafeTarget            a pid or namespace that must never be touched
     ├── FaultError                  applying or undoing a fault failed
+    │   ├── FaultVanished           a fault was gone before its undo (someone removed it)
     │   └── UndoFailed              one or more undos failed (all were attempted)
     ├── StackStartError             the compose project did not come up
     ├── RecoveryTimeout             a steady state did not return in time (also TimeoutError)
@@ -58,6 +59,11 @@ class UnsafeTarget(TargetError):
 
 class FaultError(ChaosError):
     """Applying or undoing a fault failed."""
+
+
+class FaultVanished(FaultError):
+    """A fault in force was removed by something else before its undo: the test did
+    not run under the fault it asked for, so its verdict cannot stand."""
 
 
 class UndoFailed(FaultError):

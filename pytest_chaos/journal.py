@@ -8,6 +8,12 @@ a function registered under the kind's name, given that data.
 
 Entries of a pytest that is still running (another session on the same machine)
 are left alone: its own teardown will undo them.
+
+Beside the entries, ``runs/<run id>.json`` records each run that journaled a fault:
+its pytest (pid and start time) and the compose projects it touched. It is the proof
+of ownership the sweep needs: what carries a run's id (an nft table) is removed only
+when this journal knows that run, knows its pytest is gone, and the container is in
+a project that run touched. A run of another journal, or a live one, is left alone.
 """
 
 from __future__ import annotations
@@ -83,18 +89,34 @@ class Replayed:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Run:
+    """A run that journaled faults: whose it was and which projects it touched."""
+
+    run_id: str
+    owner_pid: int
+    owner_start: str
+    projects: frozenset[str]
+
+
 class Journal:
     def __init__(self, directory: Path, run_id: str) -> None:
         self.directory = directory
         self.run_id = run_id
         self._seq = 0
         self._me = (os.getpid(), start_time(os.getpid()))
+        self._projects: set[str] | None = None  # None: this run's record is not written
+
+    @property
+    def runs_directory(self) -> Path:
+        return self.directory / "runs"
 
     def write(self, kind: str, description: str, data: dict[str, Any]) -> Entry:
         """Record a fault about to be applied. Durable when this returns."""
         if kind not in _UNDOS:
             raise ConfigurationError(f"no undo is registered for fault kind {kind!r}.")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._note_run(data.get("project"))
         self._seq += 1
         entry = Entry(
             path=self.directory / f"{self.run_id}-{os.getpid()}-{self._seq:04d}.json",
@@ -118,16 +140,62 @@ class Journal:
             },
             indent=2,
         )
-        tmp = entry.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, entry.path)
-        _fsync_dir(self.directory)
+        _write_durably(entry.path, body)
         return entry
+
+    def _note_run(self, project: object) -> None:
+        """Write (or extend) this run's record before its first entry of a project."""
+        projects = set(self._projects or ())
+        if isinstance(project, str) and project:
+            projects.add(project)
+        if self._projects is not None and projects == self._projects:
+            return
+        self.runs_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = json.dumps(
+            {
+                "run_id": self.run_id,
+                "owner_pid": self._me[0],
+                "owner_start": self._me[1],
+                "projects": sorted(projects),
+            }
+        )
+        _write_durably(self.runs_directory / f"{self.run_id}.json", body)
+        self._projects = projects
+
+    def runs(self) -> list[Run]:
+        """Every run this journal has a record of."""
+        if not self.runs_directory.is_dir():
+            return []
+        found = []
+        for path in sorted(self.runs_directory.glob("*.json")):
+            try:
+                raw = json.loads(path.read_text())
+                found.append(
+                    Run(
+                        run_id=str(raw["run_id"]),
+                        owner_pid=int(raw["owner_pid"]),
+                        owner_start=str(raw["owner_start"]),
+                        projects=frozenset(str(p) for p in raw["projects"]),
+                    )
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # half-written: that run applied nothing yet
+        return found
+
+    def dead_runs(self) -> list[Run]:
+        """Runs of this journal whose pytest is gone: what carries their id is ours
+        to remove."""
+        return [r for r in self.runs() if not self._alive(r.owner_pid, r.owner_start)]
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop a run's record once nothing of it is left in force (a run whose
+        record is gone is never swept: the safe side)."""
+        if any(e.run_id == run_id for e in self.entries()):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.runs_directory / f"{run_id}.json").unlink()
+        if run_id == self.run_id:
+            self._projects = None
 
     def update(self, entry: Entry, data: dict[str, Any]) -> Entry:
         """Add to an entry's data what became known while applying (e.g. a pid)."""
@@ -169,9 +237,12 @@ class Journal:
         return [e for e in self.entries() if not self._owner_alive(e)]
 
     def _owner_alive(self, entry: Entry) -> bool:
-        if (entry.owner_pid, entry.owner_start) == self._me:
+        return self._alive(entry.owner_pid, entry.owner_start)
+
+    def _alive(self, pid: int, started: str) -> bool:
+        if (pid, started) == self._me:
             return True
-        return bool(entry.owner_start) and start_time(entry.owner_pid) == entry.owner_start
+        return bool(started) and start_time(pid) == started
 
     def replay(self) -> list[Replayed]:
         """Undo every orphaned entry, newest first; keep those whose undo failed."""
@@ -191,6 +262,19 @@ class Journal:
             self.clear(entry)
             results.append(Replayed(entry, outcome))
         return results
+
+
+def _write_durably(path: Path, body: str) -> None:
+    """Write ``path`` so that a crash leaves either the old file or the whole new one."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, body.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -251,12 +251,34 @@ def pytest_configure(config: pytest.Config) -> None:
             "--chaos-live-interval must be 0 (off) or a positive number of seconds, not "
             f"{config.getoption('--chaos-live-interval'):g}."
         )
+    if settings.project and not config.getoption("--chaos-dry-run"):
+        _check_project(config, settings.project)
     plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
     if config.getoption("--chaos-junit-strict"):
         plugin.junit = _strict_junit_writer(config)
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "pytest-chaos-session")
     _sigterm_interrupts()
+
+
+def _check_project(config: pytest.Config, name: str) -> None:
+    """A project to attach to that Docker does not have is a usage error, found before
+    any test runs."""
+    from .errors import DockerUnavailable
+    from .targets.compose import docker_client, project_names
+
+    _, source = _setting(config, "project")
+    try:
+        client = docker_client()
+    except DockerUnavailable as exc:
+        raise pytest.UsageError(f"{source} {name}: {exc}") from None
+    with contextlib.closing(client):
+        known = project_names(client)
+    if name not in known:
+        raise pytest.UsageError(
+            f"{source}: Docker has no compose project named {name!r}; the projects it has: "
+            f"{', '.join(known) or 'none (start yours with docker compose up -d)'}."
+        )
 
 
 def _strict_junit_writer(config: pytest.Config) -> Any:
@@ -285,26 +307,31 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
     lines: list[str] = []
     ok = plugin.replay_journal(lines.append)
-    lines += _sweep(plugin)
+    swept_ok, swept = _sweep(plugin.journal)
+    lines += swept
     for line in lines or [f"pytest-chaos: nothing to undo in {plugin.journal.directory}"]:
         sys.stdout.write(line + "\n")
-    return 0 if ok else 1
+    return 0 if ok and swept_ok else 1
 
 
-def _sweep(plugin: ChaosPlugin) -> list[str]:
-    """Remove what a run that died created and the journal does not know of."""
-    from .errors import DockerUnavailable
+def _sweep(journal: Journal) -> tuple[bool, list[str]]:
+    """Remove what the journal's dead runs created and it has no entry for; forget
+    each dead run once nothing of it is left. False if the sweep could not run."""
+    from .errors import ChaosError
     from .faults.network import sweep_tables
     from .targets.compose import docker_client
 
+    dead = journal.dead_runs()
+    if not dead:
+        return True, []
     try:
         client = docker_client()
-    except DockerUnavailable:
-        return []
-    live = {e.run_id for e in plugin.journal.entries()} - {
-        e.run_id for e in plugin.journal.orphans()
-    }
-    return [f"pytest-chaos: swept {what}" for what in sweep_tables(client, live)]
+        said = sweep_tables(client, {run.run_id: run.projects for run in dead})
+    except ChaosError as exc:
+        return False, [f"pytest-chaos: could not sweep the dead runs' nft tables: {exc}"]
+    for run in dead:
+        journal.forget_run(run.run_id)
+    return True, [f"pytest-chaos: {line}" for line in said]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -341,8 +368,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     plugin = session.config.stash.get(PLUGIN_KEY, None)
-    if plugin is not None and plugin.live is not None:
+    if plugin is None:
+        return
+    if plugin.live is not None:
         plugin.live.close()
+    # Every fault of this run was undone: nothing of it is left for a sweep to find.
+    plugin.journal.forget_run(plugin.journal.run_id)
 
 
 @pytest.hookimpl(tryfirst=True)

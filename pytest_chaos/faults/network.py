@@ -14,12 +14,12 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigurationError, FaultError, UnknownService
+from ..errors import ChaosError, ConfigurationError, FaultError, FaultVanished, UnknownService
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..journal import undoer
 from ..targets.compose import Service
@@ -224,16 +224,24 @@ def _nft_fault(
             handle.applied_at = time.monotonic()
             yield handle
         finally:
-            # The namespace is pinned: the table goes even if the container restarted
-            # meanwhile (then it went with the old namespace anyway).
+            # The namespace is pinned: the table is still there even if the container
+            # restarted meanwhile, unless someone else removed it.
+            removed: bool | None = None
             with contextlib.suppress(FaultError):
-                _delete_table(ns, handle.table)
+                removed = _delete_table(ns, handle.table)
             if handle.table in ns.run(["nft", "list", "tables"]):
                 raise FaultError(
                     f"nft table {handle.table} is still in {service.name}'s namespace."
                 )
             handle.undone_at = time.monotonic()
             undone()
+            if removed is False:
+                raise FaultVanished(
+                    f"the {handle.describe()} was gone before its undo: nft table "
+                    f"{handle.table} had been removed from {service.name}'s namespace by "
+                    "something else (another pytest --chaos-cleanup, an operator), so this "
+                    "test did not run under the fault it asked for."
+                )
 
 
 def _verdicts(mode: str, direction: str) -> dict[str, str]:
@@ -307,24 +315,52 @@ def _undo_table(data: dict[str, Any]) -> str:
     return f"removed nft table {data['table']}" if removed else "the table was already gone"
 
 
-def sweep_tables(client: Any, live_runs: set[str]) -> list[str]:
-    """Delete our nft tables (by their name) whose run is not live from every running
-    container; return what was removed. Layer 5 of teardown: what the journal missed."""
-    removed = []
-    for container in client.containers.list():
-        pid = int(container.attrs["State"].get("Pid") or 0)
-        if pid <= 1:
+def sweep_tables(client: Any, dead_runs: Mapping[str, Collection[str]]) -> list[str]:
+    """Layer 5 of teardown, what the journal missed: delete our nft tables (found by
+    name) of the ``dead_runs`` (run id -> the compose projects it touched; the
+    journal's proof that the run was ours and its pytest is gone), only from the
+    running containers of those projects. Tables of any other run, live or another
+    journal's, are left alone. Returns a line per table removed, per table left
+    alone, and per container skipped (e.g. one on the host's network)."""
+    from ..targets.compose import PROJECT_LABEL, SERVICE_LABEL
+
+    said = []
+    projects = sorted({p for touched in dead_runs.values() for p in touched})
+    for project in projects:
+        containers = client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"})
+        for container in containers:
+            pid = int(container.attrs["State"].get("Pid") or 0)
+            name = f"{project}/{container.labels.get(SERVICE_LABEL, container.name)}"
+            if pid <= 1:
+                continue
+            try:
+                with open_netns(pid, name) as ns:
+                    said += _sweep_namespace(ns, name, project, dead_runs)
+            except ChaosError as exc:
+                # Not ours to enter (the host's namespace, a process gone meanwhile):
+                # nothing of ours can be there.
+                said.append(f"skipped {name}: {exc}")
+    return said
+
+
+def _sweep_namespace(
+    ns: NetNamespace, name: str, project: str, dead_runs: Mapping[str, Collection[str]]
+) -> list[str]:
+    said = []
+    for line in ns.run(["nft", "list", "tables"]).splitlines():
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith(TABLE_PREFIX):
             continue
-        name = str(container.labels.get("com.docker.compose.service", container.name))
-        with open_netns(pid, name) as ns:
-            for line in ns.run(["nft", "list", "tables"]).splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[2].startswith(TABLE_PREFIX):
-                    run = parts[2][len(TABLE_PREFIX) :].split("_")[0]
-                    if run not in live_runs:
-                        ns.run(["nft", "delete", "table", parts[1], parts[2]])
-                        removed.append(f"{name}: {parts[2]}")
-    return removed
+        run = parts[2][len(TABLE_PREFIX) :].split("_")[0]
+        if project in dead_runs.get(run, ()):
+            ns.run(["nft", "delete", "table", parts[1], parts[2]])
+            said.append(f"swept {name}: {parts[2]} (run {run}, whose pytest is gone)")
+        else:
+            said.append(
+                f"left {name}: {parts[2]} alone (run {run} is not a dead run of this "
+                "journal: live, or another journal's)"
+            )
+    return said
 
 
 # -- bandwidth (tbf through netlink) -----------------------------------------------------

@@ -290,6 +290,15 @@ def _timestamp(text: str) -> float:
     return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{zone}").timestamp()
 
 
+def project_names(client: docker.DockerClient) -> list[str]:
+    """The compose projects Docker has containers of (running or not)."""
+    found = {
+        str(c.labels.get(PROJECT_LABEL))
+        for c in client.containers.list(all=True, filters={"label": PROJECT_LABEL})
+    }
+    return sorted(found - {"", "None"})
+
+
 def attach(name: str, journal: Journal | None = None) -> ComposeProject:
     """A compose project that is already running (``--chaos-project``)."""
     from ..errors import StackStartError

@@ -171,22 +171,29 @@ def test_a_container_on_the_host_network_is_refused(chaos_project):
         container.remove(force=True)
 
 
-def test_sweep_removes_tables_of_dead_runs_only(chaos_project):
+def test_sweep_removes_only_tables_of_dead_runs_in_the_projects_they_touched(chaos_project):
     api = chaos_project.service("trading-api")
     with open_netns(api.init_pid(), api.name) as ns:
         ns.run(["nft", "add", "table", "inet", "pytest_chaos_deadbeef_000001"])
+        ns.run(["nft", "add", "table", "inet", "pytest_chaos_deadcafe_000001"])
         ns.run(["nft", "add", "table", "inet", "pytest_chaos_alive000_000001"])
         ns.run(["nft", "add", "table", "inet", "someone_elses"])
+    kept = ["pytest_chaos_deadcafe_000001", "pytest_chaos_alive000_000001", "someone_elses"]
     try:
-        removed = sweep_tables(chaos_project.client, {"alive000"})
-        assert any("pytest_chaos_deadbeef_000001" in r for r in removed)
+        said = sweep_tables(
+            chaos_project.client,
+            # deadcafe died too, but touched another project: this container is not its.
+            {"deadbeef": {chaos_project.name}, "deadcafe": {"another-project"}},
+        )
+        assert any(s.startswith("swept") and "pytest_chaos_deadbeef_000001" in s for s in said)
+        assert any(s.startswith("left") and "pytest_chaos_alive000_000001" in s for s in said)
         listed = tables(api)
         assert "pytest_chaos_deadbeef" not in listed
-        assert "pytest_chaos_alive000_000001" in listed
-        assert "someone_elses" in listed
+        for table in kept:
+            assert table in listed
     finally:
         with open_netns(api.init_pid(), api.name) as ns:
-            for table in ("pytest_chaos_alive000_000001", "someone_elses"):
+            for table in kept:
                 ns.run(["nft", "delete", "table", "inet", table])
 
 

@@ -96,3 +96,43 @@ def test_an_unknown_kind_is_refused_before_anything_is_applied(tmp_path):
     with pytest.raises(ConfigurationError, match="no undo is registered for fault kind 'nope'"):
         Journal(tmp_path, "run1").write("nope", "x", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def _kill_owner(journal: Journal, run_id: str) -> None:
+    """Rewrite a run's record as if its pytest had since died."""
+    path = journal.runs_directory / f"{run_id}.json"
+    path.write_text(path.read_text().replace(f'"owner_pid": {journal._me[0]}', '"owner_pid": 1'))
+
+
+def test_a_run_is_recorded_with_the_projects_it_touched(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    journal.write("test-fault", "fault a", {"name": "a", "project": "shop"})
+    journal.write("test-fault", "fault b", {"name": "b", "project": "bank"})
+    journal.write("test-fault", "fault c", {"name": "c", "project": "shop"})
+    [run] = journal.runs()
+    assert (run.run_id, run.projects) == ("run1", frozenset({"shop", "bank"}))
+    assert journal.dead_runs() == []  # its pytest (this one) is alive
+
+
+def test_only_runs_whose_pytest_is_gone_are_dead(tmp_path):
+    Journal(tmp_path, "live1").write("test-fault", "fault a", {"name": "a", "project": "p"})
+    dead = Journal(tmp_path, "dead1")
+    dead.write("test-fault", "fault b", {"name": "b", "project": "p"})
+    _kill_owner(dead, "dead1")
+    other = Journal(tmp_path, "run3")
+    assert [r.run_id for r in other.dead_runs()] == ["dead1"]
+    # Another journal knows neither run: nothing of them is its to sweep.
+    assert Journal(tmp_path / "elsewhere", "run4").dead_runs() == []
+
+
+def test_a_run_is_forgotten_only_once_nothing_of_it_is_in_force(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    entry = journal.write("test-fault", "fault a", {"name": "a", "project": "p"})
+    journal.forget_run("run1")
+    assert [r.run_id for r in journal.runs()] == ["run1"]
+    journal.clear(entry)
+    journal.forget_run("run1")
+    assert journal.runs() == []
+    # A later fault of the same run records it again.
+    journal.write("test-fault", "fault b", {"name": "b", "project": "p"})
+    assert [r.run_id for r in journal.runs()] == ["run1"]
