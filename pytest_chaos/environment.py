@@ -32,7 +32,7 @@ class Environment:
 
 @functools.cache
 def environment() -> Environment:
-    from .observe.bpf import bpf_support
+    from .observe.kernel import bpf_support
 
     root = os.geteuid() == 0
     support = bpf_support()

@@ -187,8 +187,7 @@ def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None
     except ImportError:
         raise EnvironmentProblem(
             "the kernel has no netem and the NFQUEUE fallback needs the netfilterqueue package: "
-            "apt-get install libnetfilter-queue-dev, then pip install netfilterqueue "
-            "(scripts/setup does both)."
+            "apt-get install libnetfilter-queue-dev, then pip install 'pytest-chaos[nfqueue]'."
         ) from None
     journal = service.project.journal
     chain = f"{CHAIN_PREFIX}{journal.run_id if journal else 'NORUN'}_{secrets.token_hex(2)}".upper()

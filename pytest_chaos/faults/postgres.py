@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, FaultError
+from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..journal import undoer
 from ..targets.compose import Service
@@ -148,8 +148,6 @@ def _undo_max_connections(data: dict[str, Any]) -> str:
 def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[HogHandle]:
     """Open ``connections`` idle connections to ``dsn`` and hold them until undone.
     Each carries an application_name with the run's id, so a leftover can be found."""
-    import psycopg
-
     if (
         isinstance(connections, bool)
         or not isinstance(connections, int)
@@ -158,6 +156,12 @@ def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[Hog
         raise ConfigurationError(
             f"connections must be an integer from 1 to 10000, not {connections!r}."
         )
+    try:
+        import psycopg
+    except ImportError:
+        raise EnvironmentProblem(
+            "connection_hog needs psycopg: pip install 'pytest-chaos[postgres]'."
+        ) from None
     journal = service.project.journal
     name = f"pytest_chaos_hog_{journal.run_id if journal else 'norun'}"
     handle = HogHandle(

@@ -457,9 +457,7 @@ def io_contention(
     size = parse_size(bytes_per_worker, name="bytes_per_worker")
     stress = shutil.which("stress-ng")
     if stress is None:
-        raise EnvironmentProblem(
-            "stress-ng is not installed: apt-get install stress-ng (scripts/setup does)."
-        )
+        raise EnvironmentProblem("stress-ng is not installed: apt-get install stress-ng.")
     base = Path(path or data_path(service))
     parent = base if base.is_dir() else base.parent
     directory = tempfile.mkdtemp(prefix="pytest-chaos-io-", dir=parent)

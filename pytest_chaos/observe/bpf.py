@@ -28,6 +28,7 @@ from .. import timeline
 from ..errors import ConfigurationError, EnvironmentProblem
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .histogram import Histogram
+from .kernel import BpfSupport, bpf_support, program_source
 
 PROBES = ("connect", "tcp", "process", "runqueue", "block", "pages")
 _SOURCES = {
@@ -253,74 +254,6 @@ def assemble_attempts(events: Iterable[RawConnectEvent]) -> list[ConnectAttempt]
     return attempts
 
 
-# -- can BPF run here? -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BpfSupport:
-    available: bool
-    reason: str = ""
-    kernel_source: str | None = None
-
-
-MERGED_HEADERS = Path("/var/lib/pytest-chaos/kernel-headers")
-
-
-def kernel_source(
-    release: str | None = None,
-    *,
-    modules: Path = Path("/lib/modules"),
-    merged_root: Path = MERGED_HEADERS,
-    environ: dict[str, str] | None = None,
-) -> tuple[str | None, str]:
-    """Headers bcc can compile against: BCC_KERNEL_SOURCE if set, the running
-    kernel's own (a host with real headers: None, bcc's default), else the merged
-    Debian headers scripts/kernel-headers prepares. Returns (path, problem)."""
-    release = release or os.uname().release
-    env = os.environ if environ is None else environ
-    if env.get("BCC_KERNEL_SOURCE"):
-        return env["BCC_KERNEL_SOURCE"], ""
-    if (modules / release / "build" / "include").exists():
-        return None, ""
-    merged = merged_root / release
-    if (merged / ".complete").exists():
-        return str(merged), ""
-    return None, (
-        f"no kernel headers for {release} (/lib/modules/{release}/build is missing): "
-        "run scripts/kernel-headers (scripts/setup does)"
-    )
-
-
-def bpf_support() -> BpfSupport:
-    if os.geteuid() != 0:
-        return BpfSupport(False, "BPF needs root: run pytest with sudo")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return BpfSupport(
-            False,
-            "bcc does not import: apt-get install python3-bpfcc and link it into the venv "
-            "(scripts/setup does; never pip install bcc, an unrelated package)",
-        )
-    if not any(
-        Path(p, "events").is_dir() for p in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-    ):
-        return BpfSupport(
-            False, "tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing"
-        )
-    source, problem = kernel_source()
-    if problem:
-        return BpfSupport(False, problem)
-    return BpfSupport(True, kernel_source=source)
-
-
-def programs_dir() -> Path:
-    configured = os.environ.get("CHAOS_BPF_PROGRAMS")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "bpf_programs"
-
-
 # -- /proc fallback ----------------------------------------------------------------------
 
 
@@ -429,7 +362,7 @@ class BpfSession:
             os.environ["BCC_KERNEL_SOURCE"] = self.support.kernel_source
         for probe in self.probes:
             self._bpfs[probe] = BPF(
-                src_file=str(programs_dir() / _SOURCES[probe]).encode(), cflags=_tracepoint_flags()
+                src_file=str(program_source(_SOURCES[probe])).encode(), cflags=_tracepoint_flags()
             )
         keys = [struct.unpack("I", socket.inet_aton(a))[0] for a in self.scope.addresses]
         for probe in ("connect", "tcp"):

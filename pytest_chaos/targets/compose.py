@@ -44,8 +44,8 @@ def docker_client() -> docker.DockerClient:
                 "or as a member of the docker group."
             ) from exc
         raise DockerUnavailable(
-            f"cannot reach the Docker daemon ({exc}); start dockerd (scripts/setup does) "
-            "or set DOCKER_HOST."
+            f"cannot reach the Docker daemon ({exc}): start it (systemctl start docker, or "
+            "dockerd as root) or point DOCKER_HOST at it."
         ) from exc
     return client
 

@@ -29,8 +29,7 @@ class NetNamespace:
         tool = argv[0]
         if shutil.which(tool) is None:
             raise EnvironmentProblem(
-                f"{tool} is not installed: scripts/setup installs it "
-                "(apt-get install nftables iproute2)."
+                f"{tool} is not installed: apt-get install nftables iproute2 iptables."
             )
         if shutil.which("nsenter") is None:
             raise EnvironmentProblem("nsenter is missing: apt-get install util-linux.")
