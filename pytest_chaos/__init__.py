@@ -1,42 +1,91 @@
-"""pytest-chaos: chaos experiments as pytest tests."""
+"""pytest-chaos: chaos experiments as pytest tests.
+
+The public names are loaded on first use (PEP 562), so a project that has the plugin
+installed but runs no chaos test does not import the fault library at start-up."""
 
 from __future__ import annotations
 
-from .chaos import Chaos
-from .errors import (
-    ChaosError,
-    ConfigurationError,
-    DataLossDetected,
-    DockerUnavailable,
-    EnvironmentProblem,
-    FaultError,
-    FaultVanished,
-    ForeignTarget,
-    PermissionProblem,
-    RecoveryTimeout,
-    StackStartError,
-    TargetError,
-    UndoFailed,
-    UnknownService,
-    UnsafeTarget,
-)
-from .faults.base import FaultHandle
-from .faults.process import (
-    CascadeHandle,
-    KillHandle,
-    PauseHandle,
-    StopHandle,
-    cascade,
-    kill,
-    pause,
-    stop,
-)
-from .journal import Journal
-from .observe.dataloss import DataLossReport, check_no_data_loss
-from .observe.load import Flow, LoadGenerator, Request, RequestRecord
-from .observe.recovery import Recovery, wait_for_recovery
-from .targets.compose import ComposeProject, Service
-from .units import parse_duration, parse_signal
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .chaos import Chaos
+    from .errors import (
+        ChaosError,
+        ConfigurationError,
+        DataLossDetected,
+        DockerUnavailable,
+        EnvironmentProblem,
+        FaultError,
+        FaultVanished,
+        ForeignTarget,
+        PermissionProblem,
+        RecoveryTimeout,
+        StackStartError,
+        TargetError,
+        UndoFailed,
+        UnknownService,
+        UnsafeTarget,
+    )
+    from .faults.base import FaultHandle
+    from .faults.process import (
+        CascadeHandle,
+        KillHandle,
+        PauseHandle,
+        StopHandle,
+        cascade,
+        kill,
+        pause,
+        stop,
+    )
+    from .journal import Journal
+    from .observe.dataloss import DataLossReport, check_no_data_loss
+    from .observe.load import Flow, LoadGenerator, Request, RequestRecord
+    from .observe.recovery import Recovery, wait_for_recovery
+    from .targets.compose import ComposeProject, Service
+    from .units import parse_duration, parse_signal
+
+#: Where each public name lives.
+_HOME = {
+    "CascadeHandle": ".faults.process",
+    "Chaos": ".chaos",
+    "ChaosError": ".errors",
+    "ComposeProject": ".targets.compose",
+    "ConfigurationError": ".errors",
+    "DataLossDetected": ".errors",
+    "DataLossReport": ".observe.dataloss",
+    "DockerUnavailable": ".errors",
+    "EnvironmentProblem": ".errors",
+    "FaultError": ".errors",
+    "FaultHandle": ".faults.base",
+    "FaultVanished": ".errors",
+    "Flow": ".observe.load",
+    "ForeignTarget": ".errors",
+    "Journal": ".journal",
+    "KillHandle": ".faults.process",
+    "LoadGenerator": ".observe.load",
+    "PauseHandle": ".faults.process",
+    "PermissionProblem": ".errors",
+    "Recovery": ".observe.recovery",
+    "RecoveryTimeout": ".errors",
+    "Request": ".observe.load",
+    "RequestRecord": ".observe.load",
+    "Service": ".targets.compose",
+    "StackStartError": ".errors",
+    "StopHandle": ".faults.process",
+    "TargetError": ".errors",
+    "UndoFailed": ".errors",
+    "UnknownService": ".errors",
+    "UnsafeTarget": ".errors",
+    "cascade": ".faults.process",
+    "check_no_data_loss": ".observe.dataloss",
+    "kill": ".faults.process",
+    "parse_duration": ".units",
+    "parse_signal": ".units",
+    "pause": ".faults.process",
+    "stop": ".faults.process",
+    "wait_for_recovery": ".observe.recovery",
+}
 
 __all__ = [
     "CascadeHandle",
@@ -78,3 +127,16 @@ __all__ = [
     "stop",
     "wait_for_recovery",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pytest_chaos' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -62,14 +62,6 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
-def default_directory() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/pytest-chaos/journal")
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / (
-        "pytest-chaos/journal"
-    )
-
-
 @dataclass(frozen=True)
 class Entry:
     path: Path
@@ -246,10 +238,12 @@ class Journal:
 
     def replay(self) -> list[Replayed]:
         """Undo every orphaned entry, newest first; keep those whose undo failed."""
-        for module in FAULT_MODULES:
-            importlib.import_module(module)
+        orphans = self.orphans()
+        if orphans:
+            for module in FAULT_MODULES:
+                importlib.import_module(module)
         results = []
-        for entry in sorted(self.orphans(), key=lambda e: e.created, reverse=True):
+        for entry in sorted(orphans, key=lambda e: e.created, reverse=True):
             undo = _UNDOS.get(entry.kind)
             if undo is None:
                 results.append(Replayed(entry, "kept", f"no undo for kind {entry.kind!r}"))

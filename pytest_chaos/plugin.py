@@ -1,5 +1,10 @@
 """pytest hooks and fixtures of pytest-chaos. Only wiring lives here; the work is
-done by the modules it imports (lazily, so ``pytest --help`` needs no Docker)."""
+done by the modules it imports lazily.
+
+Out of the way when not used: a session whose selected tests use no chaos fixture and
+that was given no ``--chaos-*`` option imports no fault library, asks Docker nothing,
+prints no header and installs no signal handler. Only a journal that holds entries is
+replayed in every session (and says so)."""
 
 from __future__ import annotations
 
@@ -16,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import timeline
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from .journal import Journal, default_directory, new_run_id
 from .units import parse_duration
 
 if TYPE_CHECKING:
     from .chaos import Chaos
+    from .journal import Journal
     from .live import LiveLine
     from .observe.bpf import BpfProbes
     from .report import TestResult
@@ -80,12 +84,18 @@ class ChaosSettings:
     journal: Path
 
 
+#: The fixtures that make a test a chaos test.
+CHAOS_FIXTURES = frozenset({"chaos", "bpf", "chaos_project"})
+
+
 @dataclass(eq=False)  # registered with pluggy, which keeps plugins in sets
 class ChaosPlugin:
     """Session state: settings and the figures each test recorded."""
 
     settings: ChaosSettings
-    journal: Journal
+    #: True once a selected test uses a chaos fixture or a --chaos-* option was given.
+    in_use: bool = False
+    _journal: Journal | None = None
     #: Each test's outcome and figures, by node id.
     results: dict[str, TestResult] = field(default_factory=dict)
     #: pytest's JUnit writer when --chaos-junit-strict moves figures to the suite.
@@ -95,6 +105,22 @@ class ChaosPlugin:
     #: Each test's timeline (JSON-ready), for --chaos-report.
     timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            from .journal import Journal, new_run_id
+
+            self._journal = Journal(self.settings.journal, new_run_id())
+        return self._journal
+
+    def journal_has_entries(self) -> bool:
+        """Whether the journal folder holds any entry (without importing the journal)."""
+        try:
+            with os.scandir(self.settings.journal) as found:
+                return any(e.name.endswith(".json") for e in found)
+        except OSError:
+            return False
 
     def replay_journal(self, write: Callable[[str], None]) -> bool:
         """Undo what runs that died left in force; say what was done. False if some
@@ -115,6 +141,8 @@ class ChaosPlugin:
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml reads the teardown report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.in_use:
+            return
         from .report import TestResult
 
         result = self.results.setdefault(report.nodeid, TestResult(report.nodeid))
@@ -133,11 +161,6 @@ class ChaosPlugin:
                 for name, value in recorded.items():
                     self.junit.add_global_property(f"{report.nodeid}::{name}", value)
                 report.user_properties = []
-
-    def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        from .environment import environment
-
-        return environment().header_lines()
 
     def write_report(self, config: pytest.Config) -> Path | None:
         directory = config.getoption("--chaos-report")
@@ -169,6 +192,8 @@ class ChaosPlugin:
     ) -> None:
         from .report import table
 
+        if not self.in_use:
+            return
         page = self.write_report(config)
         if page is not None:
             terminalreporter.write_sep("-", f"chaos report: {page}")
@@ -237,7 +262,27 @@ def _settings(config: pytest.Config) -> ChaosSettings:
     return ChaosSettings(
         project=project,
         timeout=timeout,
-        journal=Path(journal) if journal else default_directory(),
+        journal=Path(journal) if journal else _default_journal(),
+    )
+
+
+def _default_journal() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/pytest-chaos/journal")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "pytest-chaos" / "journal"
+
+
+def _options_given(config: pytest.Config) -> bool:
+    """Whether any --chaos-* option (or its environment variable) was given."""
+    for option in ("project", "timeout", "journal", "report"):
+        if config.getoption(f"--chaos-{option}") is not None:
+            return True
+    if any(os.environ.get(f"CHAOS_{name}") for name in ("PROJECT", "TIMEOUT", "JOURNAL")):
+        return True
+    return any(
+        config.getoption(flag)
+        for flag in ("--chaos-cleanup", "--chaos-dry-run", "--chaos-junit-strict")
     )
 
 
@@ -253,12 +298,11 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if settings.project and not config.getoption("--chaos-dry-run"):
         _check_project(config, settings.project)
-    plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
+    plugin = ChaosPlugin(settings, in_use=_options_given(config))
     if config.getoption("--chaos-junit-strict"):
         plugin.junit = _strict_junit_writer(config)
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "pytest-chaos-session")
-    _sigterm_interrupts()
 
 
 def _check_project(config: pytest.Config, name: str) -> None:
@@ -303,8 +347,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("--chaos-cleanup"):
         return None
     # Runs before pytest_configure: build what the cleanup needs from the options.
-    settings = _settings(config)
-    plugin = ChaosPlugin(settings, Journal(settings.journal, new_run_id()))
+    plugin = ChaosPlugin(_settings(config), in_use=True)
     lines: list[str] = []
     ok = plugin.replay_journal(lines.append)
     swept_ok, swept = _sweep(plugin.journal)
@@ -336,13 +379,42 @@ def _sweep(journal: Journal) -> tuple[bool, list[str]]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     plugin = session.config.stash[PLUGIN_KEY]
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    write = reporter.write_line if reporter is not None else print
-    interval = session.config.getoption("--chaos-live-interval")
+    write = _writer(session.config)
+    if session.config.getoption("--chaos-dry-run"):
+        for entry in plugin.journal.orphans():
+            write(
+                f"pytest-chaos dry run: the journal holds {entry.description} of a run that "
+                "died; a real run (or pytest --chaos-cleanup) would undo it"
+            )
+        return
+    if plugin.in_use or plugin.journal_has_entries():
+        plugin.replay_journal(write)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    plugin = session.config.stash[PLUGIN_KEY]
+    if not plugin.in_use:
+        plugin.in_use = any(
+            CHAOS_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in session.items
+        )
+    if plugin.in_use:
+        _start(session.config, plugin)
+
+
+def _start(config: pytest.Config, plugin: ChaosPlugin) -> None:
+    """What a session that runs chaos tests needs: the header saying what this host
+    offers, the live line, and SIGTERM turned into an interruption."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.verbosity >= 0 and not config.option.no_header:
+        from .environment import environment
+
+        for line in environment().header_lines():
+            reporter.write_line(line)
+    interval = config.getoption("--chaos-live-interval")
     if reporter is not None and interval > 0:
         from .live import LiveLine
 
-        capture = session.config.pluginmanager.get_plugin("capturemanager")
+        capture = config.pluginmanager.get_plugin("capturemanager")
 
         def live(line: str) -> None:
             # Output during a test is captured; step outside it, as live logging does.
@@ -356,14 +428,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                 reporter.write_line(line)
 
         plugin.live = LiveLine(live, interval)
-    if session.config.getoption("--chaos-dry-run"):
-        for entry in plugin.journal.orphans():
-            write(
-                f"pytest-chaos dry run: the journal holds {entry.description} of a run that "
-                "died; a real run (or pytest --chaos-cleanup) would undo it"
-            )
-        return
-    plugin.replay_journal(write)
+    _sigterm_interrupts()
+
+
+def _writer(config: pytest.Config) -> Callable[[str], None]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return reporter.write_line if reporter is not None else print
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -372,8 +442,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if plugin.live is not None:
         plugin.live.close()
-    # Every fault of this run was undone: nothing of it is left for a sweep to find.
-    plugin.journal.forget_run(plugin.journal.run_id)
+    if plugin._journal is not None:
+        # Every fault of this run was undone: nothing of it is left for a sweep to find.
+        plugin.journal.forget_run(plugin.journal.run_id)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -382,9 +453,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
         return None
     from .dryrun import report
 
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    write = reporter.write_line if reporter is not None else print
-    report(session.items, write)
+    report(session.items, _writer(session.config))
     return True
 
 
@@ -482,6 +551,7 @@ def bpf(request: pytest.FixtureRequest) -> BpfProbes:
 def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
     """Apply faults in this test; every fault is undone when the test ends, last in
     first out, whether it passed, failed or raised."""
+    from . import timeline
     from .chaos import Chaos
 
     plugin = request.config.stash[PLUGIN_KEY]

@@ -305,7 +305,7 @@ def test_a_live_line_says_what_is_in_force_while_a_fault_dwells(pytester, faults
 
 
 def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):
-    pytester.makepyfile("def test_x(): pass")
+    pytester.makepyfile("def test_x(chaos): pass")
     result = pytester.runpytest_subprocess()
     result.stdout.fnmatch_lines(
         [
@@ -313,6 +313,64 @@ def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):
             "pytest-chaos: kernel *: cgroup *; BPF *; netem *",
         ]
     )
+
+
+PLAIN = """
+import signal, sys
+
+def test_plain():
+    loaded = {"docker", "bcc", "pyroute2", "httpx", "psycopg"} & set(sys.modules)
+    ours = sorted(m for m in sys.modules if m.startswith("pytest_chaos."))
+    assert not loaded, loaded
+    assert ours == ["pytest_chaos.errors", "pytest_chaos.plugin", "pytest_chaos.units"], ours
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+"""
+
+
+def test_a_project_that_runs_no_chaos_test_pays_nothing(pytester):
+    """No Docker ping, no bcc, no netem probe, no header, no signal handler, no fault
+    library: the plugin is installed, not used."""
+    pytester.makepyfile(PLAIN)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "pytest-chaos" not in result.stdout.str()
+
+
+def test_a_chaos_option_alone_turns_the_plugin_on(pytester, tmp_path):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess(f"--chaos-journal={tmp_path}")
+    result.stdout.fnmatch_lines(["pytest-chaos: backend *"])
+
+
+def test_a_journal_with_entries_is_replayed_even_when_no_chaos_test_runs(pytester, tmp_path):
+    journal = tmp_path / "journal"
+    pytester.makeini(f"[pytest]\nchaos_journal = {journal}\n")
+    pytester.makeconftest(
+        """
+        import pathlib
+        from pytest_chaos.journal import undoer
+
+        @undoer("note-fault")
+        def _undo(data):
+            pathlib.Path(data["file"]).write_text("undone")
+            return "removed the note"
+        """
+    )
+    note = tmp_path / "note"
+    code = (
+        "import json, pathlib, sys\n"
+        "from pytest_chaos.journal import Journal, undoer\n"
+        "undoer('note-fault')(lambda data: '')\n"
+        f"Journal(pathlib.Path({str(journal)!r}), 'dead0001').write("
+        f"'note-fault', 'a note', {{'file': {str(note)!r}}})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)  # a pytest that since died
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pytest-chaos: undid a note left by run dead0001*"])
+    assert note.read_text() == "undone"
+    assert "pytest-chaos: backend" not in result.stdout.str()
 
 
 @pytest.mark.parametrize(
@@ -337,7 +395,7 @@ def test_bad_arguments_give_one_clear_error_and_apply_nothing(pytester, call, me
             {call}
         """
     )
-    result = pytester.runpytest_subprocess("--chaos-project=does-not-matter")
+    result = pytester.runpytest_subprocess()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"E   *pytest_chaos.errors.*: {message}"])
     result.stdout.no_fnmatch_line("*pytest_chaos/*.py:*")  # no traceback from inside

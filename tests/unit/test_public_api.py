@@ -1,17 +1,31 @@
-import types
+import ast
+from pathlib import Path
+
+import pytest
 
 import pytest_chaos
 
 
 def test_all_is_sorted_and_complete():
-    # Submodules become attributes of the package when imported: they are not API.
-    public = {
-        name
-        for name, value in vars(pytest_chaos).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
+    """Three lists name the public API (``__all__``, where each lives, and the imports
+    type checkers read): they agree, and every name resolves."""
     assert pytest_chaos.__all__ == sorted(pytest_chaos.__all__)
-    assert set(pytest_chaos.__all__) == public - {"annotations"}
+    assert set(pytest_chaos._HOME) == set(pytest_chaos.__all__)
+    tree = ast.parse(Path(pytest_chaos.__file__).read_text())
+    typed = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If)
+        for stmt in node.body
+        if isinstance(stmt, ast.ImportFrom)
+        for alias in stmt.names
+    }
+    assert typed == set(pytest_chaos.__all__)
+    for name in pytest_chaos.__all__:
+        assert getattr(pytest_chaos, name).__name__ == name
+    assert set(pytest_chaos.__all__) <= set(dir(pytest_chaos))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pytest_chaos.nope  # noqa: B018
 
 
 def test_every_error_is_a_chaos_error():
