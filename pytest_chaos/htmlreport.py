@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import COLUMNS, TestResult, row
+from .report import SummaryColumn, TestResult, columns, row
 
 WIDTH, HEIGHT = 980, 380
 LEFT, RIGHT, TOP = 70, 24, 46
@@ -226,8 +226,12 @@ pre{background:#fbeeee;padding:.6em;white-space:pre-wrap;font-size:12px}
 
 def render(run: dict[str, Any], tests: Sequence[dict[str, Any]]) -> str:
     """The whole page: the run's header and summary table, then each test."""
+    extra = [SummaryColumn(title, tuple(names)) for title, names in run.get("columns", [])]
     rows = [
-        row(TestResult(t["nodeid"], t["outcome"], {k: str(v) for k, v in t["figures"].items()}))
+        row(
+            TestResult(t["nodeid"], t["outcome"], {k: str(v) for k, v in t["figures"].items()}),
+            extra,
+        )
         for t in tests
     ]
     parts = [
@@ -237,7 +241,7 @@ def render(run: dict[str, Any], tests: Sequence[dict[str, Any]]) -> str:
         "<h1>Chaos experiments</h1>",
         f"<p class='meta'>Run started {_esc(run['started'])}; {_esc(run['summary'])}</p>",
         "<p class='meta'>" + "<br>".join(_esc(line) for line in run["header"]) + "</p>",
-        "<table><tr>" + "".join(f"<th>{_esc(c)}</th>" for c in COLUMNS) + "</tr>",
+        "<table><tr>" + "".join(f"<th>{_esc(c)}</th>" for c in columns(extra)) + "</tr>",
     ]
     for t, cells in zip(tests, rows, strict=True):
         anchor = _anchor(t["nodeid"])
@@ -283,10 +287,16 @@ def write(directory: Path, run: dict[str, Any], tests: Sequence[dict[str, Any]])
     return page
 
 
-def run_info(header: list[str], started: float, counts: dict[str, int]) -> dict[str, Any]:
+def run_info(
+    header: list[str],
+    started: float,
+    counts: dict[str, int],
+    extra: Sequence[SummaryColumn] = (),
+) -> dict[str, Any]:
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no tests"
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "header": header,
         "summary": summary,
+        "columns": [[c.title, list(c.figures)] for c in extra],
     }

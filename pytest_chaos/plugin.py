@@ -29,16 +29,13 @@ if TYPE_CHECKING:
     from .journal import Journal
     from .live import LiveLine
     from .observe.bpf import BpfProbes
-    from .report import TestResult
+    from .report import SummaryColumn, TestResult
     from .targets.compose import ComposeProject
 
+#: The plugin's own markers; a project adds its own (e.g. per service) in its ini.
 MARKERS = {
     "network": "network faults: partitions, latency, loss (needs root)",
     "resources": "resource faults: memory, CPU, disk I/O limits",
-    "database": "experiments whose fault targets the database",
-    "cache": "experiments whose fault targets the cache",
-    "proxy": "experiments whose fault targets the reverse proxy",
-    "cascade": "several services fail together",
     "bpf": "asserts on figures captured by BPF probes",
     "root": "needs root (euid 0); skipped with the reason otherwise",
     "slow": "takes more than a few seconds",
@@ -71,6 +68,10 @@ HELP_DRY_RUN = (
     "list the faults each selected test would inject (read from its source) and exit: "
     "no test runs, no stack starts, the journal is not replayed"
 )
+HELP_COLUMNS = (
+    "columns of your own figures in the end-of-run table and the HTML report, a line each: "
+    "'TITLE = FIGURE[/FIGURE...]', e.g. 'orders ack/lost = orders_acknowledged/orders_lost'"
+)
 HELP_TIMEOUT = (
     "deadline for a service to be running and healthy again after a fault, and for the "
     "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
@@ -102,6 +103,8 @@ class ChaosPlugin:
     junit: Any = None
     #: The live status line (None: off, or no terminal).
     live: LiveLine | None = None
+    #: The project's own columns of the end-of-run table (ini chaos_summary_columns).
+    columns: list[SummaryColumn] = field(default_factory=list)
     #: Each test's timeline (JSON-ready), for --chaos-report.
     timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -184,7 +187,7 @@ class ChaosPlugin:
         counts: dict[str, int] = {}
         for r in self.results.values():
             counts[r.outcome] = counts.get(r.outcome, 0) + 1
-        run = htmlreport.run_info(environment().header_lines(), self.started, counts)
+        run = htmlreport.run_info(environment().header_lines(), self.started, counts, self.columns)
         return htmlreport.write(Path(directory), run, tests)
 
     def pytest_terminal_summary(
@@ -202,7 +205,7 @@ class ChaosPlugin:
         if not shown:
             return
         terminalreporter.section("chaos experiments")
-        for line in table(shown):
+        for line in table(shown, self.columns):
             terminalreporter.write_line(line)
         terminalreporter.section("chaos figures")
         for result in shown:
@@ -231,6 +234,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("chaos_project", HELP_PROJECT, default=None)
     parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
     parser.addini("chaos_journal", HELP_JOURNAL, default=None)
+    parser.addini("chaos_summary_columns", HELP_COLUMNS, type="linelist", default=[])
 
 
 def _setting(config: pytest.Config, name: str) -> tuple[str | None, str]:
@@ -299,10 +303,24 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.project and not config.getoption("--chaos-dry-run"):
         _check_project(config, settings.project)
     plugin = ChaosPlugin(settings, in_use=_options_given(config))
+    plugin.columns = _summary_columns(config)
     if config.getoption("--chaos-junit-strict"):
         plugin.junit = _strict_junit_writer(config)
     config.stash[PLUGIN_KEY] = plugin
     config.pluginmanager.register(plugin, "pytest-chaos-session")
+
+
+def _summary_columns(config: pytest.Config) -> list[SummaryColumn]:
+    lines = config.getini("chaos_summary_columns")
+    if not lines:
+        return []
+    from .errors import ConfigurationError
+    from .report import parse_columns
+
+    try:
+        return parse_columns(lines)
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"ini option {exc}") from None
 
 
 def _check_project(config: pytest.Config, name: str) -> None:

@@ -5,10 +5,15 @@ Columns read these figure names, which the ``chaos`` fixture and the bundled
 experiments record (a test of your own gets the same row by recording them):
 ``experiment``; ``chaos_fault_N_kind`` / ``chaos_fault_N_target``; the recovery time,
 the first of ``recovery_time_s``, ``outage_s``, ``recovery_*_s``,
-``back_to_baseline_s``; ``orders_acknowledged`` / ``orders_lost``; the key BPF figure,
+``back_to_baseline_s``; the key figure,
 the one recorded with ``chaos.record(..., key=True)`` (else the first ``bpf_*``
 number); and the fallbacks: a BPF ``*_source`` of ``proc``, a ``*method`` of
 ``nfqueue``.
+
+A project adds columns of its own figures with the ini option
+``chaos_summary_columns``, a line per column: ``TITLE = FIGURE[/FIGURE...]``; the
+cell shows those figures' values joined by ``/`` (``?`` for one the test did not
+record, ``-`` when it recorded none of them).
 """
 
 from __future__ import annotations
@@ -17,19 +22,56 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .errors import ConfigurationError
+
 KEY_FIGURE = "chaos_key_figure"
 _FAULT_KIND = re.compile(r"^chaos_fault_(\d+)_kind$")
-COLUMNS = (
-    "experiment",
-    "test",
-    "fault",
-    "target",
-    "verdict",
-    "recovery",
-    "orders ack/lost",
-    "key figure",
-    "fallback",
-)
+_FIGURE_NAME = re.compile(r"^[\w.:-]+$")
+
+
+@dataclass(frozen=True)
+class SummaryColumn:
+    """A project's column: its title and the figures its cells show."""
+
+    title: str
+    figures: tuple[str, ...]
+
+    def cell(self, figures: Mapping[str, str]) -> str:
+        if not any(name in figures for name in self.figures):
+            return "-"
+        return "/".join(figures.get(name, "?") for name in self.figures)
+
+
+def parse_columns(lines: Iterable[str]) -> list[SummaryColumn]:
+    """``chaos_summary_columns``' lines as columns; a malformed line is refused."""
+    columns = []
+    for line in lines:
+        if not line.strip():
+            continue
+        title, sep, names = line.rpartition("=")
+        figures = tuple(n.strip() for n in names.split("/"))
+        if not sep or not title.strip() or not all(_FIGURE_NAME.match(n) for n in figures):
+            raise ConfigurationError(
+                f"chaos_summary_columns line {line.strip()!r} is not 'TITLE = FIGURE[/FIGURE...]' "
+                "(figure names are letters, digits, _ . : -)."
+            )
+        columns.append(SummaryColumn(title.strip(), figures))
+    return columns
+
+
+def columns(extra: Sequence[SummaryColumn] = ()) -> tuple[str, ...]:
+    """The table's titles: the generic ones with the project's before the key figure."""
+    return (
+        "experiment",
+        "test",
+        "fault",
+        "target",
+        "verdict",
+        "recovery",
+        *(c.title for c in extra),
+        "key figure",
+        "fallback",
+    )
 
 
 @dataclass
@@ -42,7 +84,7 @@ class TestResult:
     message: str = ""
 
 
-def row(result: TestResult) -> tuple[str, ...]:
+def row(result: TestResult, extra: Sequence[SummaryColumn] = ()) -> tuple[str, ...]:
     f = result.figures
     kinds = sorted(
         (int(m.group(1)), value) for name, value in f.items() if (m := _FAULT_KIND.match(name))
@@ -56,7 +98,7 @@ def row(result: TestResult) -> tuple[str, ...]:
         ", ".join(targets) or "-",
         result.outcome.upper(),
         _recovery(f),
-        _orders(f),
+        *(column.cell(f) for column in extra),
         _key_figure(f),
         ", ".join(fallbacks(f)) or "-",
     )
@@ -72,10 +114,11 @@ def fallbacks(figures: Mapping[str, str]) -> list[str]:
     return found
 
 
-def table(results: Sequence[TestResult]) -> list[str]:
+def table(results: Sequence[TestResult], extra: Sequence[SummaryColumn] = ()) -> list[str]:
     """The summary as aligned text lines (header first)."""
-    rows = [COLUMNS, *(row(r) for r in results)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    titles = columns(extra)
+    rows = [titles, *(row(r, extra) for r in results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(titles))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     ]
@@ -95,12 +138,6 @@ def _recovery(f: Mapping[str, str]) -> str:
         if (name.startswith("recovery_") and name.endswith("_s")) or name == "back_to_baseline_s":
             return f"{_number(value)} s"
     return "-"
-
-
-def _orders(f: Mapping[str, str]) -> str:
-    if "orders_lost" not in f:
-        return "-"
-    return f"{f.get('orders_acknowledged', '?')}/{f['orders_lost']}"
 
 
 def _key_figure(f: Mapping[str, str]) -> str:

@@ -194,6 +194,9 @@ def test_the_run_ends_with_a_table_of_experiments_and_their_verdicts(pytester, f
             pass
         """
     )
+    pytester.makeini(
+        "[pytest]\nchaos_summary_columns =\n    orders ack/lost = orders_acknowledged/orders_lost\n"
+    )
     result = pytester.runpytest_subprocess()
     result.stdout.fnmatch_lines(
         [
@@ -205,6 +208,31 @@ def test_the_run_ends_with_a_table_of_experiments_and_their_verdicts(pytester, f
         ]
     )
     assert "test_plain" not in result.stdout.str().split("chaos experiments")[1]
+
+
+def test_the_table_has_only_generic_columns_unless_the_project_adds_its_own(pytester, faults):
+    pytester.makepyfile(
+        """
+        from faults_lib import fault
+
+        def test_x(chaos):
+            chaos.inject(fault("db"))
+            chaos.record("orders_lost", 0)
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.stdout.fnmatch_lines(["experiment  test * recovery  key figure  fallback"])
+    assert "orders" not in result.stdout.str().split("chaos experiments")[1].splitlines()[1]
+
+
+def test_a_malformed_summary_column_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\nchaos_summary_columns =\n    orders with no figures\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*chaos_summary_columns line 'orders with no figures' is not 'TITLE = FIGURE*"]
+    )
 
 
 def test_the_report_draws_each_tests_timeline_from_what_really_happened(pytester, faults):

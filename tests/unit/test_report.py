@@ -1,0 +1,33 @@
+"""The end-of-run table's project-defined columns."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_chaos import ConfigurationError
+from pytest_chaos.report import SummaryColumn, columns, parse_columns, row
+from pytest_chaos.report import TestResult as Result
+
+NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True)
+
+
+@given(
+    title=st.from_regex(r"[a-z][a-z /]{0,15}[a-z]", fullmatch=True),
+    names=st.lists(NAMES, min_size=1, max_size=3),
+)
+def test_a_column_line_reads_back_as_written(title, names):
+    [column] = parse_columns([f"{title} = {'/'.join(names)}"])
+    assert column == SummaryColumn(title, tuple(names))
+
+
+@pytest.mark.parametrize("line", ["no equals sign", "= figure", "title = bad name!", "t = a//b"])
+def test_a_malformed_line_is_refused(line):
+    with pytest.raises(ConfigurationError, match="is not 'TITLE = FIGURE"):
+        parse_columns([line])
+
+
+def test_cells_say_which_figures_the_test_recorded():
+    extra = parse_columns(["orders ack/lost = orders_acknowledged/orders_lost", "", "p99 = p99_ms"])
+    assert columns(extra)[6:8] == ("orders ack/lost", "p99")
+    cells = row(Result("t.py::test_x", figures={"orders_lost": "2"}), extra)
+    assert cells[6:8] == ("?/2", "-")
