@@ -73,6 +73,7 @@ class Chaos:
         return self._project
 
     def service(self, name: str) -> Service:
+        """The project's service of that name (UnknownService lists the ones there are)."""
         return self.project.service(name)
 
     # -- faults --------------------------------------------------------------------------

@@ -92,6 +92,8 @@ class Run:
 
 
 class Journal:
+    """The journal in ``directory``, written by run ``run_id`` (this session)."""
+
     def __init__(self, directory: Path, run_id: str) -> None:
         self.directory = directory
         self.run_id = run_id
@@ -202,6 +204,7 @@ class Journal:
         _fsync_dir(self.directory)
 
     def entries(self) -> list[Entry]:
+        """Every entry in the journal, of live runs and dead ones."""
         if not self.directory.is_dir():
             return []
         found = []

@@ -28,6 +28,7 @@ class FaultHandle:
     restored_by: str | None = None
 
     def describe(self) -> str:
+        """One line naming the fault, as the report and the live line show it."""
         return f"{self.kind} {self.target}"
 
     def figures(self) -> dict[str, float | int | str]:

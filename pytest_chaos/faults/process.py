@@ -32,6 +32,9 @@ _STOPPING = frozenset({_signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGTTIN, _signa
 
 @dataclass
 class KillHandle(FaultHandle):
+    """A signal sent to a service's main process: which signal, to which host ``pid``
+    (``process`` is its name)."""
+
     signal: str = "SIGKILL"
     pid: int = 0
     process: str = ""
@@ -52,12 +55,16 @@ class KillHandle(FaultHandle):
 
 @dataclass
 class PauseHandle(FaultHandle):
+    """A container frozen by its freezer cgroup."""
+
     def describe(self) -> str:
         return f"pause {self.target}"
 
 
 @dataclass
 class StopHandle(FaultHandle):
+    """A container stopped as an operator would; ``exit_code`` is its main process's."""
+
     exit_code: int | None = None
 
     def describe(self) -> str:
@@ -72,6 +79,8 @@ class StopHandle(FaultHandle):
 
 @dataclass
 class CascadeHandle(FaultHandle):
+    """Several kills in order; ``kills`` holds each one's handle."""
+
     kills: list[KillHandle] = field(default_factory=list)
 
     def describe(self) -> str:

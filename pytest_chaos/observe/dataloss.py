@@ -11,6 +11,8 @@ from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 @dataclass(frozen=True)
 class DataLossReport:
+    """How many acknowledged ids were checked, how many were found, and the lost ones."""
+
     acknowledged: int
     found: int
     lost: tuple[str, ...]

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Request:
+    """An HTTP request a flow sends: ``json`` is the body, if any."""
+
     method: str
     url: str
     json: Any = None
@@ -54,6 +56,9 @@ class Flow:
 
 @dataclass(frozen=True)
 class RequestRecord:
+    """What happened to one request: when it was sent, how long it took, its status
+    (None when no response came) or ``error``, and the id it acknowledged."""
+
     flow: str
     seq: int
     #: time.monotonic() when the request was sent, and wall-clock time.
@@ -112,6 +117,7 @@ class LoadGenerator:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> LoadGenerator:
+        """Start sending in a background thread (``with`` does it for you)."""
         if self._thread is not None:
             raise ConfigurationError("this load generator was already started.")
         self.started_at = time.monotonic()
@@ -121,6 +127,7 @@ class LoadGenerator:
         return self
 
     def stop(self) -> None:
+        """Stop sending and wait for the requests in flight (up to their timeout)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.request_timeout + 5.0)
@@ -152,6 +159,7 @@ class LoadGenerator:
         ]
 
     def acknowledged(self, flow: str | None = None) -> list[str]:
+        """The ids the responses of ``flow`` (or all flows) acknowledged, in order."""
         return [r.ack_id for r in self.records(flow) if r.ack_id is not None]
 
     def wait_for_records(self, flow: str, count: int, timeout: float = 30.0) -> None:

@@ -66,14 +66,17 @@ class ComposeProject:
         self.journal = journal
 
     def containers(self) -> list[Container]:
+        """Every container of the project, running or not."""
         return list(
             self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"})
         )
 
     def service_names(self) -> list[str]:
+        """The project's service names, sorted."""
         return sorted({c.labels.get(SERVICE_LABEL, "") for c in self.containers()} - {""})
 
     def service(self, name: str) -> Service:
+        """The service of that name (exactly one container), or UnknownService."""
         if not isinstance(name, str) or not name:
             raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
         found = [c for c in self.containers() if c.labels.get(SERVICE_LABEL) == name]
@@ -105,6 +108,7 @@ class Service:
     container_id: str
 
     def container(self) -> Container:
+        """The container now, refused if it left the project."""
         import docker.errors
 
         try:
@@ -121,9 +125,11 @@ class Service:
         return container
 
     def state(self) -> dict[str, Any]:
+        """Docker's State of the container (Running, Pid, Health, ...)."""
         return dict(self.container().attrs["State"])
 
     def init_pid(self) -> int:
+        """The host pid of the container's first process; UnsafeTarget if stopped."""
         pid = int(self.state().get("Pid") or 0)
         if pid <= 1:
             raise UnsafeTarget(f"service {self.name!r} is not running (its container has no pid).")
@@ -149,10 +155,12 @@ class Service:
         return linux.check_pid(pid, self.container_id)
 
     def restart_policy(self) -> str:
+        """The restart policy's name: no, always, on-failure, unless-stopped."""
         policy = self.container().attrs["HostConfig"].get("RestartPolicy") or {}
         return str(policy.get("Name") or "no")
 
     def restart_count(self) -> int:
+        """How often Docker restarted the container."""
         return int(self.container().attrs.get("RestartCount", 0))
 
     def address(self) -> str:
@@ -172,6 +180,7 @@ class Service:
         return found
 
     def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
+        """(host, port) where ``port`` of the container is published on the host."""
         bindings = self.container().attrs["NetworkSettings"]["Ports"].get(f"{port}/{protocol}")
         if not bindings:
             raise UnknownService(f"service {self.name!r} does not publish {port}/{protocol}.")
@@ -179,6 +188,7 @@ class Service:
         return ("127.0.0.1" if host == "0.0.0.0" else host), int(bindings[0]["HostPort"])  # noqa: S104
 
     def is_healthy(self) -> bool:
+        """Running, not paused, and its health check (if any) passing."""
         return _is_healthy(self.container().attrs)
 
     def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
@@ -207,6 +217,7 @@ class Service:
             stream.close()
 
     def logs_tail(self, lines: int = 20) -> str:
+        """The container's last log lines (for error messages)."""
         try:
             raw = self.container().logs(tail=lines)
         except Exception as exc:  # noqa: BLE001 - only for an error message
