@@ -38,6 +38,16 @@ class Cgroup:
             "memory", "memory.usage_in_bytes" if self.version == 1 else "memory.current"
         )
 
+    def cpu_seconds(self) -> float:
+        """CPU time the cgroup's processes have used so far, in seconds."""
+        if self.version == 1:
+            return int(self.read("cpuacct", "cpuacct.usage")) / 1e9
+        for line in self.read("cpu", "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        raise EnvironmentProblem("cpu.stat has no usage_usec: the kernel is too old for v2.")
+
     def has(self, controller: str, name: str) -> bool:
         try:
             return self.path(controller, name).exists()

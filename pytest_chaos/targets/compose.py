@@ -149,6 +149,13 @@ class Service:
 
         return int(cgroup_of(self.init_pid()).memory_usage_file().read_text())
 
+    def cpu_seconds(self) -> float:
+        """CPU time the container's processes have used so far, in seconds (take two
+        readings to get its CPU use over a window)."""
+        from .cgroup import cgroup_of
+
+        return cgroup_of(self.init_pid()).cpu_seconds()
+
     def main_pid(self) -> int:
         """The service's own process on the host, checked to belong to the container."""
         pid = linux.main_process(self.init_pid())

@@ -30,9 +30,14 @@ CPUS = 0.5
 # Demand: 40 pages/s of 500 open orders each, from a client that keeps at most 8
 # requests in flight (as a client with a connection pool does). Measured here: 13-15 ms
 # of API CPU per page, about 0.55 CPU unthrottled (p50 16-24 ms), a little more than the
-# quota. An open-loop flow at that edge swung between x1.1 and x60 from run to run;
-# with 8 in flight at most, the throttled API's queue stays bounded and latency settles
-# near 8 / its throughput: steady enough to assert on.
+# guide's 0.5 CPU. An open-loop flow at that edge swung between x1.1 and x60 from run to
+# run; with 8 in flight at most, the throttled API's queue stays bounded and latency
+# settles near 8 / its throughput: steady enough to assert on.
+# On a faster CPU the same flow needs less than 0.5 CPU and the quota does not bite
+# (a fresh-clone CI run measured x0.98): the quota is the guide's 0.5 CPU or, where the
+# API used less in the baseline, that use x DEMAND_SHARE, which keeps the demand about
+# 1.1 x the quota, as in the runs above.
+DEMAND_SHARE = 0.9
 PAGE, PAGE_RATE, IN_FLIGHT = 500, 40, 8
 BASELINE_S = 4.0  # measuring windows, not readiness waits
 DWELL_S = 6.0
@@ -62,14 +67,18 @@ def test_cpu_throttling(chaos, exchange, bpf):
     )  # fmt: skip
     with exchange.load(orders=10) as orders, pages as load:
         load.wait_for_records("pages", 20)  # warmed up: connections pooled
+        api = exchange.project.service("trading-api")
         with bpf.watch("trading-api", probes=("runqueue",), label="before") as before:
-            base_from = time.monotonic()
+            base_from, cpu_from = time.monotonic(), api.cpu_seconds()
             time.sleep(BASELINE_S)  # the baseline's measuring window
-        base = [r.latency_s for r in load.records("pages", since=base_from, until=time.monotonic())]
+            base_until, cpu_until = time.monotonic(), api.cpu_seconds()
+        base = [r.latency_s for r in load.records("pages", since=base_from, until=base_until)]
         base_p50 = p(base, 50)
+        used = (cpu_until - cpu_from) / (base_until - base_from)
+        cpus = round(min(CPUS, used * DEMAND_SHARE), 2)
 
         with bpf.watch("trading-api", probes=("runqueue",), label="during") as during:
-            quota = chaos.cpu_quota("trading-api", CPUS)
+            quota = chaos.cpu_quota("trading-api", cpus)
             time.sleep(DWELL_S)  # the fault's dwell
             chaos.undo(quota)
         restored_at = time.monotonic()
@@ -99,6 +108,8 @@ def test_cpu_throttling(chaos, exchange, bpf):
     for name, values in (("before", base), ("during", throttled), ("after", after)):
         for q in (50, 95, 99):
             chaos.record(f"latency_{name}_p{q}_ms", round(p(values, q) * 1000, 1))
+    chaos.record("cpu_used_before", round(used, 3))
+    chaos.record("cpu_quota", cpus)
     chaos.record("degradation_factor_p50", round(factor, 2))
     chaos.record("back_to_baseline_s", round(back.recovery_time_s, 3))
     chaos.record("requests_failed", len(failed))

@@ -112,3 +112,14 @@ def test_a_memory_handle_reads_usage_and_limit_and_says_when_usage_neared_the_ca
     assert handle.reached(1.0) is None
     usage.unlink()  # the container exited: its cgroup is gone
     assert handle.usage_bytes() is None
+
+
+def test_cpu_time_is_read_from_cpuacct_on_v1_and_cpu_stat_on_v2(tmp_path):
+    root, proc = fake(
+        tmp_path / "v1", [f"4:cpu,cpuacct:/{CID}", "0::/"], [f"cpu,cpuacct/{CID}", "unified"]
+    )
+    (root / "cpu,cpuacct" / CID / "cpuacct.usage").write_text("2500000000\n")
+    assert cgroup_of(42, root, proc).cpu_seconds() == 2.5
+    root, proc = fake(tmp_path / "v2", [f"0::/{CID}"], [CID], v2_root=True)
+    (root / CID / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\n")
+    assert cgroup_of(42, root, proc).cpu_seconds() == 1.5
