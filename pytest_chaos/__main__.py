@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
 
             out("\n".join(environment().header_lines()) + "\n")
         else:
-            out(
+            known = command in ("", "-h", "--help")
+            stream = sys.stdout if known else sys.stderr
+            if not known:
+                stream.write(f"pytest-chaos: unknown command {command!r}.\n")
+            stream.write(
                 "usage: python -m pytest_chaos COMMAND\n"
                 "  doctor           what this host offers pytest-chaos (Docker, root, cgroup,"
                 " BPF, netem)\n"
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kernel has none; prints the folder\n"
                 "  link-bcc         make Debian's python3-bpfcc importable from this Python\n"
             )
-            return 0 if command in ("", "-h", "--help") else 2
+            return 0 if known else 2
     except (EnvironmentProblem, OSError, subprocess.CalledProcessError) as exc:
         sys.stderr.write(f"pytest-chaos {command}: {exc}\n")
         return 1

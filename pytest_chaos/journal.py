@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .targets.linux import start_time
 
 Undo = Callable[[dict[str, Any]], str]
+T = TypeVar("T")
 
 #: Modules whose import registers journal undos (one per fault family).
 FAULT_MODULES = (
@@ -158,23 +159,15 @@ class Journal:
 
     def runs(self) -> list[Run]:
         """Every run this journal has a record of."""
-        if not self.runs_directory.is_dir():
-            return []
-        found = []
-        for path in sorted(self.runs_directory.glob("*.json")):
-            try:
-                raw = json.loads(path.read_text())
-                found.append(
-                    Run(
-                        run_id=str(raw["run_id"]),
-                        owner_pid=int(raw["owner_pid"]),
-                        owner_start=str(raw["owner_start"]),
-                        projects=frozenset(str(p) for p in raw["projects"]),
-                    )
-                )
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # half-written: that run applied nothing yet
-        return found
+        return _read_all(
+            self.runs_directory,
+            lambda path, raw: Run(
+                run_id=str(raw["run_id"]),
+                owner_pid=int(raw["owner_pid"]),
+                owner_start=str(raw["owner_start"]),
+                projects=frozenset(str(p) for p in raw["projects"]),
+            ),
+        )
 
     def dead_runs(self) -> list[Run]:
         """Runs of this journal whose pytest is gone: what carries their id is ours
@@ -205,27 +198,19 @@ class Journal:
 
     def entries(self) -> list[Entry]:
         """Every entry in the journal, of live runs and dead ones."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for path in sorted(self.directory.glob("*.json")):
-            try:
-                raw = json.loads(path.read_text())
-                found.append(
-                    Entry(
-                        path=path,
-                        kind=str(raw["kind"]),
-                        description=str(raw["description"]),
-                        run_id=str(raw["run_id"]),
-                        owner_pid=int(raw["owner_pid"]),
-                        owner_start=str(raw.get("owner_start", "")),
-                        created=float(raw["created"]),
-                        data=dict(raw["data"]),
-                    )
-                )
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # half-written by a crash before the rename: nothing was applied
-        return found
+        return _read_all(
+            self.directory,
+            lambda path, raw: Entry(
+                path=path,
+                kind=str(raw["kind"]),
+                description=str(raw["description"]),
+                run_id=str(raw["run_id"]),
+                owner_pid=int(raw["owner_pid"]),
+                owner_start=str(raw.get("owner_start", "")),
+                created=float(raw["created"]),
+                data=dict(raw["data"]),
+            ),
+        )
 
     def orphans(self) -> list[Entry]:
         """Entries whose pytest is gone (not this process, not a live session)."""
@@ -259,6 +244,21 @@ class Journal:
             self.clear(entry)
             results.append(Replayed(entry, outcome))
         return results
+
+
+def _read_all(directory: Path, build: Callable[[Path, Any], T]) -> list[T]:
+    """Every ``*.json`` file in ``directory`` that reads whole, built into an object.
+    A file that does not was half-written by a crash before its rename: what it was
+    about to record was never applied."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            found.append(build(path, json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 def _write_durably(path: Path, body: str) -> None:

@@ -125,6 +125,12 @@ class ChaosPlugin:
         except OSError:
             return False
 
+    def forget_this_run(self) -> None:
+        """Every fault of this run was undone: drop its record, so nothing of it is
+        left for a sweep to find (nothing to do when it journaled nothing)."""
+        if self._journal is not None:
+            self._journal.forget_run(self._journal.run_id)
+
     def replay_journal(self, write: Callable[[str], None]) -> bool:
         """Undo what runs that died left in force; say what was done. False if some
         entry could not be undone (it stays in the journal)."""
@@ -193,10 +199,10 @@ class ChaosPlugin:
     def pytest_terminal_summary(
         self, terminalreporter: pytest.TerminalReporter, config: pytest.Config
     ) -> None:
-        from .report import table
-
         if not self.in_use:
             return
+        from .report import table
+
         page = self.write_report(config)
         if page is not None:
             terminalreporter.write_sep("-", f"chaos report: {page}")
@@ -278,13 +284,14 @@ def _default_journal() -> Path:
 
 
 def _options_given(config: pytest.Config) -> bool:
-    """Whether any --chaos-* option (or its environment variable) was given."""
-    for option in ("project", "timeout", "journal", "report"):
-        if config.getoption(f"--chaos-{option}") is not None:
-            return True
-    if any(os.environ.get(f"CHAOS_{name}") for name in ("PROJECT", "TIMEOUT", "JOURNAL")):
+    """Whether any --chaos-* option (or its environment variable) was given; the ini
+    alone does not count: it is the project's configuration, not a request."""
+    if any(
+        config.getoption(f"--chaos-{name}") is not None or os.environ.get(f"CHAOS_{name.upper()}")
+        for name in ("project", "timeout", "journal")
+    ):
         return True
-    return any(
+    return config.getoption("--chaos-report") is not None or any(
         config.getoption(flag)
         for flag in ("--chaos-cleanup", "--chaos-dry-run", "--chaos-junit-strict")
     )
@@ -386,8 +393,8 @@ def _sweep(journal: Journal) -> tuple[bool, list[str]]:
     if not dead:
         return True, []
     try:
-        client = docker_client()
-        said = sweep_tables(client, {run.run_id: run.projects for run in dead})
+        with contextlib.closing(docker_client()) as client:
+            said = sweep_tables(client, {run.run_id: run.projects for run in dead})
     except ChaosError as exc:
         return False, [f"pytest-chaos: could not sweep the dead runs' nft tables: {exc}"]
     for run in dead:
@@ -460,9 +467,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if plugin.live is not None:
         plugin.live.close()
-    if plugin._journal is not None:
-        # Every fault of this run was undone: nothing of it is left for a sweep to find.
-        plugin.journal.forget_run(plugin.journal.run_id)
+    plugin.forget_this_run()
 
 
 @pytest.hookimpl(tryfirst=True)

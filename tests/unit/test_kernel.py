@@ -83,6 +83,7 @@ def test_the_command_line_helpers_explain_themselves():
         assert command in done.stdout
     done = subprocess.run([*run, "frobnicate"], capture_output=True, text=True, check=False)
     assert done.returncode == 2
+    assert "unknown command 'frobnicate'" in done.stderr
 
 
 def _messages(tree: ast.AST) -> list[str]:
