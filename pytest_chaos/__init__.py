@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         StackStartError,
         TargetError,
         UndoFailed,
+        UnknownFault,
         UnknownService,
         UnsafeTarget,
     )
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .observe.dataloss import DataLossReport, check_no_data_loss
     from .observe.load import Flow, LoadGenerator, Request, RequestRecord
     from .observe.recovery import Recovery, wait_for_recovery
+    from .registry import fault, undoer
     from .targets.compose import ComposeProject, Service
     from .units import parse_duration, parse_signal
 
@@ -75,15 +77,18 @@ _HOME = {
     "StopHandle": ".faults.process",
     "TargetError": ".errors",
     "UndoFailed": ".errors",
+    "UnknownFault": ".errors",
     "UnknownService": ".errors",
     "UnsafeTarget": ".errors",
     "cascade": ".faults.process",
     "check_no_data_loss": ".observe.dataloss",
+    "fault": ".registry",
     "kill": ".faults.process",
     "parse_duration": ".units",
     "parse_signal": ".units",
     "pause": ".faults.process",
     "stop": ".faults.process",
+    "undoer": ".registry",
     "wait_for_recovery": ".observe.recovery",
 }
 
@@ -116,15 +121,18 @@ __all__ = [
     "StopHandle",
     "TargetError",
     "UndoFailed",
+    "UnknownFault",
     "UnknownService",
     "UnsafeTarget",
     "cascade",
     "check_no_data_loss",
+    "fault",
     "kill",
     "parse_duration",
     "parse_signal",
     "pause",
     "stop",
+    "undoer",
     "wait_for_recovery",
 ]
 

@@ -4,7 +4,6 @@ every one of them, last in first out, when the test ends, whatever happened."""
 from __future__ import annotations
 
 import logging
-import signal as _signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -18,11 +17,7 @@ from .faults.base import FaultHandle
 from .units import parse_duration
 
 if TYPE_CHECKING:
-    from .faults.latency import LatencyHandle
-    from .faults.network import BandwidthHandle, NetworkHandle
-    from .faults.postgres import HogHandle, MaxConnectionsHandle
-    from .faults.process import CascadeHandle, KillHandle, PauseHandle, StopHandle
-    from .faults.resources import ContentionHandle, CpuHandle, IoHandle, MemoryHandle
+    from .faults.base import JournalSlot
     from .journal import Journal
     from .targets.compose import ComposeProject, Service
 
@@ -43,7 +38,8 @@ class _Applied:
 class Chaos:
     """Applies faults for one test. Each ``chaos.<fault>(...)`` call validates its
     arguments, applies the fault, and returns its handle; the fault stays in force
-    until :meth:`undo` or the end of the test."""
+    until :meth:`undo` or the end of the test. The faults are those registered with
+    :func:`pytest_chaos.fault` (``dir(chaos)`` lists them)."""
 
     def __init__(
         self,
@@ -97,167 +93,26 @@ class Chaos:
         log.info("chaos: applied %s", text)
         return handle
 
-    def kill(
-        self,
-        service: str,
-        signal: int | str | _signal.Signals = _signal.SIGKILL,
-        *,
-        recovery_timeout: float | str | None = None,
-        process: str | None = None,
-    ) -> KillHandle:
-        """Signal ``service``'s main process from the host (default SIGKILL: a crash the
-        restart policy answers). Undo: the service runs and is healthy again."""
-        from .faults.process import kill, kill_signal
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """``chaos.<fault>(...)``: every fault registered with
+        :func:`pytest_chaos.fault` (the built-in ones and yours), applied through
+        :meth:`inject`; ``help(chaos.<fault>)`` shows its arguments."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from . import registry
 
-        timeout = self.timeout if recovery_timeout is None else recovery_timeout
-        parse_duration(timeout, name="recovery_timeout")
-        kill_signal(signal)  # bad input fails before Docker is asked anything
-        target = self.service(service)
-        return self.inject(kill(target, signal, recovery_timeout=timeout, process=process))
+        return registry.bound(registry.find(name), self)
 
-    def pause(self, service: str, *, recovery_timeout: float | str | None = None) -> PauseHandle:
-        """Freeze ``service``'s container (freezer cgroup). Undo: thaw, wait healthy."""
-        from .faults.process import pause
+    def __dir__(self) -> list[str]:
+        from . import registry
 
-        timeout = self._timeout(recovery_timeout)
-        return self.inject(pause(self.service(service), recovery_timeout=timeout))
+        return sorted(set(super().__dir__()) | set(registry.faults()))
 
-    def stop(
-        self,
-        service: str,
-        *,
-        grace: float | str = 10.0,
-        recovery_timeout: float | str | None = None,
-    ) -> StopHandle:
-        """Stop ``service`` as an operator would (SIGTERM, SIGKILL after ``grace``).
-        Undo: start it, wait healthy."""
-        from .faults.process import stop
+    # -- for faults' builders ------------------------------------------------------------
 
-        parse_duration(grace, name="grace")
-        timeout = self._timeout(recovery_timeout)
-        return self.inject(stop(self.service(service), grace=grace, recovery_timeout=timeout))
-
-    def cascade(
-        self,
-        services: list[str],
-        *,
-        gaps: float | str | list[float | str] = 0.0,
-        signal: int | str | _signal.Signals = _signal.SIGKILL,
-        recovery_timeout: float | str | None = None,
-    ) -> CascadeHandle:
-        """Kill ``services`` in order, ``gaps`` apart. Undo: all healthy again."""
-        from .faults.process import cascade, kill_signal
-
-        kill_signal(signal)
-        timeout = self._timeout(recovery_timeout)
-        targets = [self.service(name) for name in services]
-        return self.inject(cascade(targets, gaps=gaps, signal=signal, recovery_timeout=timeout))
-
-    def partition(
-        self,
-        service: str,
-        peers: list[str] | None = None,
-        *,
-        mode: str = "drop",
-        direction: str = "both",
-    ) -> NetworkHandle:
-        """Cut ``service`` off from ``peers`` (service names or IPv4 addresses; None:
-        everything but loopback). mode ``drop`` (timeouts) or ``reject`` (refusals);
-        direction ``both``, ``egress`` or ``ingress``."""
-        from .faults.network import check_direction, check_mode, partition
-
-        check_mode(mode)
-        check_direction(direction)
-        target = self.service(service)
-        others = [self._peer(p) for p in peers or []]
-        return self.inject(partition(target, others, mode=mode, direction=direction))
-
-    def loss(
-        self,
-        service: str,
-        percent: float | str,
-        peers: list[str] | None = None,
-        *,
-        direction: str = "both",
-    ) -> NetworkHandle:
-        """Drop ``percent`` of packets between ``service`` and ``peers``."""
-        from .faults.network import check_direction, check_percent, loss
-
-        check_percent(percent)
-        check_direction(direction)
-        target = self.service(service)
-        others = [self._peer(p) for p in peers or []]
-        return self.inject(loss(target, percent, others, direction=direction))
-
-    def bandwidth(self, service: str, rate: str | int, **options: Any) -> BandwidthHandle:
-        """Limit what ``service`` sends to ``rate`` (e.g. '1mbit')."""
-        from .faults.network import bandwidth, parse_rate
-
-        parse_rate(rate)
-        return self.inject(bandwidth(self.service(service), rate, **options))
-
-    def latency(
-        self,
-        service: str,
-        delay: float | str,
-        *,
-        jitter: float | str = 0,
-        peers: list[str] | None = None,
-        method: str = "auto",
-    ) -> LatencyHandle:
-        """Delay what ``service`` sends (to ``peers``, or everything): netem where the
-        kernel has it, else the NFQUEUE delayer; ``handle.method`` says which."""
-        from .faults.latency import check_delay, latency
-
-        check_delay(delay, jitter)
-        target = self.service(service)
-        others = [self._peer(p) for p in peers or []]
-        return self.inject(latency(target, delay, jitter=jitter, peers=others, method=method))
-
-    def memory_cap(
-        self, service: str, limit: int | str, *, allow_swap: bool = False
-    ) -> MemoryHandle:
-        """Cap ``service``'s memory (e.g. '256m') so the OOM killer acts past it."""
-        from .faults.resources import memory_cap
-        from .units import parse_size
-
-        parse_size(limit, name="memory limit")
-        return self.inject(memory_cap(self.service(service), limit, allow_swap=allow_swap))
-
-    def cpu_quota(self, service: str, cpus: float) -> CpuHandle:
-        """Let ``service`` use at most ``cpus`` CPUs (e.g. 0.5)."""
-        from .faults.resources import check_cpus, cpu_quota
-
-        check_cpus(cpus)
-        return self.inject(cpu_quota(self.service(service), cpus))
-
-    def io_throttle(
-        self, service: str, *, path: str | None = None, **limits: int | str
-    ) -> IoHandle:
-        """Throttle ``service``'s block I/O: read_bps, write_bps, read_iops, write_iops."""
-        from .faults.resources import io_throttle
-
-        return self.inject(io_throttle(self.service(service), path=path, **limits))
-
-    def io_contention(self, service: str, *, workers: int = 2, **options: Any) -> ContentionHandle:
-        """Compete for ``service``'s disk with ``workers`` stress-ng writers."""
-        from .faults.resources import io_contention
-
-        return self.inject(io_contention(self.service(service), workers=workers, **options))
-
-    def max_connections(self, service: str, value: int) -> MaxConnectionsHandle:
-        """Restart PostgreSQL ``service`` with a lower max_connections."""
-        from .faults.postgres import max_connections
-
-        return self.inject(max_connections(self.service(service), value))
-
-    def connection_hog(self, service: str, dsn: str, connections: int) -> HogHandle:
-        """Hold ``connections`` idle connections to PostgreSQL ``service`` at ``dsn``."""
-        from .faults.postgres import connection_hog
-
-        return self.inject(connection_hog(self.service(service), dsn, connections))
-
-    def _peer(self, peer: str) -> Service | str:
+    def peer(self, peer: str) -> Service | str:
+        """A peer named in a fault's arguments: an IPv4 address as it is, else the
+        project's service of that name."""
         import ipaddress
 
         try:
@@ -265,10 +120,24 @@ class Chaos:
         except ValueError:
             return self.service(peer)
 
-    def _timeout(self, value: float | str | None) -> float | str:
+    def recovery_timeout(self, value: float | str | None) -> float | str:
+        """A fault's recovery timeout: ``value``, checked, or the session's
+        (``--chaos-timeout``) when None."""
         timeout = self.timeout if value is None else value
         parse_duration(timeout, name="recovery_timeout")
         return timeout
+
+    def journaled(
+        self, kind: str, description: str, data: dict[str, Any]
+    ) -> AbstractContextManager[JournalSlot]:
+        """For a fault of your own: write a journal entry of ``kind`` (undone from
+        ``data`` by the function registered with ``@pytest_chaos.undoer(kind)``) before
+        the block applies the fault; call the slot the block gets once the fault is
+        undone. If pytest dies meanwhile, the next session (or ``pytest
+        --chaos-cleanup``) undoes it."""
+        from .faults.base import journaled_in
+
+        return journaled_in(self.journal, kind, description, data)
 
     # -- undo ----------------------------------------------------------------------------
 

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import pytest
 
-FAULT_CALLS = frozenset(
-    {
-        "kill", "pause", "stop", "cascade", "partition", "loss", "bandwidth", "latency",
-        "memory_cap", "cpu_quota", "io_throttle", "io_contention", "max_connections",
-        "connection_hog", "inject",
-    }
-)  # fmt: skip
+
+def fault_calls() -> frozenset[str]:
+    """The calls on ``chaos`` that apply a fault: every registered fault, and inject."""
+    from .registry import faults
+
+    return frozenset(faults()) | {"inject"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,7 @@ def planned_faults(item: pytest.Item) -> list[PlannedFault] | None:
     source = textwrap.dedent("".join(lines))
     tree = ast.parse(source)
     fixture = "chaos"
+    calls = fault_calls()
     found = []
     for node in ast.walk(tree):
         if (
@@ -51,7 +51,7 @@ def planned_faults(item: pytest.Item) -> list[PlannedFault] | None:
             and isinstance(node.func, ast.Attribute)
             and isinstance(node.func.value, ast.Name)
             and node.func.value.id == fixture
-            and node.func.attr in FAULT_CALLS
+            and node.func.attr in calls
         ):
             text = ast.get_source_segment(source, node) or f"{fixture}.{node.func.attr}(...)"
             found.append(PlannedFault(" ".join(text.split()), first + node.lineno - 1))

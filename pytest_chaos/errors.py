@@ -3,6 +3,7 @@ and what to do about it. The tree:
 
     ChaosError
     ├── ConfigurationError          bad arguments to a fault or helper (also ValueError)
+    │   └── UnknownFault            chaos.<name> names no registered fault (also AttributeError)
     ├── EnvironmentProblem          the machine cannot do what was asked
     │   ├── DockerUnavailable       no Docker daemon to talk to
     │   └── PermissionProblem       root (or a capability) is needed
@@ -27,6 +28,10 @@ class ChaosError(Exception):
 
 class ConfigurationError(ChaosError, ValueError):
     """An argument is invalid; nothing was applied."""
+
+
+class UnknownFault(ConfigurationError, AttributeError):
+    """``chaos.<name>``: no fault of that name is registered."""
 
 
 class EnvironmentProblem(ChaosError):

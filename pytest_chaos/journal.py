@@ -19,7 +19,6 @@ a project that run touched. A run of another journal, or a live one, is left alo
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import secrets
@@ -31,31 +30,12 @@ from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from .registry import registered_undo, undo_for, undoer
 from .targets.linux import start_time
 
-Undo = Callable[[dict[str, Any]], str]
+__all__ = ["Entry", "Journal", "Replayed", "Run", "new_run_id", "undoer"]
+
 T = TypeVar("T")
-
-#: Modules whose import registers journal undos (one per fault family).
-FAULT_MODULES = (
-    "pytest_chaos.faults.process",
-    "pytest_chaos.faults.network",
-    "pytest_chaos.faults.resources",
-    "pytest_chaos.faults.postgres",
-    "pytest_chaos.faults.latency",
-)
-_UNDOS: dict[str, Undo] = {}
-
-
-def undoer(kind: str) -> Callable[[Undo], Undo]:
-    """Register the function that undoes a ``kind`` entry from its data alone. It
-    returns a sentence saying what it did."""
-
-    def register(fn: Undo) -> Undo:
-        _UNDOS[kind] = fn
-        return fn
-
-    return register
 
 
 def new_run_id() -> str:
@@ -80,6 +60,9 @@ class Replayed:
     entry: Entry
     outcome: str
     error: str | None = None
+    #: No undo was registered for the entry's kind (yet: one in a test module is known
+    #: only once collection imported it).
+    unknown_kind: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,10 +91,16 @@ class Journal:
 
     def write(self, kind: str, description: str, data: dict[str, Any]) -> Entry:
         """Record a fault about to be applied. Durable when this returns."""
-        if kind not in _UNDOS:
-            raise ConfigurationError(f"no undo is registered for fault kind {kind!r}.")
+        undo = registered_undo(kind)
+        if undo is None:
+            raise ConfigurationError(
+                f"no undo is registered for fault kind {kind!r}: decorate the function that "
+                f"undoes it with @pytest_chaos.undoer({kind!r}) before the fault is applied."
+            )
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._note_run(data.get("project"))
+        # Where the undo lives, for the message if a later session cannot find it.
+        data = {**data, "undo_module": str(getattr(undo, "__module__", "?"))}
         self._seq += 1
         entry = Entry(
             path=self.directory / f"{self.run_id}-{os.getpid()}-{self._seq:04d}.json",
@@ -226,15 +215,11 @@ class Journal:
 
     def replay(self) -> list[Replayed]:
         """Undo every orphaned entry, newest first; keep those whose undo failed."""
-        orphans = self.orphans()
-        if orphans:
-            for module in FAULT_MODULES:
-                importlib.import_module(module)
         results = []
-        for entry in sorted(orphans, key=lambda e: e.created, reverse=True):
-            undo = _UNDOS.get(entry.kind)
+        for entry in sorted(self.orphans(), key=lambda e: e.created, reverse=True):
+            undo = undo_for(entry.kind)
             if undo is None:
-                results.append(Replayed(entry, "kept", f"no undo for kind {entry.kind!r}"))
+                results.append(Replayed(entry, "kept", _unknown_kind(entry), unknown_kind=True))
                 continue
             try:
                 outcome = undo(entry.data)
@@ -244,6 +229,16 @@ class Journal:
             self.clear(entry)
             results.append(Replayed(entry, outcome))
         return results
+
+
+def _unknown_kind(entry: Entry) -> str:
+    where = entry.data.get("undo_module") if isinstance(entry.data, dict) else None
+    defined = f" (it was defined in module {where!r})" if where else ""
+    return (
+        f"no undo is registered for fault kind {entry.kind!r}{defined}: define it in a "
+        "conftest.py or in a module named by a 'pytest_chaos.faults' entry point, so that "
+        "it is known before tests are collected"
+    )
 
 
 def _read_all(directory: Path, build: Callable[[Path, Any], T]) -> list[T]:

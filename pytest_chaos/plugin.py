@@ -108,6 +108,8 @@ class ChaosPlugin:
     #: Each test's timeline (JSON-ready), for --chaos-report.
     timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    #: Journal entries of kinds unknown at session start wait for collection.
+    deferred: bool = False
 
     @property
     def journal(self) -> Journal:
@@ -131,14 +133,19 @@ class ChaosPlugin:
         if self._journal is not None:
             self._journal.forget_run(self._journal.run_id)
 
-    def replay_journal(self, write: Callable[[str], None]) -> bool:
+    def replay_journal(self, write: Callable[[str], None], *, defer_unknown: bool = False) -> bool:
         """Undo what runs that died left in force; say what was done. False if some
-        entry could not be undone (it stays in the journal)."""
+        entry could not be undone (it stays in the journal). ``defer_unknown``: an entry
+        whose kind has no undo registered yet is left, silently, for a replay after
+        collection (its undo may be defined in a test module)."""
         ok = True
+        self.deferred = False
         for done in self.journal.replay():
             entry = done.entry
             origin = f"left by run {entry.run_id} (pytest pid {entry.owner_pid}, gone)"
-            if done.error is None:
+            if done.unknown_kind and defer_unknown:
+                self.deferred = True
+            elif done.error is None:
                 write(f"pytest-chaos: undid {entry.description} {origin}: {done.outcome}")
             else:
                 ok = False
@@ -413,11 +420,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             )
         return
     if plugin.in_use or plugin.journal_has_entries():
-        plugin.replay_journal(write)
+        plugin.replay_journal(write, defer_unknown=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     plugin = session.config.stash[PLUGIN_KEY]
+    if plugin.deferred:
+        # Test modules are imported now: the undos they register are known.
+        plugin.replay_journal(_writer(session.config))
     if not plugin.in_use:
         plugin.in_use = any(
             CHAOS_FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in session.items

@@ -21,19 +21,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..journal import undoer
+from ..registry import fault, undoer
 from ..targets import linux
 from ..targets.compose import Service
 from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
 from ..units import parse_duration
 from .base import FaultHandle, journaled, journaled_service, running_pid
 from .network import _peer_addresses, root_qdisc_fault
+
+if TYPE_CHECKING:
+    from ..chaos import Chaos
 
 METHODS = ("auto", "netem", "nfqueue")
 CHAIN_PREFIX = "PYTEST_CHAOS_"
@@ -275,3 +278,21 @@ def _undo_nfqueue(data: dict[str, Any]) -> str:
             os.killpg(pid, signal.SIGTERM)
         done.append(f"stopped the delayer (pid {pid})")
     return "; ".join(done) or "nothing was left"
+
+
+@fault("latency")
+def _chaos_latency(
+    chaos: Chaos,
+    service: str,
+    delay: float | str,
+    *,
+    jitter: float | str = 0,
+    peers: list[str] | None = None,
+    method: str = "auto",
+) -> AbstractContextManager[LatencyHandle]:
+    """Delay what ``service`` sends (to ``peers``, or everything): netem where the
+    kernel has it, else the NFQUEUE delayer; ``handle.method`` says which."""
+    check_delay(delay, jitter)
+    target = chaos.service(service)
+    others = [chaos.peer(p) for p in peers or []]
+    return latency(target, delay, jitter=jitter, peers=others, method=method)

@@ -15,17 +15,20 @@ import re
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ChaosError, ConfigurationError, FaultError, FaultVanished, UnknownService
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..journal import undoer
+from ..registry import fault, undoer
 from ..targets.compose import Service
 from ..targets.netns import NetNamespace, netlink_socket, open_netns
 from ..units import parse_duration
 from .base import FaultHandle, journaled, journaled_service, running_pid
+
+if TYPE_CHECKING:
+    from ..chaos import Chaos
 
 MODES = ("drop", "reject")
 DIRECTIONS = ("both", "egress", "ingress")
@@ -463,3 +466,51 @@ def _undo_qdisc(data: dict[str, Any]) -> str:
             return "the qdisc was already gone"
         ipr.tc("del", index=index, root=True)
     return f"removed the root qdisc of {data['interface']}"
+
+
+# -- chaos.<fault> -----------------------------------------------------------------------
+
+
+@fault("partition")
+def _chaos_partition(
+    chaos: Chaos,
+    service: str,
+    peers: list[str] | None = None,
+    *,
+    mode: str = "drop",
+    direction: str = "both",
+) -> AbstractContextManager[NetworkHandle]:
+    """Cut ``service`` off from ``peers`` (service names or IPv4 addresses; None:
+    everything but loopback). mode ``drop`` (timeouts) or ``reject`` (refusals);
+    direction ``both``, ``egress`` or ``ingress``."""
+    check_mode(mode)
+    check_direction(direction)
+    target = chaos.service(service)
+    others = [chaos.peer(p) for p in peers or []]
+    return partition(target, others, mode=mode, direction=direction)
+
+
+@fault("loss")
+def _chaos_loss(
+    chaos: Chaos,
+    service: str,
+    percent: float | str,
+    peers: list[str] | None = None,
+    *,
+    direction: str = "both",
+) -> AbstractContextManager[NetworkHandle]:
+    """Drop ``percent`` of packets between ``service`` and ``peers``."""
+    check_percent(percent)
+    check_direction(direction)
+    target = chaos.service(service)
+    others = [chaos.peer(p) for p in peers or []]
+    return loss(target, percent, others, direction=direction)
+
+
+@fault("bandwidth")
+def _chaos_bandwidth(
+    chaos: Chaos, service: str, rate: str | int, **options: Any
+) -> AbstractContextManager[BandwidthHandle]:
+    """Limit what ``service`` sends to ``rate`` (e.g. '1mbit')."""
+    parse_rate(rate)
+    return bandwidth(chaos.service(service), rate, **options)

@@ -13,18 +13,20 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..journal import undoer
+from ..registry import fault, undoer
 from ..targets.compose import Service
 from .base import FaultHandle, journaled, journaled_service, running_pid
 
 if TYPE_CHECKING:
     import psycopg
+
+    from ..chaos import Chaos
 
 
 @dataclass
@@ -206,3 +208,22 @@ def _undo_hog(data: dict[str, Any]) -> str:
         f"WHERE application_name = '{name}'",
     )
     return f"terminated {ended} leftover connection(s)"
+
+
+# -- chaos.<fault> -----------------------------------------------------------------------
+
+
+@fault("max_connections")
+def _chaos_max_connections(
+    chaos: Chaos, service: str, value: int
+) -> AbstractContextManager[MaxConnectionsHandle]:
+    """Restart PostgreSQL ``service`` with a lower max_connections."""
+    return max_connections(chaos.service(service), value)
+
+
+@fault("connection_hog")
+def _chaos_connection_hog(
+    chaos: Chaos, service: str, dsn: str, connections: int
+) -> AbstractContextManager[HogHandle]:
+    """Hold ``connections`` idle connections to PostgreSQL ``service`` at ``dsn``."""
+    return connection_hog(chaos.service(service), dsn, connections)

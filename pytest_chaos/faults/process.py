@@ -13,17 +13,20 @@ import os
 import signal as _signal
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, FaultError, PermissionProblem, UnknownService, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..journal import undoer
+from ..registry import fault, undoer
 from ..targets import linux
 from ..targets.compose import Service
 from ..units import parse_duration, parse_signal
 from .base import FaultHandle, journaled, journaled_service
+
+if TYPE_CHECKING:
+    from ..chaos import Chaos
 
 _EXIT_GRACE_S = 5.0
 # Signals that leave the process stopped rather than dead; undone by SIGCONT.
@@ -357,3 +360,63 @@ def _undo_stop(data: dict[str, Any]) -> str:
     _start_if_stopped(service)
     service.ensure_running_and_healthy(timeout=60.0)
     return f"{service.name} is started and healthy"
+
+
+# -- chaos.<fault> -----------------------------------------------------------------------
+
+
+@fault("kill")
+def _chaos_kill(
+    chaos: Chaos,
+    service: str,
+    signal: int | str | _signal.Signals = _signal.SIGKILL,
+    *,
+    recovery_timeout: float | str | None = None,
+    process: str | None = None,
+) -> AbstractContextManager[KillHandle]:
+    """Signal ``service``'s main process from the host (default SIGKILL: a crash the
+    restart policy answers), or the top process called ``process`` inside it. Undo:
+    the service runs and is healthy again."""
+    timeout = chaos.recovery_timeout(recovery_timeout)
+    kill_signal(signal)  # bad input fails before Docker is asked anything
+    return kill(chaos.service(service), signal, recovery_timeout=timeout, process=process)
+
+
+@fault("pause")
+def _chaos_pause(
+    chaos: Chaos, service: str, *, recovery_timeout: float | str | None = None
+) -> AbstractContextManager[PauseHandle]:
+    """Freeze ``service``'s container (freezer cgroup). Undo: thaw, wait healthy."""
+    timeout = chaos.recovery_timeout(recovery_timeout)
+    return pause(chaos.service(service), recovery_timeout=timeout)
+
+
+@fault("stop")
+def _chaos_stop(
+    chaos: Chaos,
+    service: str,
+    *,
+    grace: float | str = 10.0,
+    recovery_timeout: float | str | None = None,
+) -> AbstractContextManager[StopHandle]:
+    """Stop ``service`` as an operator would (SIGTERM, SIGKILL after ``grace``).
+    Undo: start it, wait healthy."""
+    parse_duration(grace, name="grace")
+    timeout = chaos.recovery_timeout(recovery_timeout)
+    return stop(chaos.service(service), grace=grace, recovery_timeout=timeout)
+
+
+@fault("cascade")
+def _chaos_cascade(
+    chaos: Chaos,
+    services: list[str],
+    *,
+    gaps: float | str | list[float | str] = 0.0,
+    signal: int | str | _signal.Signals = _signal.SIGKILL,
+    recovery_timeout: float | str | None = None,
+) -> AbstractContextManager[CascadeHandle]:
+    """Kill ``services`` in order, ``gaps`` apart. Undo: all healthy again."""
+    kill_signal(signal)
+    timeout = chaos.recovery_timeout(recovery_timeout)
+    targets = [chaos.service(name) for name in services]
+    return cascade(targets, gaps=gaps, signal=signal, recovery_timeout=timeout)

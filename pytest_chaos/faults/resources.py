@@ -16,19 +16,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..journal import undoer
+from ..registry import fault, undoer
 from ..targets import linux
 from ..targets.cgroup import block_device, cgroup_of
 from ..targets.compose import Service
 from ..units import parse_size
 from .base import FaultHandle, journaled
+
+if TYPE_CHECKING:
+    from ..chaos import Chaos
 
 UNLIMITED_V1 = "9223372036854771712"
 _OOM_LINE = re.compile(
@@ -529,3 +532,38 @@ def _undo_stress(data: dict[str, Any]) -> str:
         outcome = f"stopped stress-ng (pid {pid})"
     shutil.rmtree(str(data["directory"]), ignore_errors=True)
     return f"{outcome}; removed {data['directory']}"
+
+
+# -- chaos.<fault> -----------------------------------------------------------------------
+
+
+@fault("memory_cap")
+def _chaos_memory_cap(
+    chaos: Chaos, service: str, limit: int | str, *, allow_swap: bool = False
+) -> AbstractContextManager[MemoryHandle]:
+    """Cap ``service``'s memory (e.g. '256m') so the OOM killer acts past it."""
+    parse_size(limit, name="memory limit")
+    return memory_cap(chaos.service(service), limit, allow_swap=allow_swap)
+
+
+@fault("cpu_quota")
+def _chaos_cpu_quota(chaos: Chaos, service: str, cpus: float) -> AbstractContextManager[CpuHandle]:
+    """Let ``service`` use at most ``cpus`` CPUs (e.g. 0.5)."""
+    check_cpus(cpus)
+    return cpu_quota(chaos.service(service), cpus)
+
+
+@fault("io_throttle")
+def _chaos_io_throttle(
+    chaos: Chaos, service: str, *, path: str | None = None, **limits: int | str
+) -> AbstractContextManager[IoHandle]:
+    """Throttle ``service``'s block I/O: read_bps, write_bps, read_iops, write_iops."""
+    return io_throttle(chaos.service(service), path=path, **limits)
+
+
+@fault("io_contention")
+def _chaos_io_contention(
+    chaos: Chaos, service: str, *, workers: int = 2, **options: Any
+) -> AbstractContextManager[ContentionHandle]:
+    """Compete for ``service``'s disk with ``workers`` stress-ng writers."""
+    return io_contention(chaos.service(service), workers=workers, **options)
