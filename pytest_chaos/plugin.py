@@ -167,7 +167,8 @@ class ChaosPlugin:
             result.outcome = "failed" if report.when == "call" else "error"
             result.message = (result.message + "\n" + report.longreprtext).strip()[-6000:]
         elif report.skipped and result.outcome == "passed":
-            result.outcome = "skipped"
+            # An expected failure (xfail) that failed as expected is not a skip.
+            result.outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
             result.message = report.longreprtext[-2000:]
         if report.when == "teardown":
             recorded = {str(k): str(v) for k, v in report.user_properties}

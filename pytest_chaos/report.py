@@ -77,7 +77,7 @@ def columns(extra: Sequence[SummaryColumn] = ()) -> tuple[str, ...]:
 @dataclass
 class TestResult:
     nodeid: str
-    outcome: str = "passed"  # passed, failed, error, skipped
+    outcome: str = "passed"  # passed, failed, error, skipped, xfailed
     figures: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     #: The failure's (or skip's) report text, when there is one.
