@@ -26,19 +26,22 @@ import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import ConfigurationError, UnknownFault
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-
-if TYPE_CHECKING:
-    from .chaos import Chaos
 
 ENTRY_POINTS = "pytest_chaos.faults"
 Builder = Callable[..., AbstractContextManager[Any]]
 Undo = Callable[[dict[str, Any]], str]
 B = TypeVar("B", bound=Builder)
 U = TypeVar("U", bound=Undo)
+
+
+class Session(Protocol):
+    """What a fault is applied through: the ``chaos`` fixture's object."""
+
+    def inject(self, fault: AbstractContextManager[Any], *, label: str | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def registered_undo(kind: str) -> Undo | None:
     return _UNDOS.get(kind)
 
 
-def bound(kind: FaultKind, chaos: Chaos) -> Callable[..., Any]:
+def bound(kind: FaultKind, chaos: Session) -> Callable[..., Any]:
     """``chaos.<name>``: the builder with the session bound, applying through
     ``chaos.inject``; its signature and docstring are the builder's, less ``chaos``."""
 

@@ -1,7 +1,9 @@
-"""Kernel probes (bcc, tracepoints only) scoped to services, and what they saw as
-numbers a test can assert on. Where BPF cannot load (not root, bcc missing, no
-tracefs, no headers), the same session reads the services' own /proc counters for
-what they can tell, and says it is degraded and why.
+"""A probe session: kernel probes (bcc, tracepoints only) scoped to services, run in
+a thread of their own while the session is open, and turned into an
+:class:`~pytest_chaos.observe.observation.TcpObservation` when it closes. Where BPF
+cannot load (not root, bcc missing, no tracefs, no headers), the same session reads
+the services' own /proc counters for what they can tell (``procfs.py``), and says it
+is degraded and why.
 
 Timestamps are CLOCK_MONOTONIC seconds, the clock of ``time.monotonic()``, so
 kernel events line up with the load generator's records and a fault's
@@ -12,23 +14,24 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno as errno_codes
 import os
-import re
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import timeline
-from ..errors import ConfigurationError, EnvironmentProblem
+from ..errors import ConfigurationError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from .events import ConnectEventStruct, ProcessEventStruct, RawConnectEvent, assemble_attempts
 from .histogram import Histogram
 from .kernel import BpfSupport, bpf_support, program_source
+from .observation import ProcessEvent, TcpObservation
+from .procfs import oom_kills, proc_tcp_counters, schedstat, tasks, vmstat_pgalloc
 
 PROBES = ("connect", "tcp", "process", "runqueue", "block", "pages")
 _SOURCES = {
@@ -44,231 +47,6 @@ _STATES = [
     "0", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
     "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE", "14", "15",
 ]  # fmt: skip
-_OUTCOMES = {
-    errno_codes.ECONNREFUSED: "refused",
-    errno_codes.ETIMEDOUT: "timeout",
-    errno_codes.EHOSTUNREACH: "unreachable",
-    errno_codes.ENETUNREACH: "unreachable",
-    errno_codes.ECONNRESET: "reset",
-}
-
-
-# -- what the probes report ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConnectAttempt:
-    """One TCP connect: when it started (monotonic s), to where, and how it ended:
-    "established", "refused" (ECONNREFUSED), "timeout" (ETIMEDOUT), "unreachable",
-    "closed" (the caller gave up first) or "pending"."""
-
-    started: float
-    source: str
-    destination: str
-    port: int
-    outcome: str
-    errno: int | None = None
-    ended: float | None = None
-    source_port: int = 0
-
-
-@dataclass
-class TcpObservation:
-    """What was seen of the scoped services' TCP while the session ran."""
-
-    connects: list[ConnectAttempt] | None = None
-    retransmits: int | None = None
-    resets_sent: int | None = None
-    resets_received: int | None = None
-    #: Retransmissions that failed to leave (dropped on the way out; TCPRetransFail).
-    retransmit_failures: int | None = None
-    state_changes: dict[str, int] = field(default_factory=dict)
-    #: OOM victims, fatal signals and exits of the services' processes, in order.
-    process_events: list[ProcessEvent] | None = None
-    #: OOM kills counted by the services' memory cgroups (the /proc fallback's view).
-    oom_kills: int | None = None
-    runqueue: Histogram | None = None
-    #: Mean run-queue wait per scheduling of the services' threads (/proc fallback).
-    runqueue_mean_us: float | None = None
-    block_read: Histogram | None = None
-    block_write: Histogram | None = None
-    #: fsync/fdatasync durations of the services' processes (BPF only).
-    sync: Histogram | None = None
-    #: Pages the services' processes allocated (host-wide in the /proc fallback).
-    page_allocs: int | None = None
-    #: Pages they freed, and the reclaim they had to do before allocating (memory
-    #: pressure): BPF only.
-    page_frees: int | None = None
-    reclaims: int | None = None
-    #: "bpf", or "proc" when only /proc counters could be read.
-    source: str = "bpf"
-    #: Why the observation is degraded (None when BPF ran).
-    degraded: str | None = None
-
-    def attempts_to(self, port: int, destination: str | None = None) -> list[ConnectAttempt]:
-        if self.connects is None:
-            raise EnvironmentProblem(
-                f"no connect timeline: BPF did not run ({self.degraded}); only counters are known."
-            )
-        return [
-            a
-            for a in self.connects
-            if a.port == port and (destination is None or a.destination == destination)
-        ]
-
-    @property
-    def oom_victims(self) -> list[ProcessEvent]:
-        return [e for e in self.process_events or [] if e.kind == "oom_victim"]
-
-    @property
-    def exits(self) -> list[ProcessEvent]:
-        return [e for e in self.process_events or [] if e.kind == "exit"]
-
-    def figures(self, prefix: str = "bpf") -> dict[str, float | int | str]:
-        out: dict[str, float | int | str] = {f"{prefix}_source": self.source}
-        if self.process_events is not None:
-            out[f"{prefix}_oom_victims"] = len(self.oom_victims)
-            out[f"{prefix}_process_exits"] = len(self.exits)
-            if self.oom_victims:
-                first = self.oom_victims[0]
-                out[f"{prefix}_oom_victim"] = f"{first.comm} (pid {first.pid})"
-        if self.oom_kills is not None:
-            out[f"{prefix}_oom_kills"] = self.oom_kills
-        if self.runqueue is not None:
-            out.update(self.runqueue.figures(f"{prefix}_runq"))
-        if self.runqueue_mean_us is not None:
-            out[f"{prefix}_runq_mean_us"] = round(self.runqueue_mean_us, 1)
-        for name in ("block_read", "block_write", "sync"):
-            hist = getattr(self, name)
-            if hist is not None and hist.count:
-                out.update(hist.figures(f"{prefix}_{name}"))
-        if self.page_allocs is not None:
-            out[f"{prefix}_page_allocs"] = self.page_allocs
-        if self.page_frees is not None:
-            out[f"{prefix}_page_frees"] = self.page_frees
-        if self.reclaims is not None:
-            out[f"{prefix}_reclaims"] = self.reclaims
-        if self.degraded:
-            out[f"{prefix}_degraded"] = self.degraded
-        if self.connects is not None:
-            out[f"{prefix}_connect_attempts"] = len(self.connects)
-            for outcome in sorted({a.outcome for a in self.connects}):
-                out[f"{prefix}_connects_{outcome}"] = sum(
-                    a.outcome == outcome for a in self.connects
-                )
-        for name in ("retransmits", "retransmit_failures", "resets_sent", "resets_received"):
-            value = getattr(self, name)
-            if value is not None:
-                out[f"{prefix}_{name}"] = value
-        return out
-
-
-# -- pairing kernel events into attempts ---------------------------------------------
-
-
-class _ProcessEvent(ctypes.Structure):
-    """struct process_event of bpf_programs/process_events.c."""
-
-    _fields_ = [
-        ("ts_ns", ctypes.c_uint64),
-        ("kind", ctypes.c_uint32),
-        ("pid", ctypes.c_int32),
-        ("sig", ctypes.c_int32),
-        ("result", ctypes.c_int32),
-        ("in_scope", ctypes.c_uint32),
-        ("comm", ctypes.c_char * 16),
-    ]
-
-
-class _ConnectEvent(ctypes.Structure):
-    """struct connect_event of bpf_programs/tcp_connect.c."""
-
-    _fields_ = [
-        ("ts_ns", ctypes.c_uint64),
-        ("skaddr", ctypes.c_uint64),
-        ("saddr", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint32),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("error", ctypes.c_int32),
-        ("kind", ctypes.c_uint32),
-    ]
-
-
-@dataclass(frozen=True)
-class ProcessEvent:
-    """An OOM victim ("oom_victim"), a fatal signal sent ("signal") or a process
-    exit ("exit") of a watched process, at ``ts`` (monotonic s)."""
-
-    ts: float
-    kind: str
-    pid: int
-    comm: str
-    signal: str | None = None
-
-
-@dataclass(frozen=True)
-class RawConnectEvent:
-    ts: float
-    kind: int  # 1 started, 2 established, 3 error, 4 closed (bpf_programs/tcp_connect.c)
-    skaddr: int
-    saddr: str
-    daddr: str
-    sport: int
-    dport: int
-    error: int
-
-
-def assemble_attempts(events: Iterable[RawConnectEvent]) -> list[ConnectAttempt]:
-    """Pair state changes (by socket) and error reports (by 4-tuple) into attempts."""
-    open_: dict[int, dict[str, Any]] = {}
-    done: list[dict[str, Any]] = []
-    errors: dict[tuple[str, int, str, int], list[RawConnectEvent]] = {}
-    for ev in sorted(events, key=lambda e: e.ts):
-        if ev.kind == 1:
-            if ev.skaddr in open_:
-                done.append(open_.pop(ev.skaddr))
-            open_[ev.skaddr] = {"started": ev.ts, "source": ev.saddr, "destination": ev.daddr,
-                                "port": ev.dport, "outcome": "pending"}  # fmt: skip
-        elif ev.kind in (2, 4) and ev.skaddr in open_:
-            attempt = open_.pop(ev.skaddr)
-            attempt.update(ended=ev.ts, source_port=ev.sport,
-                           outcome="established" if ev.kind == 2 else "closed")  # fmt: skip
-            done.append(attempt)
-        elif ev.kind == 3:
-            errors.setdefault((ev.saddr, ev.sport, ev.daddr, ev.dport), []).append(ev)
-    done.extend(open_.values())
-    attempts = []
-    for a in sorted(done, key=lambda a: a["started"]):
-        if a["outcome"] == "closed":
-            for err in errors.get(
-                (a["source"], a.get("source_port", 0), a["destination"], a["port"]), []
-            ):
-                if a["started"] <= err.ts <= (a.get("ended") or err.ts) + 1.0:
-                    a["errno"] = err.error
-                    a["outcome"] = _OUTCOMES.get(
-                        err.error, errno_codes.errorcode.get(err.error, "error")
-                    )
-                    break
-        attempts.append(ConnectAttempt(**a))
-    return attempts
-
-
-# -- /proc fallback ----------------------------------------------------------------------
-
-
-def proc_tcp_counters(pid: int) -> dict[str, int]:
-    """The Tcp and TcpExt counters of ``pid``'s network namespace."""
-    counters: dict[str, int] = {}
-    for name in ("snmp", "netstat"):
-        lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()
-        for header, values in zip(lines[::2], lines[1::2], strict=False):
-            prefix, keys = header.split(":", 1)
-            _, nums = values.split(":", 1)
-            if prefix in ("Tcp", "TcpExt"):
-                for key, value in zip(keys.split(), nums.split(), strict=False):
-                    counters[f"{prefix}.{key}"] = int(value)
-    return counters
 
 
 # -- the session ----------------------------------------------------------------------------
@@ -391,7 +169,7 @@ class BpfSession:
     # would keep it alive past cleanup(), and its __del__ then fails.
 
     def _on_connect(self, _cpu: int, data: Any, _size: int) -> None:
-        ev = ctypes.cast(data, ctypes.POINTER(_ConnectEvent)).contents
+        ev = ctypes.cast(data, ctypes.POINTER(ConnectEventStruct)).contents
         self._events.append(
             RawConnectEvent(
                 ts=ev.ts_ns / 1e9,
@@ -406,7 +184,7 @@ class BpfSession:
         )
 
     def _on_process(self, _cpu: int, data: Any, _size: int) -> None:
-        ev = ctypes.cast(data, ctypes.POINTER(_ProcessEvent)).contents
+        ev = ctypes.cast(data, ctypes.POINTER(ProcessEventStruct)).contents
         pid = int(ev.pid)
         if not ev.in_scope and pid not in self._known_pids:
             self._refresh_pids()  # a process that started since the last refresh
@@ -428,7 +206,7 @@ class BpfSession:
             return
         pids = set(self.scope.pids())
         self._known_pids |= pids
-        tids = {int(t.name) for p in pids for t in _tasks(p)}
+        tids = {int(t.name) for p in pids for t in tasks(p)}
         if "runqueue" in self._bpfs:
             table = self._bpfs["runqueue"][b"watched"]
             for tid in tids:
@@ -498,10 +276,10 @@ class BpfSession:
         except OSError:  # the process is gone (its container stopped or restarted)
             tcp = {}
         snap: dict[str, Any] = {"tcp": tcp}
-        snap["oom"] = sum(_oom_kills(c) for c in self.scope.cgroups)
+        snap["oom"] = sum(oom_kills(c) for c in self.scope.cgroups)
         if self.scope.pids is not None:
-            snap["sched"] = _schedstat(self.scope.pids())
-        snap["vmstat"] = _vmstat_pgalloc()
+            snap["sched"] = schedstat(self.scope.pids())
+        snap["vmstat"] = vmstat_pgalloc()
         return snap
 
     def _fallback(self, after: dict[str, Any]) -> None:
@@ -543,82 +321,8 @@ def _tracepoint_flags() -> list[str]:
     return flags
 
 
-def _tasks(pid: int) -> list[Path]:
-    try:
-        return list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return []
-
-
 def _histogram(table: Any) -> Histogram:
     return Histogram({int(k.value): int(v.value) for k, v in table.items() if v.value})
-
-
-def _oom_kills(memory_cgroup: Path) -> int:
-    for name in ("memory.oom_control", "memory.events"):
-        try:
-            text = (memory_cgroup / name).read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-    return 0
-
-
-def _schedstat(pids: set[int]) -> tuple[int, int]:
-    """Run-queue wait (ns) and timeslices summed over every thread of ``pids``."""
-    waited = slices = 0
-    for pid in pids:
-        for task in _tasks(pid):
-            try:
-                _, wait_ns, count = (task / "schedstat").read_text().split()
-            except (OSError, ValueError):
-                continue
-            waited += int(wait_ns)
-            slices += int(count)
-    return waited, slices
-
-
-def _vmstat_pgalloc() -> int:
-    total = 0
-    for line in Path("/proc/vmstat").read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key.startswith("pgalloc_"):
-            total += int(value)
-    return total
-
-
-class BpfProbes:
-    """What the ``bpf`` fixture hands a test: ``watch`` opens a session scoped to
-    services of the compose project; its figures become JUnit properties
-    ``bpf_<service>_...`` when it closes."""
-
-    def __init__(self, project: Any, record: Any) -> None:
-        self._project = project
-        self._record = record
-        self.support = bpf_support()
-
-    @contextlib.contextmanager
-    def watch(
-        self, *services: str, probes: Sequence[str] = PROBES, label: str | None = None
-    ) -> Iterator[BpfSession]:
-        """Observe ``services`` while the block runs. ``label`` tells sessions of the
-        same services apart in the figures (e.g. "before" and "during" a fault)."""
-        if not services:
-            raise ConfigurationError("watch which service? e.g. bpf.watch('trading-api').")
-        targets = [self._project().service(name) for name in services]
-        session = BpfSession(
-            pid=targets[0].init_pid(), probes=probes, support=self.support, scope=scope_of(targets)
-        )
-        with session:
-            yield session
-        prefix = "bpf_" + "_".join(name.replace("-", "_") for name in services)
-        if label:
-            prefix += "_" + re.sub(r"\W+", "_", label).strip("_")
-        for key, value in session.observation.figures(prefix=prefix).items():
-            self._record(key, value)
 
 
 def scope_of(services: Sequence[Any]) -> Scope:

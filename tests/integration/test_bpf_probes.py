@@ -10,14 +10,9 @@ import pytest
 
 from pytest_chaos import EnvironmentProblem, wait_for_recovery
 from pytest_chaos.faults.network import partition
-from pytest_chaos.observe.bpf import (
-    PROBES,
-    BpfSession,
-    BpfSupport,
-    bpf_support,
-    proc_tcp_counters,
-    scope_of,
-)
+from pytest_chaos.observe.bpf import PROBES, BpfSession, scope_of
+from pytest_chaos.observe.kernel import BpfSupport, bpf_support
+from pytest_chaos.observe.procfs import proc_tcp_counters
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.slow]
 

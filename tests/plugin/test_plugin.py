@@ -358,7 +358,10 @@ def test_plain():
     loaded = {"docker", "bcc", "pyroute2", "httpx", "psycopg"} & set(sys.modules)
     ours = sorted(m for m in sys.modules if m.startswith("pytest_chaos."))
     assert not loaded, loaded
-    assert ours == ["pytest_chaos.errors", "pytest_chaos.plugin", "pytest_chaos.units"], ours
+    assert ours == [
+        "pytest_chaos.errors", "pytest_chaos.plugin", "pytest_chaos.session",
+        "pytest_chaos.settings", "pytest_chaos.units",
+    ], ours
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 """
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_chaos.observe.backoff import analyze_backoff, assert_backoff
-from pytest_chaos.observe.bpf import RawConnectEvent, assemble_attempts
+from pytest_chaos.observe.events import RawConnectEvent, assemble_attempts
 from pytest_chaos.observe.histogram import Histogram
 from pytest_chaos.observe.kernel import kernel_source
 

@@ -1,0 +1,196 @@
+"""The session's state, registered with pytest as a plugin object: settings, whether
+chaos is in use at all, the journal (opened on first use), each test's verdict and
+figures, and the reports made from them at the end (table, HTML, JSON)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .settings import ChaosSettings
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .live import LiveLine
+    from .report import SummaryColumn, TestResult
+
+#: The fixtures that make a test a chaos test.
+CHAOS_FIXTURES = frozenset({"chaos", "bpf", "chaos_project"})
+
+
+@dataclass(eq=False)  # registered with pluggy, which keeps plugins in sets
+class ChaosPlugin:
+    """Session state: settings and the figures each test recorded."""
+
+    settings: ChaosSettings
+    #: True once a selected test uses a chaos fixture or a --chaos-* option was given.
+    in_use: bool = False
+    _journal: Journal | None = None
+    #: Each test's outcome and figures, by node id.
+    results: dict[str, TestResult] = field(default_factory=dict)
+    #: pytest's JUnit writer when --chaos-junit-strict moves figures to the suite.
+    junit: Any = None
+    #: The live status line (None: off, or no terminal).
+    live: LiveLine | None = None
+    #: The project's own columns of the end-of-run table (ini chaos_summary_columns).
+    columns: list[SummaryColumn] = field(default_factory=list)
+    #: Each test's timeline (JSON-ready), for --chaos-report.
+    timelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    #: Journal entries of kinds unknown at session start wait for collection.
+    deferred: bool = False
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            from .journal import Journal, new_run_id
+
+            self._journal = Journal(self.settings.journal, new_run_id())
+        return self._journal
+
+    def journal_has_entries(self) -> bool:
+        """Whether the journal folder holds any entry (without importing the journal)."""
+        try:
+            with os.scandir(self.settings.journal) as found:
+                return any(e.name.endswith(".json") for e in found)
+        except OSError:
+            return False
+
+    def forget_this_run(self) -> None:
+        """Every fault of this run was undone: drop its record, so nothing of it is
+        left for a sweep to find (nothing to do when it journaled nothing)."""
+        if self._journal is not None:
+            self._journal.forget_run(self._journal.run_id)
+
+    def replay_journal(self, write: Callable[[str], None], *, defer_unknown: bool = False) -> bool:
+        """Undo what runs that died left in force; say what was done. False if some
+        entry could not be undone (it stays in the journal). ``defer_unknown``: an entry
+        whose kind has no undo registered yet is left, silently, for a replay after
+        collection (its undo may be defined in a test module)."""
+        ok = True
+        self.deferred = False
+        for done in self.journal.replay():
+            entry = done.entry
+            origin = f"left by run {entry.run_id} (pytest pid {entry.owner_pid}, gone)"
+            if done.unknown_kind and defer_unknown:
+                self.deferred = True
+            elif done.error is None:
+                write(f"pytest-chaos: undid {entry.description} {origin}: {done.outcome}")
+            else:
+                ok = False
+                write(
+                    f"pytest-chaos: could not undo {entry.description} {origin}: {done.error}; "
+                    f"it stays in {entry.path} for the next run or pytest --chaos-cleanup"
+                )
+        return ok
+
+    @pytest.hookimpl(tryfirst=True)  # before junitxml reads the teardown report
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.in_use:
+            return
+        from .report import TestResult
+
+        result = self.results.setdefault(report.nodeid, TestResult(report.nodeid))
+        result.duration_s += report.duration
+        if report.failed:
+            result.outcome = "failed" if report.when == "call" else "error"
+            result.message = (result.message + "\n" + report.longreprtext).strip()[-6000:]
+        elif report.skipped and result.outcome == "passed":
+            # An expected failure (xfail) that failed as expected is not a skip.
+            result.outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+            result.message = report.longreprtext[-2000:]
+        if report.when == "teardown":
+            recorded = {str(k): str(v) for k, v in report.user_properties}
+            result.figures = recorded
+            if self.junit is not None:
+                # Strict JUnit: the figures go to the suite, keyed by the test's id.
+                for name, value in recorded.items():
+                    self.junit.add_global_property(f"{report.nodeid}::{name}", value)
+                report.user_properties = []
+
+    def write_report(self, config: pytest.Config) -> Path | None:
+        directory = config.getoption("--chaos-report")
+        if not directory:
+            return None
+        from . import htmlreport
+        from .environment import environment
+
+        tests = [
+            {
+                "nodeid": r.nodeid,
+                "outcome": r.outcome,
+                "duration_s": round(r.duration_s, 3),
+                "message": r.message,
+                "figures": r.figures,
+                "timeline": self.timelines.get(r.nodeid),
+            }
+            for r in self.results.values()
+            if r.figures or r.nodeid in self.timelines
+        ]
+        counts: dict[str, int] = {}
+        for r in self.results.values():
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        run = htmlreport.run_info(environment().header_lines(), self.started, counts, self.columns)
+        return htmlreport.write(Path(directory), run, tests)
+
+    def pytest_terminal_summary(
+        self, terminalreporter: pytest.TerminalReporter, config: pytest.Config
+    ) -> None:
+        if not self.in_use:
+            return
+        from .report import table
+
+        page = self.write_report(config)
+        if page is not None:
+            terminalreporter.write_sep("-", f"chaos report: {page}")
+
+        shown = [r for r in self.results.values() if r.figures]
+        if not shown:
+            return
+        terminalreporter.section("chaos experiments")
+        for line in table(shown, self.columns):
+            terminalreporter.write_line(line)
+        terminalreporter.section("chaos figures")
+        for result in shown:
+            terminalreporter.write_line(result.nodeid)
+            for name, value in result.figures.items():
+                terminalreporter.write_line(f"    {name} = {value}")
+
+
+def start(config: pytest.Config, plugin: ChaosPlugin) -> None:
+    """What a session that runs chaos tests needs: the header saying what this host
+    offers, the live line, and SIGTERM turned into an interruption."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.verbosity >= 0 and not config.option.no_header:
+        from .environment import environment
+
+        for line in environment().header_lines():
+            reporter.write_line(line)
+    interval = config.getoption("--chaos-live-interval")
+    if reporter is not None and interval > 0:
+        from .live import LiveLine
+
+        capture = config.pluginmanager.get_plugin("capturemanager")
+
+        def live(line: str) -> None:
+            # Output during a test is captured; step outside it, as live logging does.
+            suspended = (
+                capture.global_and_fixture_disabled()
+                if capture is not None
+                else contextlib.nullcontext()
+            )
+            with suspended:
+                reporter.ensure_newline()
+                reporter.write_line(line)
+
+        plugin.live = LiveLine(live, interval)
+    from .signals import sigterm_interrupts
+
+    sigterm_interrupts()

@@ -1,0 +1,186 @@
+"""pytest-chaos's settings: the help text of every option, where each setting's
+value comes from (command line > environment > ini), and the checks made on them
+before any test runs (a bad value is a usage error naming where it came from)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .units import parse_duration
+
+if TYPE_CHECKING:
+    from .report import SummaryColumn
+
+HELP_PROJECT = (
+    "attach to this running compose project instead of starting one through "
+    "pytest-docker (env CHAOS_PROJECT)"
+)
+HELP_JOURNAL = (
+    "folder of the crash-safe journal of faults in force (env CHAOS_JOURNAL; default "
+    "/var/lib/pytest-chaos/journal as root, else ~/.local/state/pytest-chaos/journal)"
+)
+HELP_CLEANUP = "undo every fault the journal holds from runs that died (kill -9), then exit"
+HELP_JUNIT_STRICT = (
+    "keep --junitxml valid under the Jenkins xunit plugin's junit-10.xsd, which allows no "
+    "properties in a testcase: each test's figures become testsuite properties named "
+    "'<test id>::<figure>', and the file is written as junit_family xunit2"
+)
+HELP_REPORT = (
+    "write an HTML report (DIR/index.html, a timeline picture per experiment) and the "
+    "same data as JSON (DIR/report.json)"
+)
+HELP_LIVE = (
+    "while a fault is in force, print a status line (faults, time in force, requests "
+    "failed) every this many seconds; 0 turns it off (default 5)"
+)
+HELP_DRY_RUN = (
+    "list the faults each selected test would inject (read from its source) and exit: "
+    "no test runs, no stack starts, the journal is not replayed"
+)
+HELP_COLUMNS = (
+    "columns of your own figures in the end-of-run table and the HTML report, a line each: "
+    "'TITLE = FIGURE[/FIGURE...]', e.g. 'orders ack/lost = orders_acknowledged/orders_lost'"
+)
+HELP_TIMEOUT = (
+    "deadline for a service to be running and healthy again after a fault, and for the "
+    "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
+)
+
+
+@dataclass
+class ChaosSettings:
+    project: str | None
+    timeout: float
+    journal: Path
+
+
+def setting(config: pytest.Config, name: str) -> tuple[str | None, str]:
+    """A setting's value and where it came from: command line > environment > ini."""
+    value = config.getoption(f"--chaos-{name}")
+    if value is not None:
+        return str(value), f"--chaos-{name}"
+    env = os.environ.get(f"CHAOS_{name.upper()}")
+    if env:
+        return env, f"environment variable CHAOS_{name.upper()}"
+    ini = config.getini(f"chaos_{name}")
+    if ini:
+        return str(ini), f"ini option chaos_{name}"
+    return None, ""
+
+
+def read_settings(config: pytest.Config) -> ChaosSettings:
+    from .errors import ConfigurationError
+
+    timeout_text, source = setting(config, "timeout")
+    timeout = 60.0
+    if timeout_text is not None:
+        try:
+            timeout = parse_duration(timeout_text, name="timeout")
+        except ConfigurationError as exc:
+            raise pytest.UsageError(f"{source}: {exc}") from None
+    project, _ = setting(config, "project")
+    journal, _ = setting(config, "journal")
+    return ChaosSettings(
+        project=project,
+        timeout=timeout,
+        journal=Path(journal) if journal else default_journal(),
+    )
+
+
+def default_journal() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/pytest-chaos/journal")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "pytest-chaos" / "journal"
+
+
+def options_given(config: pytest.Config) -> bool:
+    """Whether any --chaos-* option (or its environment variable) was given; the ini
+    alone does not count: it is the project's configuration, not a request."""
+    if any(
+        config.getoption(f"--chaos-{name}") is not None or os.environ.get(f"CHAOS_{name.upper()}")
+        for name in ("project", "timeout", "journal")
+    ):
+        return True
+    return config.getoption("--chaos-report") is not None or any(
+        config.getoption(flag)
+        for flag in ("--chaos-cleanup", "--chaos-dry-run", "--chaos-junit-strict")
+    )
+
+
+def summary_columns(config: pytest.Config) -> list[SummaryColumn]:
+    lines = config.getini("chaos_summary_columns")
+    if not lines:
+        return []
+    from .errors import ConfigurationError
+    from .report import parse_columns
+
+    try:
+        return parse_columns(lines)
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"ini option {exc}") from None
+
+
+def check_project(config: pytest.Config, name: str) -> None:
+    """A project to attach to that Docker does not have is a usage error, found before
+    any test runs."""
+    from .errors import DockerUnavailable
+    from .targets.compose import docker_client, project_names
+
+    _, source = setting(config, "project")
+    try:
+        client = docker_client()
+    except DockerUnavailable as exc:
+        raise pytest.UsageError(f"{source} {name}: {exc}") from None
+    with contextlib.closing(client):
+        known = project_names(client)
+    if name not in known:
+        raise pytest.UsageError(
+            f"{source}: Docker has no compose project named {name!r}; the projects it has: "
+            f"{', '.join(known) or 'none (start yours with docker compose up -d)'}."
+        )
+
+
+def strict_junit_writer(config: pytest.Config) -> Any:
+    """pytest's JUnit writer, set to the xunit2 family (xunit1's testcase ``file`` and
+    ``line`` attributes are not in junit-10.xsd); None without --junitxml."""
+    if not config.option.xmlpath:
+        return None
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest that moved its JUnit writer
+        raise pytest.UsageError(
+            "--chaos-junit-strict cannot find pytest's JUnit writer in this pytest version; "
+            "run without it (figures stay testcase properties)."
+        ) from None
+    writer = config.stash.get(xml_key, None)
+    if writer is not None:
+        writer.family = "xunit2"
+    return writer
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """The --chaos-* options and chaos_* ini settings."""
+    group = parser.getgroup("chaos", "pytest-chaos: chaos experiments as tests")
+    group.addoption("--chaos-project", default=None, metavar="NAME", help=HELP_PROJECT)
+    group.addoption("--chaos-timeout", default=None, metavar="DURATION", help=HELP_TIMEOUT)
+    group.addoption("--chaos-journal", default=None, metavar="DIR", help=HELP_JOURNAL)
+    group.addoption("--chaos-cleanup", action="store_true", default=False, help=HELP_CLEANUP)
+    group.addoption("--chaos-dry-run", action="store_true", default=False, help=HELP_DRY_RUN)
+    group.addoption("--chaos-report", default=None, metavar="DIR", help=HELP_REPORT)
+    group.addoption(
+        "--chaos-live-interval", default=5.0, metavar="SECONDS", type=float, help=HELP_LIVE
+    )
+    group.addoption(
+        "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
+    )
+    parser.addini("chaos_project", HELP_PROJECT, default=None)
+    parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
+    parser.addini("chaos_journal", HELP_JOURNAL, default=None)
+    parser.addini("chaos_summary_columns", HELP_COLUMNS, type="linelist", default=[])
