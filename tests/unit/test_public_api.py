@@ -47,3 +47,19 @@ def test_importing_the_plugin_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readmes_examples_import_only_public_names():
+    """The README's code is what a stranger copies: every name it imports from
+    pytest_chaos must be public API, and every block must parse."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    blocks = readme.read_text().split("```python\n")[1:]
+    assert blocks
+    imported = set()
+    for block in blocks:
+        tree = ast.parse(block.split("```", 1)[0])
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "pytest_chaos":
+                imported |= {alias.name for alias in node.names}
+    assert imported
+    assert imported <= set(pytest_chaos.__all__), imported - set(pytest_chaos.__all__)
