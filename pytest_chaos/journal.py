@@ -217,7 +217,11 @@ class Journal:
         """Undo every orphaned entry, newest first; keep those whose undo failed."""
         results = []
         for entry in sorted(self.orphans(), key=lambda e: e.created, reverse=True):
-            undo = undo_for(entry.kind)
+            try:
+                undo = undo_for(entry.kind)
+            except ConfigurationError as exc:  # a fault module that does not import
+                results.append(Replayed(entry, "kept", str(exc), unknown_kind=True))
+                continue
             if undo is None:
                 results.append(Replayed(entry, "kept", _unknown_kind(entry), unknown_kind=True))
                 continue

@@ -20,7 +20,6 @@ cannot be undone).
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable
@@ -96,9 +95,15 @@ def load() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     for point in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        importlib.import_module(point.value)
+        try:
+            point.load()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"the fault module {point.value!r} (entry point {point.name!r} of group "
+                f"{ENTRY_POINTS!r}) does not import: {type(exc).__name__}: {exc}."
+            ) from exc
+    _loaded = True
 
 
 def faults() -> dict[str, FaultKind]:

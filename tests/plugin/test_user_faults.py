@@ -133,6 +133,25 @@ def test_a_fault_in_a_package_with_an_entry_point_is_undone_by_cleanup(
     assert not flag.exists()
 
 
+def test_a_fault_module_that_does_not_import_is_named(pytester, monkeypatch, tmp_path):
+    site = tmp_path / "site"
+    info = site / "brokenfaults-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "brokenfaults.py").write_text("import no_such_module_here\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenfaults\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pytest_chaos.faults]\nbroken = brokenfaults\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    pytester.makepyfile("def test_x(chaos):\n    chaos.kill('db')\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E   *ConfigurationError: the fault module 'brokenfaults' (entry point 'broken' of "
+            "group 'pytest_chaos.faults') does not import: ModuleNotFoundError*"
+        ]
+    )
+
+
 def test_a_user_fault_is_listed_by_the_dry_run_and_explains_itself(pytester):
     pytester.makeconftest(USER_FAULT)
     pytester.makepyfile(
