@@ -98,7 +98,7 @@ def test_a_partition_from_the_store_gives_clear_errors_within_the_deadline(chaos
     chaos.record("recovery_time_s", round(recovery.recovery_time_s, 3))
     assert failed, "no write failed while the service was cut off from its store"
     assert {r.status for r in failed} == {503}, f"unclear errors: {failed[:3]}"
-    # Within the store deadline: the slowest write took 1.009-1.015 s over 10 runs here
+    # Within the store deadline: the slowest write took 1.009-1.020 s over 13 runs here
     # (a reconnect that waits out its 1 s connect timeout); bound with margin for a
     # loaded machine, far below a hang.
     assert max(r.latency_s for r in during) < 2 * STORE_DEADLINE_S + 1.0

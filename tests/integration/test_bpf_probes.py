@@ -114,9 +114,15 @@ def test_retransmissions_under_a_partition_match_the_namespaces_counters(chaos_p
 def test_probes_of_one_service_do_not_count_anothers_traffic(chaos_project):
     api, redis = chaos_project.service("trading-api"), chaos_project.service("redis")
     with session_for(redis) as probes:
-        connect_from(api, "redis", 1, 5)
+        errnos = connect_from(api, "redis", 1, 5)
+    assert errnos == [111] * 5
+    # The API's connects are not Redis's: none is in Redis's timeline...
     assert probes.observation.connects == []
-    assert probes.observation.retransmits == 0
+    # ...while Redis's own answers to them (a reset for each) are counted. (Redis's
+    # retransmissions are not asserted: a connection an earlier test cut off may still
+    # be retransmitting, as a fresh-clone CI run saw: 2.)
+    assert probes.observation.resets_sent is not None
+    assert probes.observation.resets_sent >= 5
 
 
 def test_without_bpf_the_proc_counters_stand_in_and_say_why(chaos_project):

@@ -47,7 +47,8 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response({"id": note_id}, status=201)
 
 
-async def read(request: web.Request) -> web.Response:
+async def fetch(request: web.Request) -> tuple[str, str] | web.Response:
+    """The note the path names, as (id, text), or the response that says why not."""
     note_id = request.match_info["note_id"]
     try:
         text = await request.app["store"].get(f"note:{note_id}")
@@ -55,6 +56,14 @@ async def read(request: web.Request) -> web.Response:
         return unavailable(exc)
     if text is None:
         return web.json_response({"error": "not_found"}, status=404)
+    return note_id, text
+
+
+async def read(request: web.Request) -> web.Response:
+    found = await fetch(request)
+    if isinstance(found, web.Response):
+        return found
+    note_id, text = found
     return web.json_response({"id": note_id, "text": text})
 
 
@@ -72,13 +81,10 @@ async def lookup(request: web.Request) -> web.Response:
 
 
 async def digest(request: web.Request) -> web.Response:
-    note_id = request.match_info["note_id"]
-    try:
-        text = await request.app["store"].get(f"note:{note_id}")
-    except RedisError as exc:
-        return unavailable(exc)
-    if text is None:
-        return web.json_response({"error": "not_found"}, status=404)
+    found = await fetch(request)
+    if isinstance(found, web.Response):
+        return found
+    note_id, text = found
     value = hashlib.pbkdf2_hmac("sha256", text.encode(), note_id.encode(), DIGEST_ROUNDS)
     return web.json_response({"id": note_id, "digest": value.hex()})
 
