@@ -79,6 +79,9 @@ class Chaos:
         the test. This is the extension point: a fault of your own is one function."""
         stack = ExitStack()
         handle = stack.enter_context(fault)
+        if self.journal is not None:
+            # In force now: a replay must not say it was never applied.
+            self.journal.mark_applied()
         self._count += 1
         text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
         self._applied.append(

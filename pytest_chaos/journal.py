@@ -19,6 +19,7 @@ a project that run touched. A run of another journal, or a live one, is left alo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -31,7 +32,8 @@ from typing import Any, TypeVar
 from .errors import ConfigurationError
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .registry import registered_undo, undo_for, undoer
-from .targets.linux import start_time
+from .targets.linux import is_alive, start_time
+from .targets.linux import is_gone as linux_gone
 
 __all__ = ["Entry", "Journal", "Replayed", "Run", "new_run_id", "undoer"]
 
@@ -84,6 +86,8 @@ class Journal:
         self._seq = 0
         self._me = (os.getpid(), start_time(os.getpid()))
         self._projects: set[str] | None = None  # None: this run's record is not written
+        #: Entries written whose fault is not yet known to be in force.
+        self._applying: list[Entry] = []
 
     @property
     def runs_directory(self) -> Path:
@@ -112,20 +116,19 @@ class Journal:
             created=time.time(),
             data=data,
         )
-        body = json.dumps(
-            {
-                "kind": kind,
-                "description": description,
-                "run_id": self.run_id,
-                "owner_pid": entry.owner_pid,
-                "owner_start": entry.owner_start,
-                "created": entry.created,
-                "data": data,
-            },
-            indent=2,
-        )
-        _write_durably(entry.path, body)
+        _store(entry)
+        if not data.get("applied"):
+            self._applying.append(entry)
         return entry
+
+    def mark_applied(self) -> None:
+        """The faults whose entries this run wrote last are in force now: say so in
+        their entries, so that a replay can tell a fault that was never applied
+        (pytest died while applying it) from one that was undone behind our back."""
+        applying, self._applying = self._applying, []
+        for entry in applying:
+            if entry.path.exists():
+                self.update(entry, {"applied": True})
 
     def _note_run(self, project: object) -> None:
         """Write (or extend) this run's record before its first entry of a project."""
@@ -174,13 +177,16 @@ class Journal:
             self._projects = None
 
     def update(self, entry: Entry, data: dict[str, Any]) -> Entry:
-        """Add to an entry's data what became known while applying (e.g. a pid)."""
-        fresh = self.write(entry.kind, entry.description, {**entry.data, **data})
-        self.clear(entry)
+        """Add to an entry's data what became known while applying (e.g. a pid). The
+        entry is rewritten in place (atomically): the old or the new one is there."""
+        fresh = dataclasses.replace(entry, data={**entry.data, **data})
+        _store(fresh)
+        self._applying = [fresh if e.path == entry.path else e for e in self._applying]
         return fresh
 
     def clear(self, entry: Entry) -> None:
         """The fault was undone: forget it."""
+        self._applying = [e for e in self._applying if e.path != entry.path]
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
         _fsync_dir(self.directory)
@@ -211,7 +217,7 @@ class Journal:
     def _alive(self, pid: int, started: str) -> bool:
         if (pid, started) == self._me:
             return True
-        return bool(started) and start_time(pid) == started
+        return is_alive(pid, started)
 
     def replay(self) -> list[Replayed]:
         """Undo every orphaned entry, newest first; keep those whose undo failed."""
@@ -231,8 +237,37 @@ class Journal:
                 results.append(Replayed(entry, "kept", f"{type(exc).__name__}: {exc}"))
                 continue
             self.clear(entry)
+            if not entry.data.get("applied"):
+                outcome = f"pytest died while applying it; {outcome}"
             results.append(Replayed(entry, outcome))
         return results
+
+    def remove_stale_files(self) -> list[str]:
+        """Remove the temporary files of writes that a dead pytest left half done (an
+        entry or a run record it was writing when it died: what it was about to
+        record was not yet durable, so nothing relies on it). Returns their names."""
+        removed = []
+        for directory in (self.directory, self.runs_directory):
+            if not directory.is_dir():
+                continue
+            for path in sorted(directory.glob("*.tmp")):
+                if self._writer_alive(path):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path.name)
+        return removed
+
+    def _writer_alive(self, path: Path) -> bool:
+        """Whether the pytest writing ``path`` may still be at it. Its pid is in the
+        name; a name without one is from an older version: stale after an hour."""
+        pid = path.name.removesuffix(".tmp").rpartition(".")[2]
+        if pid.isdigit():
+            return int(pid) == os.getpid() or not linux_gone(int(pid))
+        try:
+            return time.time() - path.stat().st_mtime < 3600
+        except FileNotFoundError:
+            return False
 
 
 def _unknown_kind(entry: Entry) -> str:
@@ -260,9 +295,22 @@ def _read_all(directory: Path, build: Callable[[Path, Any], T]) -> list[T]:
     return found
 
 
+def _store(entry: Entry) -> None:
+    body = {
+        "kind": entry.kind,
+        "description": entry.description,
+        "run_id": entry.run_id,
+        "owner_pid": entry.owner_pid,
+        "owner_start": entry.owner_start,
+        "created": entry.created,
+        "data": entry.data,
+    }
+    _write_durably(entry.path, json.dumps(body, indent=2))
+
+
 def _write_durably(path: Path, body: str) -> None:
     """Write ``path`` so that a crash leaves either the old file or the whole new one."""
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the writer's pid: see _writer_alive
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, body.encode())

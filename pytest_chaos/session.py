@@ -59,7 +59,7 @@ class ChaosPlugin:
         """Whether the journal folder holds any entry (without importing the journal)."""
         try:
             with os.scandir(self.settings.journal) as found:
-                return any(e.name.endswith(".json") for e in found)
+                return any(e.name.endswith((".json", ".tmp")) for e in found)
         except OSError:
             return False
 
@@ -89,6 +89,12 @@ class ChaosPlugin:
                     f"pytest-chaos: could not undo {entry.description} {origin}: {done.error}; "
                     f"it stays in {entry.path} for the next run or pytest --chaos-cleanup"
                 )
+        stale = self.journal.remove_stale_files()
+        if stale:
+            write(
+                f"pytest-chaos: removed {len(stale)} half-written journal file(s) left by a "
+                f"pytest that died while writing them: {', '.join(stale)}"
+            )
         return ok
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml reads the teardown report

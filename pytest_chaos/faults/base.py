@@ -23,6 +23,10 @@ class FaultHandle:
     kind: str
     target: str
     applied_at: float = field(default_factory=time.monotonic)
+    #: When the fault stopped acting on the target (rules removed, process resumed,
+    #: container started again), before the undo waited for the target's health.
+    lifted_at: float | None = None
+    #: When the undo completed (the target healthy again, where it waits for that).
     undone_at: float | None = None
     #: How the undo restored the target (set by the undo).
     restored_by: str | None = None
@@ -34,8 +38,11 @@ class FaultHandle:
     def figures(self) -> dict[str, float | int | str]:
         """Plain numbers and strings for reports (JUnit properties)."""
         out: dict[str, float | int | str] = {"kind": self.kind, "target": self.target}
-        if self.undone_at is not None:
-            out["in_force_s"] = round(self.undone_at - self.applied_at, 3)
+        lifted = self.lifted_at if self.lifted_at is not None else self.undone_at
+        if lifted is not None:
+            out["in_force_s"] = round(lifted - self.applied_at, 3)
+        if self.undone_at is not None and self.lifted_at is not None:
+            out["health_wait_s"] = round(self.undone_at - self.lifted_at, 3)
         if self.restored_by is not None:
             out["restored_by"] = self.restored_by
         return out

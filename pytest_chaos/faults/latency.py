@@ -29,10 +29,11 @@ from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets import linux
+from ..targets.cgroup import OwnCgroup, own_cgroup_path
 from ..targets.compose import Service
 from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
 from ..units import parse_duration
-from .base import FaultHandle, journaled, journaled_service, running_pid
+from .base import FaultHandle, JournalSlot, journaled, journaled_service, running_pid
 from .network import _peer_addresses, root_qdisc_fault
 
 if TYPE_CHECKING:
@@ -183,6 +184,23 @@ def _remove_chain(ns: NetNamespace, chain: str) -> bool:
     return True
 
 
+def _has_mangle_table(ns: NetNamespace) -> bool:
+    """Whether nftables holds iptables' mangle table (iptables-nft makes it on first
+    use; with iptables-legacy the table lives outside nftables and is never removed)."""
+    return "table ip mangle" in ns.run(["nft", "list", "tables"]).splitlines()
+
+
+def _drop_mangle_table_if_ours(ns: NetNamespace, existed: bool) -> bool:
+    """Leave the namespace as found: the mangle table that our rule made iptables-nft
+    create goes once it holds no rule (anyone else's rule keeps it)."""
+    if existed or not _has_mangle_table(ns):
+        return False
+    if any(not line.startswith("-P ") for line in _iptables(ns, "-S").splitlines()):
+        return False
+    ns.run(["nft", "delete", "table", "ip", "mangle"])
+    return True
+
+
 @contextmanager
 def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None]:
     try:
@@ -195,58 +213,78 @@ def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None
     journal = service.project.journal
     chain = f"{CHAIN_PREFIX}{journal.run_id if journal else 'NORUN'}_{secrets.token_hex(2)}".upper()
     queue = 1000 + secrets.randbelow(60000)
-    with (
-        open_netns(pid, service.name) as ns,
-        journaled(service, "nfqueue-latency", handle.describe(), {"chain": chain}) as undone,
-    ):
-        proc: subprocess.Popen[str] | None = None
-        try:
-            proc = subprocess.Popen(
-                [
-                    "nsenter",
-                    f"--net=/proc/self/fd/{ns.fd}",
-                    sys.executable,
-                    "-m",
-                    "pytest_chaos.faults.delayer",
-                    "--queue",
-                    str(queue),
-                    "--delay-ms",
-                    str(handle.delay_s * 1000),
-                    "--jitter-ms",
-                    str(handle.jitter_s * 1000),
-                ],
-                pass_fds=(ns.fd,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-            handle.delayer_pid = proc.pid
-            undone.note(pid=proc.pid, start=linux.start_time(proc.pid))
-            ready = proc.stdout.readline().strip() if proc.stdout else ""
-            if ready != "ready":
-                said = proc.stderr.read().strip() if proc.stderr else ""
-                raise FaultError(f"the packet delayer did not start: {said or 'no output'}")
-            _iptables(ns, "-N", chain)
-            targets: list[str | None] = list((handle.peers or {}).values()) or [None]
-            for address in targets:
-                rule = ["-A", chain, "-o", "eth0"]
-                if address is not None:
-                    rule += ["-d", address]
-                _iptables(ns, *rule, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
-            _iptables(ns, "-I", "OUTPUT", "-j", chain)
-            handle.applied_at = time.monotonic()
-            yield
-        finally:
-            with contextlib.suppress(FaultError):
-                _remove_chain(ns, chain)
-            if proc is not None:
-                _stop(proc)
-            if f"-N {chain}" in _iptables(ns, "-S"):
-                raise FaultError(f"iptables chain {chain} is still in {service.name}'s namespace.")
-            handle.undone_at = time.monotonic()
-            undone()
+    # The delayer runs in a cgroup of ours, named in the entry before it starts.
+    group = OwnCgroup(own_cgroup_path(f"pytest-chaos-delayer-{chain.lower()}"))
+    with open_netns(pid, service.name) as ns:
+        existed = _has_mangle_table(ns)
+        data = {"chain": chain, "mangle_existed": existed, "cgroup": str(group.path)}
+        with journaled(service, "nfqueue-latency", handle.describe(), data) as undone:
+            yield from _nfqueue_in(ns, service, handle, queue, chain, existed, group, undone)
+
+
+def _nfqueue_in(
+    ns: NetNamespace,
+    service: Service,
+    handle: LatencyHandle,
+    queue: int,
+    chain: str,
+    existed: bool,
+    group: OwnCgroup,
+    undone: JournalSlot,
+) -> Iterator[None]:
+    proc: subprocess.Popen[str] | None = None
+    try:
+        group.create()
+        proc = subprocess.Popen(
+            [
+                *group.exec_prefix(),
+                "nsenter",
+                f"--net=/proc/self/fd/{ns.fd}",
+                sys.executable,
+                "-m",
+                "pytest_chaos.faults.delayer",
+                "--queue",
+                str(queue),
+                "--delay-ms",
+                str(handle.delay_s * 1000),
+                "--jitter-ms",
+                str(handle.jitter_s * 1000),
+            ],
+            pass_fds=(ns.fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        handle.delayer_pid = proc.pid
+        ready = proc.stdout.readline().strip() if proc.stdout else ""
+        if ready != "ready":
+            said = proc.stderr.read().strip() if proc.stderr else ""
+            raise FaultError(f"the packet delayer did not start: {said or 'no output'}")
+        _iptables(ns, "-N", chain)
+        targets: list[str | None] = list((handle.peers or {}).values()) or [None]
+        for address in targets:
+            rule = ["-A", chain, "-o", "eth0"]
+            if address is not None:
+                rule += ["-d", address]
+            _iptables(ns, *rule, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+        _iptables(ns, "-I", "OUTPUT", "-j", chain)
+        handle.applied_at = time.monotonic()
+        yield
+    finally:
+        with contextlib.suppress(FaultError):
+            _remove_chain(ns, chain)
+        handle.lifted_at = time.monotonic()
+        if proc is not None:
+            _stop(proc)
+        group.stop_all()
+        group.remove()
+        if f"-N {chain}" in _iptables(ns, "-S"):
+            raise FaultError(f"iptables chain {chain} is still in {service.name}'s namespace.")
+        _drop_mangle_table_if_ours(ns, existed)
+        handle.undone_at = time.monotonic()
+        undone()
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -272,11 +310,21 @@ def _undo_nfqueue(data: dict[str, Any]) -> str:
         with open_netns(pid_1, service.name) as ns:
             if _remove_chain(ns, str(data["chain"])):
                 done.append(f"removed iptables chain {data['chain']}")
-    pid = int(data.get("pid", 0))
-    if pid > 1 and linux.start_time(pid) == data.get("start"):
+            if _drop_mangle_table_if_ours(ns, bool(data.get("mangle_existed", True))):
+                done.append("removed the empty mangle table it made")
+    if "cgroup" in data:
+        group = OwnCgroup(str(data["cgroup"]))
+        if group.stop_all():
+            done.append("stopped the delayer")
+        if group.remove():
+            done.append(f"removed cgroup {group.path}")
+    pid = int(data.get("pid", 0))  # an entry of an earlier version
+    if pid > 1 and linux.is_alive(pid, str(data.get("start", ""))):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         done.append(f"stopped the delayer (pid {pid})")
+    if not done and not data.get("applied"):
+        return "the delay was never applied: nothing to undo"
     return "; ".join(done) or "nothing was left"
 
 

@@ -315,7 +315,11 @@ def _undo_table(data: dict[str, Any]) -> str:
         return "its container is not running; the table went with its namespace"
     with open_netns(pid, service.name) as ns:
         removed = _delete_table(ns, str(data["table"]))
-    return f"removed nft table {data['table']}" if removed else "the table was already gone"
+    if removed:
+        return f"removed nft table {data['table']}"
+    if not data.get("applied"):
+        return "the table was never created: nothing to undo"
+    return "the table was already gone"
 
 
 def sweep_tables(client: Any, dead_runs: Mapping[str, Collection[str]]) -> list[str]:
@@ -463,6 +467,8 @@ def _undo_qdisc(data: dict[str, Any]) -> str:
         return "its container is not running; the qdisc went with its namespace"
     with qdisc_session(pid, service.name, str(data["interface"])) as (ipr, index):
         if root_qdisc(ipr, index) in DEFAULT_ROOT_QDISCS:
+            if not data.get("applied"):
+                return "the qdisc was never added: nothing to undo"
             return "the qdisc was already gone"
         ipr.tc("del", index=index, root=True)
     return f"removed the root qdisc of {data['interface']}"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +25,7 @@ from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets import linux
-from ..targets.cgroup import block_device, cgroup_of
+from ..targets.cgroup import OwnCgroup, block_device, cgroup_of, own_cgroup_path
 from ..targets.compose import Service
 from ..units import parse_size
 from .base import FaultHandle, journaled
@@ -454,7 +454,11 @@ def io_contention(
     bytes_per_worker: int | str = "256m",
 ) -> Iterator[ContentionHandle]:
     """Compete for the disk holding ``service``'s data: ``workers`` stress-ng
-    processes of ours writing and reading files there (with fsync), until undone."""
+    processes of ours writing and reading files there (with fsync), until undone.
+
+    Crash-safe without a window: the journal entry names the scratch directory and a
+    cgroup of ours before either exists, and stress-ng is started inside that cgroup,
+    so a cleanup finds its processes whenever pytest died."""
     if not 1 <= workers <= 16:
         raise ConfigurationError(f"workers must be between 1 and 16, got {workers}.")
     size = parse_size(bytes_per_worker, name="bytes_per_worker")
@@ -463,11 +467,15 @@ def io_contention(
         raise EnvironmentProblem("stress-ng is not installed: apt-get install stress-ng.")
     base = Path(path or data_path(service))
     parent = base if base.is_dir() else base.parent
-    directory = tempfile.mkdtemp(prefix="pytest-chaos-io-", dir=parent)
+    journal = service.project.journal
+    name = f"pytest-chaos-io-{journal.run_id if journal else 'norun'}-{secrets.token_hex(4)}"
+    directory = parent / name
+    group = OwnCgroup(own_cgroup_path(name))
     handle = ContentionHandle(
-        kind="io-contention", target=service.name, workers=workers, directory=directory
+        kind="io-contention", target=service.name, workers=workers, directory=str(directory)
     )
     argv = [
+        *group.exec_prefix(),
         stress,
         "--hdd",
         str(workers),
@@ -476,62 +484,76 @@ def io_contention(
         "--hdd-opts",
         "fsync",
         "--temp-path",
-        directory,
+        str(directory),
         "--timeout",
         "3600s",
         "--quiet",
     ]
-    with journaled(service, "stress-ng", handle.describe(), {"directory": directory}) as undone:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+    data = {"directory": str(directory), "cgroup": str(group.path)}
+    with journaled(service, "stress-ng", handle.describe(), data) as undone:
+        proc: subprocess.Popen[bytes] | None = None
         try:
+            directory.mkdir(mode=0o700)
+            group.create()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             handle.pid = proc.pid
-            undone.note(pid=proc.pid, start=linux.start_time(proc.pid))
             # In force once its workers run; bad options make it exit instead.
             deadline = time.monotonic() + 10
-            while len(linux.children(proc.pid)) < workers:
+            while len(group.pids()) < workers + 1:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     said = proc.stderr.read().decode().strip() if proc.stderr else ""
                     raise FaultError(f"stress-ng did not start its workers: {said or 'no output'}")
-                time.sleep(0.02)
+                time.sleep(0.02)  # poll interval while stress-ng forks its workers
             handle.applied_at = time.monotonic()
             yield handle
         finally:
-            _stop_group(proc.pid, proc)
-            shutil.rmtree(directory, ignore_errors=True)
+            handle.lifted_at = time.monotonic()
+            _stop_contention(group, directory)
+            if proc is not None:
+                proc.wait()
+                if proc.stderr is not None:
+                    proc.stderr.close()
             handle.undone_at = time.monotonic()
             undone()
 
 
-def _stop_group(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Stop stress-ng and its workers: its own session, started by us."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    if proc is not None:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+def _stop_contention(group: OwnCgroup, directory: Path) -> str:
+    """Stop every process in our cgroup, remove it and the scratch directory."""
+    stopped = group.stop_all()
+    existed = group.remove()
+    removed = directory.exists()
+    shutil.rmtree(directory, ignore_errors=True)
+    said = [f"stopped {stopped} stress-ng process(es)" if stopped else "no stress-ng was running"]
+    if existed:
+        said.append(f"removed cgroup {group.path}")
+    if removed:
+        said.append(f"removed {directory}")
+    return "; ".join(said)
 
 
 @undoer("stress-ng")
 def _undo_stress(data: dict[str, Any]) -> str:
+    directory = Path(str(data["directory"]))
+    if "cgroup" in data:
+        outcome = _stop_contention(OwnCgroup(str(data["cgroup"])), directory)
+        if not data.get("applied") and outcome == "no stress-ng was running":
+            return "stress-ng was never started: nothing to undo"
+        return outcome
+    # An entry of an earlier version: the pid was added once stress-ng ran.
     pid = int(data.get("pid", 0))
     outcome = "stress-ng was not running"
-    if pid > 1 and linux.start_time(pid) == data.get("start"):
-        _stop_group(pid)
+    if pid > 1 and linux.is_alive(pid, str(data.get("start", ""))):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
         outcome = f"stopped stress-ng (pid {pid})"
-    shutil.rmtree(str(data["directory"]), ignore_errors=True)
-    return f"{outcome}; removed {data['directory']}"
+    shutil.rmtree(directory, ignore_errors=True)
+    return f"{outcome}; removed {directory}"
 
 
 # -- chaos.<fault> -----------------------------------------------------------------------

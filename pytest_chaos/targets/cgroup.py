@@ -5,6 +5,9 @@ restore the exact previous values."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +91,6 @@ def cgroup_of(pid: int, root: Path = ROOT, proc: Path = Path("/proc")) -> Cgroup
 def block_device(path: str | Path) -> tuple[int, int]:
     """major:minor of the whole disk holding ``path`` (throttling applies to disks,
     not partitions)."""
-    import os
-
     st = os.stat(path)
     major, minor = os.major(st.st_dev), os.minor(st.st_dev)
     sys_dev = Path(f"/sys/dev/block/{major}:{minor}")
@@ -102,3 +103,85 @@ def block_device(path: str | Path) -> tuple[int, int]:
         parent = (sys_dev.resolve().parent / "dev").read_text().strip()
         major, minor = (int(x) for x in parent.split(":"))
     return major, minor
+
+
+# -- cgroups of our own, to hold the processes a fault starts --------------------------
+
+
+def own_cgroup_path(name: str, root: Path = ROOT) -> Path:
+    """Where a cgroup of ours called ``name`` goes: in the unified (v2) hierarchy where
+    there is one (mounted at the root, or beside v1 as ``unified``), else in v1's pids
+    hierarchy. It only groups processes; it limits nothing."""
+    for base in (root, root / "unified", root / "pids"):
+        if (base / "cgroup.procs").exists():
+            return base / name
+    raise EnvironmentProblem(
+        f"no cgroup hierarchy to hold our own processes under {root} (neither v2 nor v1 pids)."
+    )
+
+
+class OwnCgroup:
+    """A cgroup we create to hold the processes a fault starts, so that whatever is
+    in it is ours to stop, even after pytest died before it learnt their pids: the
+    cgroup's path is journaled before any process is started in it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(mode=0o755)
+        except PermissionError:
+            raise EnvironmentProblem(
+                f"cannot create {self.path}: run pytest as root (sudo)."
+            ) from None
+
+    def exec_prefix(self) -> list[str]:
+        """An argv prefix that moves the process into this cgroup, then runs the rest."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
+
+    def pids(self) -> list[int]:
+        try:
+            text = (self.path / "cgroup.procs").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(word) for word in text.split()]
+
+    def stop_all(self, grace: float = 10.0) -> int:
+        """SIGTERM every process in the cgroup, SIGKILL those left after ``grace``
+        seconds; returns how many there were. Each pid is pinned (pidfd) and checked
+        to be still in this cgroup before it is signalled."""
+        found = len(self.pids())
+        began = time.monotonic()
+        while pids := self.pids():
+            waited = time.monotonic() - began
+            if waited > 2 * grace:
+                raise EnvironmentProblem(
+                    f"processes {pids} in {self.path} outlived SIGKILL for {grace:g} s."
+                )
+            for pid in pids:
+                self._signal(pid, signal.SIGKILL if waited > grace else signal.SIGTERM)
+            time.sleep(0.02)  # poll interval while they exit
+        return found
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # exited already
+            return
+        try:
+            # Checked after pinning: a number reused by another process fails this.
+            if f":/{self.path.name}\n" in Path(f"/proc/{pid}/cgroup").read_text():
+                signal.pidfd_send_signal(pidfd, sig)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+        finally:
+            os.close(pidfd)
+
+    def remove(self) -> bool:
+        """Remove the (emptied) cgroup; False if it was not there."""
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return False
+        return True

@@ -75,6 +75,12 @@ def start_time(pid: int, proc: Path = Path("/proc")) -> str:
     return stat.rpartition(")")[2].split()[19]
 
 
+def is_alive(pid: int, started: str, proc: Path = Path("/proc")) -> bool:
+    """Whether the process that started at ``started`` (see :func:`start_time`) still
+    runs as ``pid``. A zombie is dead: it runs no code, it only waits to be reaped."""
+    return bool(started) and start_time(pid, proc) == started and not is_gone(pid, proc)
+
+
 def comm(pid: int, proc: Path = Path("/proc")) -> str:
     try:
         return (proc / str(pid) / "comm").read_text().strip()

@@ -103,3 +103,4 @@ def test_kill_9_of_pytest_leaves_the_delay_and_cleanup_removes_it(chaos_project,
     assert statistics.median(connect_ms(api, "postgres", 5432)) < 10
     delayer = int(killed.said)
     wait_for_recovery(lambda: linux.is_gone(delayer), timeout=10, what="the delayer's exit")
+    killed.assert_as_before()

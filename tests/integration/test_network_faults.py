@@ -231,6 +231,7 @@ def test_kill_9_of_pytest_leaves_the_fault_and_cleanup_removes_it(
     result.stdout.fnmatch_lines([said])
     assert not in_force(api)
     assert connect_from(api, "postgres", 5432)["outcome"] == "connected"
+    killed.assert_as_before()
 
 
 def test_someone_elses_root_qdisc_is_refused_and_left_alone(chaos_project, tmp_path):

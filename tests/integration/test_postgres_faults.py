@@ -82,3 +82,4 @@ def test_kill_9_of_pytest_leaves_max_connections_and_cleanup_restores_it(
     assert result.ret == 0
     result.stdout.fnmatch_lines([f"pytest-chaos: undid max_connections postgres*is {before} again"])
     assert psql(postgres, "SHOW max_connections") == before
+    killed.assert_as_before()

@@ -86,6 +86,7 @@ def test_kill_9_of_pytest_leaves_the_fault_and_cleanup_undoes_it(
     result.stdout.fnmatch_lines([f"pytest-chaos: undid {kind.replace('sigstop', 'kill')} redis*"])
     assert redis.is_healthy()
     assert not in_force(redis)
+    killed.assert_as_before()
 
 
 def _proc_state(pid: int) -> str:

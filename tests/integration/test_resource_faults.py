@@ -155,3 +155,4 @@ def test_kill_9_of_pytest_leaves_the_limit_and_cleanup_restores_it(
     assert result.ret == 0
     result.stdout.fnmatch_lines(["pytest-chaos: undid * redis*restored *"])
     assert snapshot(redis, kind, files) == before
+    killed.assert_as_before()

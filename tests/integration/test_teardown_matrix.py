@@ -1,7 +1,8 @@
 """Every kind of fault, all in force at once in an inner pytest, undone whichever
 way that test ends: pass, failure, exception, Ctrl-C and SIGTERM. (kill -9 has
 tests per fault family, next to each family's tests.) The check compares the whole
-observable state of the stack before and after."""
+observable state of the stack before and after (stack_snapshot: whole rule sets,
+qdiscs, cgroup limits, processes and scratch files, not only our own names)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from stack_snapshot import differences, snapshot
 
 from pytest_chaos import wait_for_recovery
-from pytest_chaos.faults.network import TABLE_PREFIX, qdisc_session, root_qdisc
-from pytest_chaos.faults.postgres import psql
-from pytest_chaos.targets.cgroup import cgroup_of
-from pytest_chaos.targets.netns import open_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -34,46 +32,6 @@ ALL_FAULTS = """
     chaos.stop("redis", grace=1)
 """
 
-CGROUP_FILES = {
-    "cpu": ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max"),
-    "memory": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.max"),
-    "blkio": ("blkio.throttle.write_bps_device",),
-    "io": ("io.max",),
-}
-
-
-def state(project) -> dict:
-    """Everything a fault could leave behind, per service."""
-    seen = {}
-    for name in ("postgres", "redis", "trading-api", "nginx"):
-        service = project.service(name)
-        docker_state = service.state()
-        entry = {
-            "running": docker_state["Running"],
-            "paused": docker_state["Paused"],
-            "healthy": service.is_healthy(),
-        }
-        pid = service.init_pid()
-        with open_netns(pid, name) as ns:
-            entry["nft"] = sorted(
-                t for t in ns.run(["nft", "list", "tables"]).split() if t.startswith(TABLE_PREFIX)
-            )
-            entry["iptables"] = [
-                r
-                for r in ns.run(["iptables", "-t", "mangle", "-S"]).splitlines()
-                if "PYTEST_CHAOS" in r
-            ]
-        with qdisc_session(pid, name, "eth0") as (ipr, index):
-            entry["qdisc"] = root_qdisc(ipr, index)
-        cg = cgroup_of(service.main_pid())
-        entry["cgroup"] = {
-            f: cg.read(c, f) for c, files in CGROUP_FILES.items() for f in files if cg.has(c, f)
-        }
-        seen[name] = entry
-    seen["max_connections"] = psql(project.service("postgres"), "SHOW max_connections")
-    return seen
-
-
 ENDINGS = {
     "pass": ("", {"passed": 1}),
     "failure": ("assert False, 'the experiment failed'", {"failed": 1}),
@@ -84,19 +42,19 @@ ENDINGS = {
 @pytest.mark.parametrize("ending", sorted(ENDINGS))
 def test_every_fault_is_undone_however_the_test_ends(pytester, chaos_project, tmp_path, ending):
     body, outcome = ENDINGS[ending]
-    before = state(chaos_project)
+    before = snapshot(chaos_project)
     pytester.makepyfile("def test_x(chaos):\n" + ALL_FAULTS + (f"    {body}\n" if body else ""))
     result = pytester.runpytest_subprocess(
         f"--chaos-project={chaos_project.name}", f"--chaos-journal={tmp_path}"
     )
     result.assert_outcomes(**outcome)
-    assert state(chaos_project) == before
+    assert differences(before, snapshot(chaos_project)) == []
     assert list(tmp_path.glob("*.json")) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_project, tmp_path, sig):
-    before = state(chaos_project)
+    before = snapshot(chaos_project)
     marker = tmp_path / "in-force"
     pytester.makepyfile(
         "import pathlib, time\n"
@@ -132,5 +90,5 @@ def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_projec
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
-    assert state(chaos_project) == before, out
+    assert differences(before, snapshot(chaos_project)) == [], out
     assert list((tmp_path / "journal").glob("*.json")) == []

@@ -1,13 +1,17 @@
 """The journal on its own: entries written before, cleared after, replayed when their
 pytest is gone."""
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from pytest_chaos import ConfigurationError, Journal
 from pytest_chaos import journal as journal_module
+from pytest_chaos.targets.linux import start_time
 
 UNDONE: list[dict] = []
 
@@ -32,7 +36,9 @@ def _dead_pid() -> int:
 
 
 def _orphan(journal: Journal, name: str, **data):
-    """Write an entry as if a pytest that has since died had written it."""
+    """Write an entry as if a pytest that has since died had written it (after its
+    fault was applied, unless ``applied=False``)."""
+    data = {"applied": True, **data}
     entry = journal.write("test-fault", f"fault {name}", {"name": name, **data})
     text = entry.path.read_text().replace(
         f'"owner_pid": {entry.owner_pid}', f'"owner_pid": {_dead_pid()}'
@@ -136,3 +142,57 @@ def test_a_run_is_forgotten_only_once_nothing_of_it_is_in_force(tmp_path):
     # A later fault of the same run records it again.
     journal.write("test-fault", "fault b", {"name": "b", "project": "p"})
     assert [r.run_id for r in journal.runs()] == ["run1"]
+
+
+def test_an_owner_that_is_a_zombie_is_dead(tmp_path):
+    """A pytest killed but not yet reaped by its parent still has /proc/PID/stat."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while not journal_module.linux_gone(zombie.pid):  # exited, not reaped: a zombie
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    try:
+        journal = Journal(tmp_path, "run1")
+        entry = journal.write("test-fault", "fault a", {"name": "a", "applied": True})
+        entry.path.write_text(
+            entry.path.read_text()
+            .replace(f'"owner_pid": {entry.owner_pid}', f'"owner_pid": {zombie.pid}')
+            .replace(entry.owner_start, start_time(zombie.pid))
+        )
+        assert Path(f"/proc/{zombie.pid}/stat").exists()
+        assert [r.outcome for r in Journal(tmp_path, "run2").replay()] == ["undid a"]
+    finally:
+        zombie.wait()
+
+
+def test_a_fault_never_marked_applied_is_replayed_and_said_so(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    _orphan(journal, "a", applied=False)
+    [replayed] = Journal(tmp_path, "run2").replay()
+    assert replayed.outcome == "pytest died while applying it; undid a"
+
+
+def test_mark_applied_marks_the_entries_written_since_the_last_mark(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    journal.write("test-fault", "fault a", {"name": "a"})
+    journal.mark_applied()
+    journal.write("test-fault", "fault b", {"name": "b"})
+    applied = {e.description: e.data.get("applied", False) for e in journal.entries()}
+    assert applied == {"fault a": True, "fault b": False}
+
+
+def test_half_written_files_of_dead_writers_are_removed_and_named(tmp_path):
+    journal = Journal(tmp_path, "run1")
+    journal.write("test-fault", "fault a", {"name": "a", "project": "p"})
+    dead = _dead_pid()
+    stale = [
+        tmp_path / f"run9-{dead}-0001.json.{dead}.tmp",
+        journal.runs_directory / f"run9.json.{dead}.tmp",
+    ]
+    mine = tmp_path / f"run1-1-0002.json.{os.getpid()}.tmp"
+    for path in [*stale, mine]:
+        path.write_text('{"kind": "test-fa')
+    assert sorted(journal.remove_stale_files()) == sorted(p.name for p in stale)
+    assert not any(p.exists() for p in stale)
+    assert mine.exists()  # a live writer (this process) may be at it
+    assert len(journal.entries()) == 1
