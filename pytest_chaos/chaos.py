@@ -168,15 +168,17 @@ class Chaos:
                 return
         raise ConfigurationError("that fault is not in force (already undone?).")
 
-    def undo_all(self) -> None:
-        """Undo every fault in force, newest first. Every undo runs even if one fails;
-        failures are raised together afterwards."""
+    def undo_all(self) -> list[str]:
+        """Undo every fault in force, newest first; return their labels. Every undo
+        runs even if one fails; failures are raised together afterwards."""
         errors: list[BaseException] = []
         labels: list[str] = []
+        undone: list[str] = []
         while self._applied:
             applied = self._applied.pop()
             try:
                 self._close(applied)
+                undone.append(applied.label)
             except BaseException as exc:  # noqa: BLE001 - collected, re-raised below
                 errors.append(exc)
                 labels.append(f"{applied.label}: {exc}")
@@ -184,6 +186,7 @@ class Chaos:
             raise UndoFailed(
                 f"{len(errors)} undo(s) failed (all were attempted): " + "; ".join(labels), errors
             ) from errors[0]
+        return undone
 
     def _close(self, applied: _Applied) -> None:
         applied.stack.close()

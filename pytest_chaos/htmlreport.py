@@ -54,6 +54,7 @@ def svg_timeline(data: dict[str, Any]) -> str:
     events = data.get("events", [])
     times = [r["t"] + r["latency_ms"] / 1000 for r in requests] + [r["t"] for r in requests]
     times += [f["start"] for f in faults] + [f["end"] for f in faults if f["end"] is not None]
+    times += [f["healthy"] for f in faults if f.get("healthy") is not None]
     times += [r["end"] for r in recoveries] + [e["t"] for e in events]
     t_min = float(min([0.0, *times]))
     t_max = float(max([1.0, *times]))
@@ -85,6 +86,15 @@ def svg_timeline(data: dict[str, Any]) -> str:
             f'height="{PLOT_BOTTOM - TOP}" fill="#f5b041" fill-opacity="0.22"/>'
         )
         text = f"{_short(f['label'], 60)} ({end - f['start']:.1f} s)"
+        if f.get("healthy") is not None:
+            # The undo's wait for health, after the fault was lifted: hatched apart.
+            h1 = x(f["healthy"])
+            out.append(
+                f'<rect class="health-wait" x="{x1:.1f}" y="{TOP}" '
+                f'width="{max(h1 - x1, 1):.1f}" height="{PLOT_BOTTOM - TOP}" fill="#aed6f1" '
+                'fill-opacity="0.25"/>'
+            )
+            text += f", healthy {f['healthy'] - end:.1f} s after"
         fits_right = x0 + 3 + 6.2 * len(text) < WIDTH - RIGHT
         anchor, tx = ("start", x0 + 3) if fits_right else ("end", WIDTH - RIGHT)
         out.append(
@@ -180,7 +190,8 @@ def svg_timeline(data: dict[str, Any]) -> str:
     # Legend.
     lx, ly = float(LEFT), HEIGHT - 22
     items = [(f, colour[f], "dot") for f in flows] + [("failed request", FAILURE, "cross")]
-    items += [("fault in force", "#f5b041", "box"), ("recovered", "#1e8449", "line")]
+    items += [("fault in force", "#f5b041", "box"), ("waiting for health", "#aed6f1", "box")]
+    items += [("recovered", "#1e8449", "line")]
     items += [("kernel event (BPF)", "#555", "tri")]
     for name, fill, shape in items:
         if shape == "dot":
@@ -193,7 +204,7 @@ def svg_timeline(data: dict[str, Any]) -> str:
         elif shape == "box":
             out.append(
                 f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{fill}" '
-                'fill-opacity="0.35"/>'
+                'fill-opacity="0.5"/>'
             )
         elif shape == "line":
             out.append(

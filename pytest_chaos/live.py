@@ -21,6 +21,10 @@ def status_line(faults: list[tuple[str, float]], loads: list[Any], now: float) -
         records = [r for load in loads for r in load.records()]
         failed = sum(not r.ok for r in records)
         line += f" | requests {len(records)} done, {failed} failed"
+        waiting = [t for load in loads for t in load.in_flight()]
+        if waiting:
+            # Hung requests show here: they are neither done nor failed yet.
+            line += f", {len(waiting)} in flight (oldest {now - min(waiting):.1f} s)"
         recent = [r for r in records if r.started >= now - 2.0]
         if recent:
             line += f", {sum(not r.ok for r in recent)} of {len(recent)} in the last 2 s"

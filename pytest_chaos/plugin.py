@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if settings.project and not config.getoption("--chaos-dry-run"):
         check_project(config, settings.project)
-    plugin = ChaosPlugin(settings, in_use=options_given(config))
+    plugin = ChaosPlugin(settings, in_use=options_given(config), config=config)
     plugin.columns = summary_columns(config)
     if config.getoption("--chaos-junit-strict"):
         plugin.junit = strict_junit_writer(config)
@@ -218,9 +218,11 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
     timeline.begin(request.node.nodeid)
     if plugin.live is not None:
         plugin.live.watch(session)
+    plugin.active = session  # what an interruption undoes first
     try:
         yield session
     finally:
+        plugin.active = None
         try:
             session.undo_all()
         finally:

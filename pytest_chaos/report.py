@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigurationError
 
 KEY_FIGURE = "chaos_key_figure"
+_RESTORERS = ("restart-policy", "pytest-chaos")
 _FAULT_KIND = re.compile(r"^chaos_fault_(\d+)_kind$")
 _FIGURE_NAME = re.compile(r"^[\w.:-]+$")
 
@@ -77,7 +78,8 @@ def columns(extra: Sequence[SummaryColumn] = ()) -> tuple[str, ...]:
 @dataclass
 class TestResult:
     nodeid: str
-    outcome: str = "passed"  # passed, failed, error, skipped, xfailed
+    #: passed, failed, error, skipped, xfailed, interrupted, no-effect
+    outcome: str = "passed"
     figures: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     #: The failure's (or skip's) report text, when there is one.
@@ -97,7 +99,7 @@ def row(result: TestResult, extra: Sequence[SummaryColumn] = ()) -> tuple[str, .
         ", ".join(faults) or "-",
         ", ".join(targets) or "-",
         result.outcome.upper(),
-        _recovery(f),
+        _recovery(f) + _restored_by(f),
         *(column.cell(f) for column in extra),
         _key_figure(f),
         ", ".join(fallbacks(f)) or "-",
@@ -138,6 +140,13 @@ def _recovery(f: Mapping[str, str]) -> str:
         if (name.startswith("recovery_") and name.endswith("_s")) or name == "back_to_baseline_s":
             return f"{_number(value)} s"
     return "-"
+
+
+def _restored_by(f: Mapping[str, str]) -> str:
+    """Who brought a stopped service back, where someone had to: its restart policy
+    or pytest-chaos (the undo started it)."""
+    who = _unique(v for k, v in f.items() if k.endswith("_restored_by") and v in _RESTORERS)
+    return f" ({', '.join(who)})" if who else ""
 
 
 def _key_figure(f: Mapping[str, str]) -> str:

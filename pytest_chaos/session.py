@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,12 @@ class ChaosPlugin:
     started: float = field(default_factory=time.time)
     #: Journal entries of kinds unknown at session start wait for collection.
     deferred: bool = False
+    #: The running test's chaos session (what an interruption undoes first).
+    active: Any = None
+    #: The running test, and when it started (time.time()).
+    current_item: pytest.Item | None = None
+    _item_started: float = 0.0
+    config: pytest.Config | None = None
 
     @property
     def journal(self) -> Journal:
@@ -97,6 +104,53 @@ class ChaosPlugin:
             )
         return ok
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        self.current_item, self._item_started = item, time.time()
+        result = yield
+        self.current_item = None  # not reached when the run is interrupted: it stays known
+        return result
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: lift every fault in force first (waits for health put
+        off), then cancel the load generators' requests, then wait for health; and
+        report the running test as interrupted, in every report."""
+        if not self.in_use:
+            return
+        from .interruption import interrupted
+
+        session, self.active = self.active, None
+        message = interrupted(session)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter") if self.config else None
+        for line in message.splitlines():
+            if reporter is not None:
+                reporter.write_line(line)
+            else:
+                sys.stderr.write(line + "\n")
+        if self.current_item is not None:
+            from .interruption import report_interrupted
+
+            report_interrupted(self.current_item, message, time.time() - self._item_started)
+
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport
+    ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+        verdict = getattr(report, "chaos_verdict", None)
+        if verdict is None:
+            return None
+        return "error", "E", (verdict.upper(), {"red": True})
+
+    @pytest.hookimpl(trylast=True, specname="pytest_runtest_logreport")
+    def pytest_runtest_logreport_junit(self, report: pytest.TestReport) -> None:
+        """After junitxml wrote the test's element: an interrupted test (or one whose
+        fault did not take effect) is an <error> with our message, not a failure."""
+        verdict = getattr(report, "chaos_verdict", None)
+        if verdict is not None and self.config is not None:
+            from .interruption import junit_error
+
+            junit_error(self.config, report)
+
     @pytest.hookimpl(tryfirst=True)  # before junitxml reads the teardown report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not self.in_use:
@@ -105,14 +159,18 @@ class ChaosPlugin:
 
         result = self.results.setdefault(report.nodeid, TestResult(report.nodeid))
         result.duration_s += report.duration
-        if report.failed:
+        verdict = getattr(report, "chaos_verdict", None)
+        if verdict is not None:
+            result.outcome = verdict
+            result.message = (result.message + "\n" + report.longreprtext).strip()[-6000:]
+        elif report.failed:
             result.outcome = "failed" if report.when == "call" else "error"
             result.message = (result.message + "\n" + report.longreprtext).strip()[-6000:]
         elif report.skipped and result.outcome == "passed":
             # An expected failure (xfail) that failed as expected is not a skip.
             result.outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
             result.message = report.longreprtext[-2000:]
-        if report.when == "teardown":
+        if report.when == "teardown" or verdict == "interrupted":
             recorded = {str(k): str(v) for k, v in report.user_properties}
             result.figures = recorded
             if self.junit is not None:
@@ -197,6 +255,6 @@ def start(config: pytest.Config, plugin: ChaosPlugin) -> None:
                 reporter.write_line(line)
 
         plugin.live = LiveLine(live, interval)
-    from .signals import sigterm_interrupts
+    from .signals import interrupts
 
-    sigterm_interrupts()
+    interrupts()

@@ -55,10 +55,16 @@ class Timeline:
         faults = []
         for f in self.faults:
             start = getattr(f.handle, "applied_at", None) or f.start
-            end = getattr(f.handle, "undone_at", None) or f.end
+            undone = getattr(f.handle, "undone_at", None) or f.end
+            # The window ends when the fault was lifted; the undo's wait for the
+            # target's health after that is drawn apart ("healthy").
+            lifted = getattr(f.handle, "lifted_at", None) or undone
+            healthy = (
+                undone if undone is not None and lifted is not None and undone > lifted else None
+            )
             faults.append(
                 {"label": f.label, "kind": f.kind, "target": f.target, "start": rel(start),
-                 "end": rel(end)}
+                 "end": rel(lifted), "healthy": rel(healthy)}
             )  # fmt: skip
         return {
             "nodeid": self.nodeid,

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import signals
 from ..errors import ConfigurationError, FaultError, PermissionProblem, UnknownService, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from ..chaos import Chaos
 
 _EXIT_GRACE_S = 5.0
+#: How long a kill's undo lets a restart policy act before starting the container.
+_POLICY_GRACE_S = 5.0
 # Signals that leave the process stopped rather than dead; undone by SIGCONT.
 _STOPPING = frozenset({_signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU})
 
@@ -42,6 +45,10 @@ class KillHandle(FaultHandle):
     pid: int = 0
     process: str = ""
     restarts: int = 0
+    #: How long the undo lets a restart policy act before it starts the container.
+    start_after_s: float = 0.0
+    #: The container's restart policy when it was killed.
+    restart_policy: str = ""
 
     def describe(self) -> str:
         return f"kill {self.target} {self.signal} (pid {self.pid}, {self.process})"
@@ -53,6 +60,8 @@ class KillHandle(FaultHandle):
             "pid": self.pid,
             "process": self.process,
             "restarts": self.restarts,
+            "restart_policy": self.restart_policy,
+            "start_after_s": self.start_after_s,
         }
 
 
@@ -99,6 +108,15 @@ class CascadeHandle(FaultHandle):
 
 
 # -- signals -----------------------------------------------------------------------------
+
+
+def check_start_after(value: float | str | None, policy: str) -> float:
+    """The undo's wait for a restart policy before it starts a killed container."""
+    if value is None:
+        return 0.0 if policy == "no" else _POLICY_GRACE_S
+    if value in (0, 0.0, "0"):
+        return 0.0
+    return parse_duration(value, name="start_after")
 
 
 def kill_signal(value: int | str | _signal.Signals) -> _signal.Signals:
@@ -166,13 +184,21 @@ def kill(
     *,
     recovery_timeout: float | str = 60.0,
     process: str | None = None,
+    start_after: float | str | None = None,
 ) -> Iterator[KillHandle]:
     """Send ``signal`` to ``service``'s main process, or to the process called
     ``process`` inside it (the top one of that name, e.g. a postmaster rather than its
     backends). On exit, make sure the service runs and is healthy again: resume it
-    (SIGCONT) after a stopping signal, and start it if nothing brought it back."""
+    (SIGCONT) after a stopping signal, and start it if nothing brought it back.
+
+    ``start_after``: how long the undo lets the container's restart policy act before
+    it starts the container itself. Default: at once for a container without a
+    restart policy (nothing else will), else 5 s. The handle records it, the policy,
+    and who brought the service back (``restored_by``)."""
     sig = kill_signal(signal)
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
+    policy = service.restart_policy()
+    start_after_s = check_start_after(start_after, policy)
     restarts_before = service.restart_count()
     started_before = service.state().get("StartedAt")
     if process is None:
@@ -191,6 +217,8 @@ def kill(
             pid=pid,
             process=name,
             applied_at=time.monotonic(),
+            start_after_s=start_after_s,
+            restart_policy=policy,
         )
         try:
             yield handle
@@ -199,11 +227,14 @@ def kill(
                 # If it died meanwhile, the health wait below brings it back.
                 with contextlib.suppress(UnsafeTarget):
                     os.kill(linux.check_pid(pid, service.container_id), _signal.SIGCONT)
-            elif process is None:  # the main process: Docker will see the container stop
+            elif process is None and not signals.lifting():
+                # The main process: let Docker see the container stop first.
                 _await_consequence(service, pid, started_before)
+            handle.lifted_at = time.monotonic()
             handle.restored_by = service.ensure_running_and_healthy(
                 timeout=timeout_s,
                 restarts_before=restarts_before,
+                start_after=start_after_s,
                 # A process inside the container: only a probe after the kill counts.
                 probed_after=signalled_at if process is not None else None,
             )
@@ -231,6 +262,7 @@ def pause(service: Service, *, recovery_timeout: float | str = 60.0) -> Iterator
             yield handle
         finally:
             _unpause(service)
+            handle.lifted_at = time.monotonic()
             handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
             handle.undone_at = time.monotonic()
             undone()
@@ -261,6 +293,7 @@ def stop(
             yield handle
         finally:
             _start_if_stopped(service)
+            handle.lifted_at = time.monotonic()
             handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
             handle.undone_at = time.monotonic()
             undone()
@@ -373,13 +406,23 @@ def _chaos_kill(
     *,
     recovery_timeout: float | str | None = None,
     process: str | None = None,
+    start_after: float | str | None = None,
 ) -> AbstractContextManager[KillHandle]:
     """Signal ``service``'s main process from the host (default SIGKILL: a crash the
     restart policy answers), or the top process called ``process`` inside it. Undo:
-    the service runs and is healthy again."""
+    the service runs and is healthy again; ``start_after`` is how long the undo
+    lets the restart policy act before starting the container itself (default: at
+    once without a policy, else 5 s)."""
     timeout = chaos.recovery_timeout(recovery_timeout)
     kill_signal(signal)  # bad input fails before Docker is asked anything
-    return kill(chaos.service(service), signal, recovery_timeout=timeout, process=process)
+    check_start_after(start_after, "no")
+    return kill(
+        chaos.service(service),
+        signal,
+        recovery_timeout=timeout,
+        process=process,
+        start_after=start_after,
+    )
 
 
 @fault("pause")

@@ -8,8 +8,10 @@ how to build its n-th request and how to read an acknowledgement from a response
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -113,6 +115,10 @@ class LoadGenerator:
         self.skipped = 0  # requests not sent because max_in_flight were pending
         self.started_at: float | None = None
         self.stopped_at: float | None = None
+        #: (flow, seq) -> time.monotonic() when sent, of each request awaiting its answer.
+        self._in_flight: dict[tuple[str, int], float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -124,6 +130,7 @@ class LoadGenerator:
         timeline.note_load(self)
         self._thread = threading.Thread(target=self._run, name="pytest-chaos-load", daemon=True)
         self._thread.start()
+        _running.add(self)
         return self
 
     def stop(self) -> None:
@@ -133,13 +140,45 @@ class LoadGenerator:
             self._thread.join(self.request_timeout + 5.0)
         if self.stopped_at is None:
             self.stopped_at = time.monotonic()
+        _running.discard(self)
         if self._failure is not None:
             raise RuntimeError("the load generator failed") from self._failure
+
+    def abort(self, wait: float = 0.0) -> None:
+        """Stop sending and cancel the requests in flight at once (an interrupted run
+        does not wait for answers that may never come); each is recorded with the
+        error ``cancelled``. Waits up to ``wait`` seconds for the thread to end."""
+        self._stop.set()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._cancel_all)
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
+        if wait > 0 and self._thread is not None:
+            self._thread.join(wait)
+        if self._thread is None or not self._thread.is_alive():
+            _running.discard(self)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def in_flight(self) -> list[float]:
+        """When each request still awaiting its answer was sent (time.monotonic())."""
+        with self._lock:
+            return sorted(self._in_flight.values())
 
     def __enter__(self) -> LoadGenerator:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Interrupted (Ctrl-C, SIGTERM): the faults are to be undone first; the
+            # requests in flight are cancelled, and the thread is joined after the
+            # undo (abort_all), not here.
+            self.abort()
+            return
         self.stop()
 
     # -- results -------------------------------------------------------------------------
@@ -186,10 +225,11 @@ class LoadGenerator:
     async def _main(self) -> None:
         import httpx
 
+        self._loop = asyncio.get_running_loop()
         limits = httpx.Limits(max_connections=self.max_in_flight, max_keepalive_connections=16)
         timeout = httpx.Timeout(self.request_timeout)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-            pending: set[asyncio.Task[None]] = set()
+            pending = self._tasks
             await asyncio.gather(*(self._schedule(client, f, pending) for f in self.flows))
             if pending:
                 await asyncio.wait(pending, timeout=self.request_timeout + 1.0)
@@ -222,6 +262,8 @@ class LoadGenerator:
         error: str | None = None
         ack: str | None = None
         summary: Any = None
+        with self._lock:
+            self._in_flight[(flow.name, seq)] = started
         try:
             response = await client.request(req.method, req.url, json=req.json)
             status = response.status_code
@@ -229,7 +271,29 @@ class LoadGenerator:
             summary = flow.summarize(response)
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        latency = time.monotonic() - started
-        record = RequestRecord(flow.name, seq, started, wall, latency, status, error, ack, summary)
-        with self._lock:
-            self._records.append(record)
+        except asyncio.CancelledError:
+            error = "cancelled: the run was interrupted"
+            raise
+        finally:
+            latency = time.monotonic() - started
+            record = RequestRecord(
+                flow.name, seq, started, wall, latency, status, error, ack, summary
+            )
+            with self._lock:
+                del self._in_flight[(flow.name, seq)]
+                self._records.append(record)
+
+
+#: Load generators started and not yet stopped (weakly: a forgotten one may go).
+_running: weakref.WeakSet[LoadGenerator] = weakref.WeakSet()
+
+
+def abort_all(wait: float = 1.0) -> int:
+    """Cancel every running load generator's requests and wait (``wait`` seconds in
+    all) for their threads: what an interruption does once the faults are undone.
+    Returns how many there were."""
+    found = list(_running)
+    deadline = time.monotonic() + wait
+    for load in found:
+        load.abort(wait=max(0.0, deadline - time.monotonic()))
+    return len(found)

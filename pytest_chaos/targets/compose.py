@@ -245,7 +245,25 @@ class Service:
         that started after it: Docker keeps saying healthy until probes fail, which a
         process restarted inside the container may never let happen. Returns who
         brought it back: "pytest-chaos" (it started the container), "restart-policy"
-        (the container restarted since ``restarts_before``) or "still-running"."""
+        (the container restarted since ``restarts_before``) or "still-running".
+
+        While an interruption lifts every fault (``signals.lifting``), the wait is put
+        off until all are lifted, and "awaited after the interruption" is returned."""
+        from .. import signals
+
+        if signals.lifting():
+            signals.defer(
+                lambda: (
+                    f"{self.name} is healthy again, brought back by "
+                    + self.ensure_running_and_healthy(
+                        timeout=timeout,
+                        restarts_before=restarts_before,
+                        start_after=start_after,
+                        probed_after=probed_after,
+                    )
+                )
+            )
+            return "awaited after the interruption"
         began = time.monotonic()
         started_by_us = False
 

@@ -57,9 +57,27 @@ def test_a_container_without_restart_policy_is_started_by_the_undo(chaos_project
         with kill(service, "SIGKILL", recovery_timeout=30) as handle:
             pass
         assert handle.restored_by == "pytest-chaos"
+        # No policy will act: the undo starts it at once, and says so.
+        assert handle.figures()["start_after_s"] == 0.0
+        assert handle.figures()["restart_policy"] == "no"
         assert service.is_healthy()
+        with kill(service, "SIGKILL", recovery_timeout=30, start_after="2s") as waited:
+            pass
+        assert waited.start_after_s == 2.0
+        assert waited.undone_at - waited.applied_at >= 2.0  # it let a policy act first
     finally:
         container.remove(force=True)
+
+
+def test_a_kill_with_a_restart_policy_waits_for_it_and_says_it_brought_the_service_back(
+    chaos_project,
+):
+    redis = chaos_project.service("redis")
+    with kill(redis, "SIGKILL", recovery_timeout=60) as handle:
+        pass
+    assert handle.restart_policy == redis.restart_policy() != "no"
+    assert handle.start_after_s == 5.0
+    assert handle.restored_by == "restart-policy"
 
 
 def test_faults_are_undone_after_a_failing_test(pytester, chaos_project):

@@ -9,11 +9,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from stack_snapshot import differences, snapshot
 
 from pytest_chaos import wait_for_recovery
+from pytest_chaos.faults.network import TABLE_PREFIX
+from pytest_chaos.targets.netns import open_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -92,3 +95,74 @@ def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_projec
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert differences(before, snapshot(chaos_project)) == [], out
     assert list((tmp_path / "journal").glob("*.json")) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interruption_lifts_a_partition_within_a_second_while_requests_hang(
+    pytester, chaos_project, exchange, tmp_path, record_property, sig
+):
+    """The host's requests to the API hang (the partition drops them, the client
+    waits up to 60 s): the interruption must not wait for them before lifting."""
+    api = chaos_project.service("trading-api")
+    networks = api.container().attrs["NetworkSettings"]["Networks"]
+    gateway = next(iter(networks.values()))["Gateway"]  # where the host's packets come from
+    marker = tmp_path / "hanging"
+    pytester.makepyfile(
+        f"""
+        import pathlib, time
+        from pytest_chaos import Flow, LoadGenerator, Request
+
+        def test_x(chaos):
+            flow = Flow("ready", 20, lambda i: Request("GET", "{exchange.api_url}/ready"))
+            with LoadGenerator([flow], request_timeout=60) as load:
+                chaos.partition("trading-api", ["{gateway}"])
+                deadline = time.monotonic() + 30
+                while len(load.in_flight()) < 10:
+                    assert time.monotonic() < deadline, "the requests did not hang"
+                    time.sleep(0.01)
+                pathlib.Path({str(marker)!r}).write_text("yes")
+                time.sleep(120)  # the experiment's dwell; the signal comes during it
+        """
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--chaos-project={chaos_project.name}",
+            f"--chaos-journal={tmp_path / 'journal'}",
+        ],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def hanging() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the inner pytest ended early:\n{proc.stdout.read()}")
+        return marker.exists()
+
+    wait_for_recovery(hanging, timeout=120, interval=0.05, transient=(), what="hung requests")
+    with open_netns(api.init_pid(), api.name) as ns:
+
+        def partitioned() -> bool:
+            return TABLE_PREFIX in ns.run(["nft", "list", "tables"])
+
+        assert partitioned()
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        wait_for_recovery(
+            lambda: not partitioned(), timeout=60, interval=0.005, what="the partition's removal"
+        )
+        healed_s = time.monotonic() - sent
+    out, _ = proc.communicate(timeout=120)
+    record_property("healed_s", round(healed_s, 3))
+    # The issue's bound, one second; measured 0.02-0.03 s here, the nft listing's
+    # own cost included (each poll is a subprocess in the namespace).
+    assert healed_s < 1.0, out
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "INTERRUPTED" in out

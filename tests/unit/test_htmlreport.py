@@ -83,3 +83,32 @@ def test_the_page_and_its_json_carry_the_same_tests(tmp_path):
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["tests"][0]["timeline"]["requests"][1]["error"] == "database_unavailable"
     assert render(run, tests) == html
+
+
+def test_the_fault_window_ends_when_lifted_and_the_wait_for_health_is_drawn_apart():
+    """A pause of a service whose health check runs every 10 s: requests are back when
+    it is thawed (3 s), the undo waits 10 s more for a passing probe."""
+    from pytest_chaos.faults.base import FaultHandle
+    from pytest_chaos.timeline import Timeline
+
+    timeline = Timeline("t.py::test_pause", start=100.0)
+    handle = FaultHandle("pause", "db", applied_at=101.0)
+    handle.lifted_at, handle.undone_at = 104.0, 114.0
+    timeline.faults.append(_fault_of(handle))
+    [fault] = timeline.to_json()["faults"]
+    assert (fault["start"], fault["end"], fault["healthy"]) == (1.0, 4.0, 14.0)
+    assert handle.figures()["in_force_s"] == 3.0
+    assert handle.figures()["health_wait_s"] == 10.0
+    root = ET.fromstring(svg_timeline({**TIMELINE, "faults": [fault]}))  # noqa: S314 - made here
+    ns = "{http://www.w3.org/2000/svg}"
+    window = root.find(f"{ns}rect[@class='fault']")
+    wait = root.find(f"{ns}rect[@class='health-wait']")
+    assert wait is not None
+    edge = float(window.get("x")) + float(window.get("width"))
+    assert abs(float(wait.get("x")) - edge) < 0.2  # coordinates are written to 0.1
+
+
+def _fault_of(handle):
+    from pytest_chaos.timeline import _Fault
+
+    return _Fault(handle.describe(), handle.kind, handle.target, handle.applied_at, handle)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_chaos import ConfigurationError
-from pytest_chaos.report import SummaryColumn, columns, parse_columns, row
+from pytest_chaos.report import SummaryColumn, columns, parse_columns, row, table
 from pytest_chaos.report import TestResult as Result
 
 NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True)
@@ -31,3 +31,22 @@ def test_cells_say_which_figures_the_test_recorded():
     assert columns(extra)[6:8] == ("orders ack/lost", "p99")
     cells = row(Result("t.py::test_x", figures={"orders_lost": "2"}), extra)
     assert cells[6:8] == ("?/2", "-")
+
+
+def test_the_recovery_cell_says_who_brought_a_service_back():
+    figures = {
+        "chaos_fault_1_kind": "kill",
+        "chaos_fault_1_target": "db",
+        "chaos_fault_1_restored_by": "restart-policy",
+        "chaos_fault_2_kind": "pause",
+        "chaos_fault_2_target": "cache",
+        "chaos_fault_2_restored_by": "still-running",
+        "recovery_time_s": "3.5",
+    }
+    cells = row(Result("t.py::test_x", figures=figures))
+    assert "3.50 s (restart-policy)" in cells
+
+
+def test_an_interrupted_test_reads_interrupted_in_the_table():
+    result = Result("t.py::test_x", outcome="interrupted", figures={"chaos_fault_1_kind": "x"})
+    assert "INTERRUPTED" in table([result])[2]
