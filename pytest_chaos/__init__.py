@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         DataLossDetected,
         DockerUnavailable,
         EnvironmentProblem,
+        FaultDidNotTakeEffect,
         FaultError,
         FaultVanished,
         ForeignTarget,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
         UnknownService,
         UnsafeTarget,
     )
-    from .faults.base import FaultHandle
+    from .faults.base import Effect, FaultHandle
     from .faults.process import (
         CascadeHandle,
         KillHandle,
@@ -58,6 +59,8 @@ _HOME = {
     "DataLossReport": ".observe.dataloss",
     "DockerUnavailable": ".errors",
     "EnvironmentProblem": ".errors",
+    "Effect": ".faults.base",
+    "FaultDidNotTakeEffect": ".errors",
     "FaultError": ".errors",
     "FaultHandle": ".faults.base",
     "FaultVanished": ".errors",
@@ -101,7 +104,9 @@ __all__ = [
     "DataLossDetected",
     "DataLossReport",
     "DockerUnavailable",
+    "Effect",
     "EnvironmentProblem",
+    "FaultDidNotTakeEffect",
     "FaultError",
     "FaultHandle",
     "FaultVanished",

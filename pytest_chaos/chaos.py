@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import timeline
 from .errors import ConfigurationError, UndoFailed
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from .faults.base import FaultHandle
+from .faults.base import Effect, FaultHandle
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ class Chaos:
         self.timeout = timeout
         self._record = record
         self._applied: list[_Applied] = []
+        #: Every fault applied in this test, in force or undone, oldest first.
+        self._history: list[_Applied] = []
         self._count = 0
         self.figures: dict[str, Figure] = {}
 
@@ -84,9 +86,9 @@ class Chaos:
             self.journal.mark_applied()
         self._count += 1
         text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
-        self._applied.append(
-            _Applied(handle, stack, text, self._count, timeline.note_fault(text, handle))
-        )
+        applied = _Applied(handle, stack, text, self._count, timeline.note_fault(text, handle))
+        self._applied.append(applied)
+        self._history.append(applied)
         self.record(f"chaos_fault_{self._count}", text)
         if isinstance(handle, FaultHandle):
             self.record(f"chaos_fault_{self._count}_kind", handle.kind)
@@ -141,6 +143,23 @@ class Chaos:
         from .faults.base import journaled_in
 
         return journaled_in(self.journal, kind, description, data)
+
+    # -- did the faults bite? --------------------------------------------------------------
+
+    def effects(self) -> list[tuple[str, Effect]]:
+        """(label, evidence) of every fault applied in this test that gives evidence of
+        its effect: read now for those in force, before their undo for the others."""
+        out = []
+        for applied in self._history:
+            if isinstance(applied.handle, FaultHandle):
+                effect = applied.handle.effect()
+                if effect is not None:
+                    out.append((applied.label, effect))
+        return out
+
+    def without_effect(self) -> list[tuple[str, Effect]]:
+        """The faults whose evidence says they did not take effect."""
+        return [(label, e) for label, e in self.effects() if not e.took]
 
     # -- undo ----------------------------------------------------------------------------
 

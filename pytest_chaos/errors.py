@@ -71,6 +71,14 @@ class FaultVanished(FaultError):
     not run under the fault it asked for, so its verdict cannot stand."""
 
 
+class FaultDidNotTakeEffect(FaultError):
+    """The fault was applied but did not act on its target (no packet dropped, no
+    period throttled...): the test says nothing about the system under that fault.
+    Reported as its own verdict ("no effect"), never as a pass or a failure. Raise
+    it from a test whose own criterion of effect (e.g. how much a quota must bind)
+    was not met."""
+
+
 class UndoFailed(FaultError):
     """At least one undo failed; every undo was still attempted."""
 

@@ -38,6 +38,8 @@ MARKERS = {
     "root": "needs root (euid 0); skipped with the reason otherwise",
     "slow": "takes more than a few seconds",
     "experiment(id)": "a chaos experiment, with the guide's number as id (e.g. '01')",
+    "effect_optional": "the verdict stands even if a fault gives no evidence that it took "
+    "effect (a test of the undo itself, not of the system)",
 }
 
 PLUGIN_KEY = pytest.StashKey[ChaosPlugin]()
@@ -165,7 +167,13 @@ def pytest_runtest_makereport(
     ):
         excinfo.value.__suppress_context__ = True
         excinfo.value.__cause__ = None
-    return (yield)
+    report = yield
+    session = getattr(item, "funcargs", {}).get("chaos")
+    if call.when == "call" and session is not None:
+        from .verdicts import judge_effect
+
+        judge_effect(report, session, excinfo, optional=item.get_closest_marker("effect_optional"))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,7 @@ def row(result: TestResult, extra: Sequence[SummaryColumn] = ()) -> tuple[str, .
         ", ".join(faults) or "-",
         ", ".join(targets) or "-",
         result.outcome.upper(),
-        _recovery(f) + _restored_by(f),
+        _restored_by(_recovery(f), f),
         *(column.cell(f) for column in extra),
         _key_figure(f),
         ", ".join(fallbacks(f)) or "-",
@@ -142,11 +142,15 @@ def _recovery(f: Mapping[str, str]) -> str:
     return "-"
 
 
-def _restored_by(f: Mapping[str, str]) -> str:
-    """Who brought a stopped service back, where someone had to: its restart policy
-    or pytest-chaos (the undo started it)."""
-    who = _unique(v for k, v in f.items() if k.endswith("_restored_by") and v in _RESTORERS)
-    return f" ({', '.join(who)})" if who else ""
+def _restored_by(recovery: str, f: Mapping[str, str]) -> str:
+    """The recovery cell, saying who brought a stopped service back where someone had
+    to: its restart policy or pytest-chaos (the undo started it)."""
+    who = ", ".join(
+        _unique(v for k, v in f.items() if k.endswith("_restored_by") and v in _RESTORERS)
+    )
+    if not who:
+        return recovery
+    return f"by {who}" if recovery == "-" else f"{recovery} ({who})"
 
 
 def _key_figure(f: Mapping[str, str]) -> str:

@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     from ..targets.compose import Service
 
 
+@dataclass(frozen=True)
+class Effect:
+    """Whether a fault acted on its target, and the evidence either way (packets its
+    rules dropped, periods its quota throttled, the process it killed exiting...)."""
+
+    took: bool
+    evidence: str
+
+
 @dataclass
 class FaultHandle:
     """Base of every fault's handle. ``kind`` and ``target`` name the fault;
@@ -30,10 +39,38 @@ class FaultHandle:
     undone_at: float | None = None
     #: How the undo restored the target (set by the undo).
     restored_by: str | None = None
+    _effect: Effect | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         """One line naming the fault, as the report and the live line show it."""
         return f"{self.kind} {self.target}"
+
+    def effect(self) -> Effect | None:
+        """The evidence that this fault took effect: read now while it is in force,
+        else the reading taken just before its undo. None: this kind of fault gives
+        no such evidence (a fault of your own can override :meth:`measure_effect`)."""
+        if self.lifted_at is None and self.undone_at is None:
+            self.keep_effect()
+        return self._effect
+
+    def measure_effect(self) -> Effect | None:
+        """Read the evidence from the target (kernel counters, states); only called
+        while the fault is in force."""
+        return None
+
+    def keep_effect(self) -> None:
+        """Take the reading that :meth:`effect` returns once the fault is undone (a
+        fault's undo calls this first: the counters go with the fault)."""
+        from ..errors import ChaosError
+
+        try:
+            reading = self.measure_effect()
+        except (ChaosError, OSError) as exc:  # the target went meanwhile: keep the last
+            if self._effect is None:
+                self._effect = Effect(False, f"could not be read: {exc}")
+            return
+        if reading is not None:
+            self._effect = reading
 
     def figures(self) -> dict[str, float | int | str]:
         """Plain numbers and strings for reports (JUnit properties)."""
@@ -45,6 +82,9 @@ class FaultHandle:
             out["health_wait_s"] = round(self.undone_at - self.lifted_at, 3)
         if self.restored_by is not None:
             out["restored_by"] = self.restored_by
+        if self._effect is not None:
+            out["took_effect"] = "yes" if self._effect.took else "no"
+            out["effect"] = self._effect.evidence
         return out
 
 

@@ -33,8 +33,8 @@ from ..targets.cgroup import OwnCgroup, own_cgroup_path
 from ..targets.compose import Service
 from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
 from ..units import parse_duration
-from .base import FaultHandle, JournalSlot, journaled, journaled_service, running_pid
-from .network import _peer_addresses, root_qdisc_fault
+from .base import Effect, FaultHandle, JournalSlot, journaled, journaled_service, running_pid
+from .network import _peer_addresses, qdisc_session, qdisc_stats, root_qdisc_fault
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
@@ -51,6 +51,18 @@ class LatencyHandle(FaultHandle):
     #: "netem" or "nfqueue": the path in force.
     method: str = ""
     delayer_pid: int = 0
+    _pid: int = 0
+    _interface: str = "eth0"
+    _chain: str = ""
+
+    def measure_effect(self) -> Effect:
+        if self.method == "netem":
+            with qdisc_session(self._pid, self.target, self._interface) as (ipr, index):
+                packets = qdisc_stats(ipr, index, "netem")["packets"]
+            return Effect(packets > 0, f"{packets} packets delayed by netem")
+        with open_netns(self._pid, self.target) as ns:
+            packets = _chain_packets(ns, self._chain)
+        return Effect(packets > 0, f"{packets} packets queued to the delayer")
 
     def describe(self) -> str:
         whom = ", ".join(self.peers or {}) or "all traffic"
@@ -126,6 +138,7 @@ def latency(
         peers=addresses,
         method=method,
     )
+    handle._pid, handle._interface = pid, interface
     if method == "netem":
         with _netem(service, handle, interface):
             yield handle
@@ -140,7 +153,7 @@ def latency(
 @contextmanager
 def _netem(service: Service, handle: LatencyHandle, interface: str) -> Iterator[None]:
     delay_us, jitter_us = int(handle.delay_s * 1e6), int(handle.jitter_s * 1e6)
-    with root_qdisc_fault(service, interface, handle.describe()) as (ipr, index):
+    with root_qdisc_fault(service, interface, handle.describe(), handle) as (ipr, index):
         if not handle.peers:
             ipr.tc("add", "netem", index, handle="1:", delay=delay_us, jitter=jitter_us)
         else:
@@ -184,6 +197,12 @@ def _remove_chain(ns: NetNamespace, chain: str) -> bool:
     return True
 
 
+def _chain_packets(ns: NetNamespace, chain: str) -> int:
+    """Packets our chain's rules sent to the queue so far (iptables counters)."""
+    listed = _iptables(ns, "-L", chain, "-v", "-x", "-n").splitlines()[2:]
+    return sum(int(line.split()[0]) for line in listed if line.split())
+
+
 def _has_mangle_table(ns: NetNamespace) -> bool:
     """Whether nftables holds iptables' mangle table (iptables-nft makes it on first
     use; with iptables-legacy the table lives outside nftables and is never removed)."""
@@ -212,6 +231,7 @@ def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None
         ) from None
     journal = service.project.journal
     chain = f"{CHAIN_PREFIX}{journal.run_id if journal else 'NORUN'}_{secrets.token_hex(2)}".upper()
+    handle._chain = chain
     queue = 1000 + secrets.randbelow(60000)
     # The delayer runs in a cgroup of ours, named in the entry before it starts.
     group = OwnCgroup(own_cgroup_path(f"pytest-chaos-delayer-{chain.lower()}"))
@@ -273,6 +293,7 @@ def _nfqueue_in(
         handle.applied_at = time.monotonic()
         yield
     finally:
+        handle.keep_effect()
         with contextlib.suppress(FaultError):
             _remove_chain(ns, chain)
         handle.lifted_at = time.monotonic()

@@ -25,7 +25,7 @@ from ..registry import fault, undoer
 from ..targets.compose import Service
 from ..targets.netns import NetNamespace, netlink_socket, open_netns
 from ..units import parse_duration
-from .base import FaultHandle, journaled, journaled_service, running_pid
+from .base import Effect, FaultHandle, journaled, journaled_service, running_pid
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
@@ -67,6 +67,11 @@ class NetworkHandle(FaultHandle):
         with open_netns(self._pid, self.target) as ns:
             return _table_packets(ns, self.table)
 
+    def measure_effect(self) -> Effect:
+        packets = self.matched_packets()
+        verb = "rejected" if self.mode == "reject" else "dropped"
+        return Effect(packets > 0, f"{packets} packets {verb} by its rules")
+
     def figures(self) -> dict[str, float | int | str]:
         out = {**super().figures(), "mode": self.mode, "direction": self.direction}
         out["peers"] = ",".join(self.peers) or "all"
@@ -79,6 +84,16 @@ class NetworkHandle(FaultHandle):
 class BandwidthHandle(FaultHandle):
     rate_bps: int = 0
     interface: str = "eth0"
+    _pid: int = 0
+
+    def measure_effect(self) -> Effect:
+        with qdisc_session(self._pid, self.target, self.interface) as (ipr, index):
+            stats = qdisc_stats(ipr, index, "tbf")
+        return Effect(
+            stats["overlimits"] > 0,
+            f"{stats['packets']} packets through the limiter, "
+            f"{stats['overlimits']} held back over the rate",
+        )
 
     def describe(self) -> str:
         return f"bandwidth {self.target} {self.rate_bps} bit/s on {self.interface}"
@@ -227,11 +242,13 @@ def _nft_fault(
             handle.applied_at = time.monotonic()
             yield handle
         finally:
+            handle.keep_effect()
             # The namespace is pinned: the table is still there even if the container
             # restarted meanwhile, unless someone else removed it.
             removed: bool | None = None
             with contextlib.suppress(FaultError):
                 removed = _delete_table(ns, handle.table)
+            handle.lifted_at = time.monotonic()
             if handle.table in ns.run(["nft", "list", "tables"]):
                 raise FaultError(
                     f"nft table {handle.table} is still in {service.name}'s namespace."
@@ -391,7 +408,8 @@ def bandwidth(
     handle = BandwidthHandle(
         kind="bandwidth", target=service.name, rate_bps=bits, interface=interface
     )
-    with root_qdisc_fault(service, interface, handle.describe()) as (ipr, index):
+    handle._pid = service.init_pid()
+    with root_qdisc_fault(service, interface, handle.describe(), handle) as (ipr, index):
         ipr.tc(
             "add",
             "tbf",
@@ -408,7 +426,7 @@ def bandwidth(
 
 @contextlib.contextmanager
 def root_qdisc_fault(
-    service: Service, interface: str, description: str
+    service: Service, interface: str, description: str, handle: FaultHandle | None = None
 ) -> Iterator[tuple[Any, int]]:
     """A netlink handle on ``interface`` of ``service``, for a fault that sets the root
     qdisc: refused (before anything is journaled or changed) when someone else's root
@@ -425,12 +443,28 @@ def root_qdisc_fault(
             try:
                 yield ipr, index
             finally:
+                if handle is not None:
+                    handle.keep_effect()
                 if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
                     ipr.tc("del", index=index, root=True)
+                if handle is not None:
+                    handle.lifted_at = time.monotonic()
                 undone()
 
 
 DEFAULT_ROOT_QDISCS = frozenset({"noqueue", "pfifo_fast", "fq_codel", "mq", None})
+
+
+def qdisc_stats(ipr: Any, index: int, kind: str) -> dict[str, int]:
+    """The counters of the (first) qdisc of ``kind`` on the interface: packets,
+    bytes, drops, overlimits (packets held back: over a rate, or delayed)."""
+    for msg in ipr.get_qdiscs(index=index):
+        if msg.get_attr("TCA_KIND") == kind:
+            stats = msg.get_attr("TCA_STATS") or {}
+            return {
+                k: int(stats.get(k, 0) or 0) for k in ("packets", "bytes", "drop", "overlimits")
+            }
+    raise FaultVanished(f"the {kind} qdisc is no longer on the interface.")
 
 
 def root_qdisc(ipr: Any, index: int) -> str | None:

@@ -21,7 +21,7 @@ from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets.compose import Service
-from .base import FaultHandle, journaled, journaled_service, running_pid
+from .base import Effect, FaultHandle, journaled, journaled_service, running_pid
 
 if TYPE_CHECKING:
     import psycopg
@@ -55,6 +55,10 @@ class HogHandle(FaultHandle):
 
     def describe(self) -> str:
         return f"connection hog {self.target} x{self.connections}"
+
+    def measure_effect(self) -> Effect:
+        held = sum(not conn.closed for conn in self._held)
+        return Effect(held > 0, f"{held} of {self.connections} connections held")
 
     def figures(self) -> dict[str, float | int | str]:
         return {**super().figures(), "connections": self.connections}
@@ -128,6 +132,7 @@ def max_connections(
             handle.applied_at = time.monotonic()
             if _current(service)[0] != str(value):
                 raise FaultError(f"{service.name} restarted but max_connections is not {value}.")
+            handle._effect = Effect(True, f"PostgreSQL runs with max_connections = {value}")
             yield handle
         finally:
             _set(service, previous)
@@ -184,11 +189,12 @@ def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[Hog
             handle.applied_at = time.monotonic()
             yield handle
         finally:
+            handle.keep_effect()
             for conn in handle._held:
                 with contextlib.suppress(Exception):
                     conn.close()
             handle._held.clear()
-            handle.undone_at = time.monotonic()
+            handle.lifted_at = handle.undone_at = time.monotonic()
             undone()
 
 

@@ -24,7 +24,7 @@ from ..registry import fault, undoer
 from ..targets import linux
 from ..targets.compose import Service
 from ..units import parse_duration, parse_signal
-from .base import FaultHandle, journaled, journaled_service
+from .base import Effect, FaultHandle, journaled, journaled_service
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
@@ -34,6 +34,11 @@ _EXIT_GRACE_S = 5.0
 _POLICY_GRACE_S = 5.0
 # Signals that leave the process stopped rather than dead; undone by SIGCONT.
 _STOPPING = frozenset({_signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU})
+# Signals sent to end the process: it took effect when the process exited. Others
+# (SIGHUP, SIGUSR1...) ask the process to do something: delivered is all one can see.
+_TERMINATING = frozenset(
+    {_signal.SIGKILL, _signal.SIGTERM, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGABRT}
+)
 
 
 @dataclass
@@ -49,6 +54,19 @@ class KillHandle(FaultHandle):
     start_after_s: float = 0.0
     #: The container's restart policy when it was killed.
     restart_policy: str = ""
+    _start: str = ""  # the process's start time: its identity with the pid
+
+    def measure_effect(self) -> Effect:
+        sig = _signal.Signals[self.signal]
+        who = f"pid {self.pid} ({self.process})"
+        if sig in _STOPPING:
+            stopped = linux.state(self.pid) in ("T", "t")
+            return Effect(stopped, f"{who} {'stopped' if stopped else 'was not stopped'}")
+        if sig in _TERMINATING:
+            alive = linux.is_alive(self.pid, self._start)
+            said = f"still runs after {self.signal}" if alive else "exited"
+            return Effect(not alive, f"{who} {said}")
+        return Effect(True, f"{self.signal} delivered to {who}")
 
     def describe(self) -> str:
         return f"kill {self.target} {self.signal} (pid {self.pid}, {self.process})"
@@ -69,6 +87,14 @@ class KillHandle(FaultHandle):
 class PauseHandle(FaultHandle):
     """A container frozen by its freezer cgroup."""
 
+    _service: Service | None = None
+
+    def measure_effect(self) -> Effect | None:
+        if self._service is None:
+            return None
+        paused = bool(self._service.state().get("Paused"))
+        return Effect(paused, "its container is frozen" if paused else "its container runs")
+
     def describe(self) -> str:
         return f"pause {self.target}"
 
@@ -78,9 +104,18 @@ class StopHandle(FaultHandle):
     """A container stopped as an operator would; ``exit_code`` is its main process's."""
 
     exit_code: int | None = None
+    _service: Service | None = None
 
     def describe(self) -> str:
         return f"stop {self.target}"
+
+    def measure_effect(self) -> Effect | None:
+        if self._service is None:
+            return None
+        running = bool(self._service.state().get("Running"))
+        if running:
+            return Effect(False, "its container runs")
+        return Effect(True, f"its container is stopped (exit code {self.exit_code})")
 
     def figures(self) -> dict[str, float | int | str]:
         out = super().figures()
@@ -97,6 +132,11 @@ class CascadeHandle(FaultHandle):
 
     def describe(self) -> str:
         return "cascade " + ", ".join(f"{k.target} {k.signal}" for k in self.kills)
+
+    def measure_effect(self) -> Effect:
+        effects = [(k.target, k.effect()) for k in self.kills]
+        took = all(e is not None and e.took for _, e in effects)
+        return Effect(took, "; ".join(f"{t}: {e.evidence if e else '?'}" for t, e in effects))
 
     def figures(self) -> dict[str, float | int | str]:
         out = super().figures()
@@ -219,10 +259,12 @@ def kill(
             applied_at=time.monotonic(),
             start_after_s=start_after_s,
             restart_policy=policy,
+            _start=linux.start_time(pid),
         )
         try:
             yield handle
         finally:
+            handle.keep_effect()
             if sig in _STOPPING:
                 # If it died meanwhile, the health wait below brings it back.
                 with contextlib.suppress(UnsafeTarget):
@@ -255,12 +297,13 @@ def pause(service: Service, *, recovery_timeout: float | str = 60.0) -> Iterator
     if container.attrs["State"].get("Paused"):
         raise FaultError(f"service {service.name!r} is already paused; unpause it first.")
     with journaled(service, "pause", f"pause {service.name}", {}) as undone:
-        handle = PauseHandle(kind="pause", target=service.name)
+        handle = PauseHandle(kind="pause", target=service.name, _service=service)
         try:
             container.pause()
             handle.applied_at = time.monotonic()
             yield handle
         finally:
+            handle.keep_effect()
             _unpause(service)
             handle.lifted_at = time.monotonic()
             handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
@@ -285,13 +328,14 @@ def stop(
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
     container = service.container()
     with journaled(service, "stop", f"stop {service.name}", {}) as undone:
-        handle = StopHandle(kind="stop", target=service.name)
+        handle = StopHandle(kind="stop", target=service.name, _service=service)
         try:
             container.stop(timeout=max(1, round(grace_s)))
             handle.applied_at = time.monotonic()
             handle.exit_code = int(service.state().get("ExitCode", -1))
             yield handle
         finally:
+            handle.keep_effect()
             _start_if_stopped(service)
             handle.lifted_at = time.monotonic()
             handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
@@ -336,7 +380,10 @@ def cascade(
                 stack.enter_context(kill(service, signal, recovery_timeout=recovery_timeout))
             )
         handle.applied_at = handle.kills[0].applied_at
-        yield handle
+        try:
+            yield handle
+        finally:
+            handle.keep_effect()
     handle.undone_at = time.monotonic()
 
 

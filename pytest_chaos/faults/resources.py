@@ -28,7 +28,7 @@ from ..targets import linux
 from ..targets.cgroup import OwnCgroup, block_device, cgroup_of, own_cgroup_path
 from ..targets.compose import Service
 from ..units import parse_size
-from .base import FaultHandle, journaled
+from .base import Effect, FaultHandle, journaled
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
@@ -100,6 +100,20 @@ class MemoryHandle(FaultHandle):
                     self._victims.append(OomVictim(int(match.group("pid")), match.group("comm")))
         return list(self._victims)
 
+    def measure_effect(self) -> Effect:
+        usage = self.usage_bytes()
+        if usage is not None:
+            self.samples.append((time.monotonic(), usage))
+        kills = len(self.oom_victims())
+        peak = self.peak_bytes
+        # Near the cap, the kernel reclaims and stalls the container's allocations.
+        took = kills > 0 or peak >= 0.9 * self.limit_bytes
+        return Effect(
+            took,
+            f"usage peaked at {peak / 2**20:.0f} MiB of the {self.limit_bytes / 2**20:.0f} MiB "
+            f"cap; {kills} OOM kill(s)",
+        )
+
     def figures(self) -> dict[str, float | int | str]:
         victims = self.oom_victims()
         out = {
@@ -119,6 +133,24 @@ class MemoryHandle(FaultHandle):
 class CpuHandle(FaultHandle):
     cpus: float = 0.0
     cgroup_version: int = 1
+    _stat_file: Path | None = None
+    _before: dict[str, int] = field(default_factory=dict)
+
+    def throttling(self) -> tuple[int, int]:
+        """(periods throttled, periods elapsed) since the quota was set, from the
+        cgroup's cpu.stat: a throttled period is one where the quota ran out."""
+        now = _stat_counters(self._stat_file)
+        return (
+            now.get("nr_throttled", 0) - self._before.get("nr_throttled", 0),
+            now.get("nr_periods", 0) - self._before.get("nr_periods", 0),
+        )
+
+    def measure_effect(self) -> Effect | None:
+        if self._stat_file is None:
+            return None
+        throttled, periods = self.throttling()
+        share = f" ({100 * throttled / periods:.0f}%)" if periods else ""
+        return Effect(throttled > 0, f"{throttled} of {periods} periods throttled{share}")
 
     def describe(self) -> str:
         return f"cpu quota {self.target} {self.cpus:g} CPU"
@@ -131,6 +163,23 @@ class CpuHandle(FaultHandle):
 class IoHandle(FaultHandle):
     device: str = ""
     limits: dict[str, int] = field(default_factory=dict)
+    _stat_file: Path | None = None
+    _before: dict[str, int] = field(default_factory=dict)
+
+    def transferred(self) -> dict[str, int]:
+        """Bytes done on the throttled device since the limit was set, by direction:
+        {"read": bytes, "write": bytes}."""
+        now = _device_io(self._stat_file, self.device)
+        return {k: now.get(k, 0) - self._before.get(k, 0) for k in now}
+
+    def measure_effect(self) -> Effect | None:
+        if self._stat_file is None:
+            return None
+        moved = self.transferred()
+        directions = sorted({k.split("_")[0] for k in self.limits})
+        done = {d: moved.get(d, 0) for d in directions}
+        said = ", ".join(f"{v / 2**20:.1f} MiB {d}" for d, v in done.items())
+        return Effect(any(v > 0 for v in done.values()), f"{said} on {self.device} under the limit")
 
     def describe(self) -> str:
         what = ", ".join(f"{k}={v}" for k, v in self.limits.items())
@@ -149,6 +198,18 @@ class ContentionHandle(FaultHandle):
     workers: int = 0
     pid: int = 0
     directory: str = ""
+    _group: OwnCgroup | None = None
+
+    def measure_effect(self) -> Effect | None:
+        if self._group is None:
+            return None
+        written = 0
+        for pid in self._group.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                    if line.startswith("write_bytes:"):
+                        written += int(line.split()[1])
+        return Effect(written > 0, f"stress-ng wrote {written / 2**20:.1f} MiB to the disk")
 
     def describe(self) -> str:
         return f"io contention {self.workers} stress-ng workers in {self.directory}"
@@ -198,7 +259,9 @@ def _cgroup_change(
             handle.applied_at = time.monotonic()
             yield
         finally:
+            handle.keep_effect()
             _restore([(str(p), v) for p, v in restore])
+            handle.lifted_at = time.monotonic()
             handle.undone_at = time.monotonic()
             undone()
 
@@ -273,6 +336,45 @@ def memory_cap(
         if handle._kmsg is not None:
             os.close(handle._kmsg)
             handle._kmsg = None
+
+
+def _stat_counters(path: Path | None) -> dict[str, int]:
+    """A flat "key value" cgroup file (cpu.stat) as numbers; {} if unreadable."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def _device_io(path: Path | None, device: str) -> dict[str, int]:
+    """Bytes and I/Os done on ``device`` so far: v1's blkio.throttle.io_service_bytes
+    ("8:0 Read N") or v2's io.stat ("8:0 rbytes=N wbytes=N rios=N wios=N")."""
+    out = {"read": 0, "write": 0}
+    if path is None:
+        return out
+    try:
+        text = path.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0] != device:
+            continue
+        if len(words) == 3 and words[1] in ("Read", "Write"):
+            out[words[1].lower()] = int(words[2])
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            if key in ("rbytes", "wbytes") and value.isdigit():
+                out["read" if key == "rbytes" else "write"] = int(value)
+    return out
 
 
 def _read_int(path: Path | None) -> int | None:
@@ -350,6 +452,8 @@ def cpu_quota(service: Service, cpus: float, *, period_us: int = 100_000) -> Ite
         apply = [(max_file, f"{quota} {period_us}")]
         restore = [(max_file, max_file.read_text().strip())]
     handle = CpuHandle(kind="cpu", target=service.name, cpus=cpus, cgroup_version=cg.version)
+    handle._stat_file = cg.path("cpu", "cpu.stat")
+    handle._before = _stat_counters(handle._stat_file)
     with _cgroup_change(service, handle, apply, restore):
         yield handle
 
@@ -421,6 +525,11 @@ def io_throttle(
             (file, previous or device + " " + " ".join(f"{k}=max" for k in _V2_KEYS.values()))
         )
     handle = IoHandle(kind="io", target=service.name, device=device, limits=values)
+    if cg.version == 1:
+        handle._stat_file = cg.path("blkio", "blkio.throttle.io_service_bytes")
+    else:
+        handle._stat_file = cg.path("io", "io.stat")
+    handle._before = _device_io(handle._stat_file, device)
     with _cgroup_change(service, handle, apply, restore):
         yield handle
 
@@ -472,7 +581,11 @@ def io_contention(
     directory = parent / name
     group = OwnCgroup(own_cgroup_path(name))
     handle = ContentionHandle(
-        kind="io-contention", target=service.name, workers=workers, directory=str(directory)
+        kind="io-contention",
+        target=service.name,
+        workers=workers,
+        directory=str(directory),
+        _group=group,
     )
     argv = [
         *group.exec_prefix(),
@@ -513,6 +626,7 @@ def io_contention(
             handle.applied_at = time.monotonic()
             yield handle
         finally:
+            handle.keep_effect()
             handle.lifted_at = time.monotonic()
             _stop_contention(group, directory)
             if proc is not None:

@@ -65,6 +65,15 @@ def is_gone(pid: int, proc: Path = Path("/proc")) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
+def state(pid: int, proc: Path = Path("/proc")) -> str:
+    """The process's state letter (R, S, D, T, Z...), or "" once it is gone."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[0]
+
+
 def start_time(pid: int, proc: Path = Path("/proc")) -> str:
     """When ``pid`` started (field 22 of /proc/PID/stat, in clock ticks since boot).
     With the pid it names one process even after the number is reused; "" if gone."""

@@ -17,8 +17,10 @@ from pytest_chaos.targets.netns import open_netns
 
 INNER = """
 import pathlib, time
+import pytest
 from pytest_chaos import wait_for_recovery
 
+@pytest.mark.effect_optional  # no traffic: a test of ownership, not of the system
 def test_partitioned(chaos):
     handle = chaos.partition("trading-api", ["postgres"])
     pathlib.Path({marker!r}).write_text(handle.table)
