@@ -29,6 +29,11 @@ FAILURE = "#d62728"
 EVENT_COLOURS = {"oom_victim": "#6a1b9a", "signal": "#e65100", "exit": "#455a64"}
 
 
+def _css(outcome: str) -> str:
+    """An outcome as a class name ("no effect" -> "no-effect")."""
+    return _esc(outcome.replace(" ", "-"))
+
+
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
@@ -228,7 +233,8 @@ _STYLE = """
 body{font-family:sans-serif;margin:1.5em 2em;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:left;font-size:13px}th{background:#f4f4f4}.passed{color:#1e8449;font-weight:bold}
-.failed,.error{color:#c0392b;font-weight:bold}.skipped{color:#7f8c8d;font-weight:bold}
+.failed,.error,.interrupted{color:#c0392b;font-weight:bold}
+.skipped,.no-effect{color:#b9770e;font-weight:bold}
 section{border-top:2px solid #eee;margin-top:1.5em;padding-top:.5em}
 pre{background:#fbeeee;padding:.6em;white-space:pre-wrap;font-size:12px}
 .figures td:first-child{font-family:monospace}.meta{color:#555;font-size:13px}
@@ -258,13 +264,13 @@ def render(run: dict[str, Any], tests: Sequence[dict[str, Any]]) -> str:
         anchor = _anchor(t["nodeid"])
         tds = [f"<td>{_esc(c)}</td>" for c in cells]
         tds[1] = f"<td><a href='#{anchor}'>{_esc(cells[1])}</a></td>"
-        tds[4] = f"<td class='{_esc(t['outcome'])}'>{_esc(cells[4])}</td>"
+        tds[4] = f"<td class='{_css(t['outcome'])}'>{_esc(cells[4])}</td>"
         parts.append("<tr>" + "".join(tds) + "</tr>")
     parts.append("</table>")
     for t in tests:
         parts.append(f"<section id='{_anchor(t['nodeid'])}'>")
         parts.append(
-            f"<h2>{_esc(t['nodeid'])} <span class='{_esc(t['outcome'])}'>"
+            f"<h2>{_esc(t['nodeid'])} <span class='{_css(t['outcome'])}'>"
             f"{_esc(t['outcome'].upper())}</span></h2>"
         )
         parts.append(f"<p class='meta'>{t['duration_s']:.1f} s</p>")

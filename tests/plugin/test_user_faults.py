@@ -189,3 +189,73 @@ def test_a_fault_needs_a_public_python_name(name):
 
     with pytest.raises(ConfigurationError, match="a fault's name is a public Python name"):
         fault(name)
+
+
+WATCHED_FLAG = '''
+"""A flag that only bites if something reads it while it is raised."""
+import contextlib, dataclasses, pathlib
+from pytest_chaos import Effect, FaultHandle, fault
+
+@dataclasses.dataclass
+class FlagHandle(FaultHandle):
+    path: str = ""
+
+    def measure_effect(self):
+        reads = int(pathlib.Path(self.path + ".reads").read_text() or 0)
+        return Effect(reads > 0, f"read {reads} time(s) while raised")
+
+@fault("watched_flag")
+@contextlib.contextmanager
+def watched_flag(chaos, path):
+    pathlib.Path(path + ".reads").write_text("0")
+    handle = FlagHandle(kind="flag", target="flag", path=path)
+    try:
+        yield handle
+    finally:
+        handle.keep_effect()
+        handle.lifted_at = handle.undone_at = __import__("time").monotonic()
+'''
+
+
+def test_a_fault_of_ones_own_that_did_not_bite_is_no_effect_and_its_evidence_is_reported(
+    pytester,
+):
+    pytester.makeconftest(WATCHED_FLAG)
+    pytester.makepyfile(
+        """
+        import pathlib, pytest
+        from pytest_chaos import FaultDidNotTakeEffect
+
+        def test_read(chaos, tmp_path):
+            chaos.watched_flag(str(tmp_path / "f"))
+            (tmp_path / "f.reads").write_text("3")
+
+        def test_never_read(chaos, tmp_path):
+            chaos.watched_flag(str(tmp_path / "f"))
+
+        def test_never_read_and_failed(chaos, tmp_path):
+            chaos.watched_flag(str(tmp_path / "f"))
+            assert False, "the system misbehaved"
+
+        @pytest.mark.effect_optional
+        def test_undo_only(chaos, tmp_path):
+            chaos.watched_flag(str(tmp_path / "f"))
+
+        def test_undone_early_then_checked(chaos, tmp_path):
+            handle = chaos.watched_flag(str(tmp_path / "f"))
+            chaos.undo(handle)
+            (tmp_path / "f.reads").write_text("5")  # after the undo: does not count
+        """
+    )
+    result = pytester.runpytest_subprocess("--junitxml=junit.xml", "-rA")
+    result.assert_outcomes(passed=2, errors=3)
+    out = result.stdout.str()
+    assert out.count("the fault did not take effect: flag flag: read 0 time(s) while raised") == 3
+    assert "The test failed as well" in out
+    assert "the system misbehaved" in out
+    result.stdout.fnmatch_lines(["*test_never_read  *NO EFFECT*"])
+    result.stdout.fnmatch_lines(["PASSED *::test_read"])
+    xml = (pytester.path / "junit.xml").read_text()
+    assert xml.count('<error message="the fault did not take effect') == 3
+    assert 'name="chaos_fault_1_took_effect" value="yes"' in xml
+    assert 'name="chaos_fault_1_effect" value="read 0 time(s) while raised"' in xml

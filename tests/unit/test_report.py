@@ -50,3 +50,19 @@ def test_the_recovery_cell_says_who_brought_a_service_back():
 def test_an_interrupted_test_reads_interrupted_in_the_table():
     result = Result("t.py::test_x", outcome="interrupted", figures={"chaos_fault_1_kind": "x"})
     assert "INTERRUPTED" in table([result])[2]
+
+
+def test_the_live_line_shows_requests_in_flight_and_the_oldest_age():
+    from pytest_chaos.live import status_line
+
+    class Load:
+        def records(self):
+            return []
+
+        def in_flight(self):
+            return [90.0, 95.5, 99.0]
+
+    line = status_line([("partition api", 80.0)], [Load()], now=100.0)
+    assert line == (
+        "chaos: partition api for 20.0 s | requests 0 done, 0 failed, 3 in flight (oldest 10.0 s)"
+    )
