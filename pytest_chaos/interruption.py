@@ -18,10 +18,12 @@ if TYPE_CHECKING:
     from .chaos import Chaos
 
 
-def interrupted(session: Chaos | None) -> str:
+def interrupted(session: Chaos | None, cause: str | None = None) -> str:
     """Undo ``session``'s faults, stop the load generators, and say what was done
-    (the first line names the signal)."""
+    (the first line names the signal, or ``cause``)."""
     name, at = signals.received or ("KeyboardInterrupt", time.monotonic())
+    if cause is not None and signals.received is None:
+        name = cause
     undone: list[str] = []
     failed = ""
     if session is not None:

@@ -112,7 +112,7 @@ class ChaosPlugin:
         return result
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_keyboard_interrupt(self) -> None:
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         """Ctrl-C or SIGTERM: lift every fault in force first (waits for health put
         off), then cancel the load generators' requests, then wait for health; and
         report the running test as interrupted, in every report."""
@@ -121,7 +121,8 @@ class ChaosPlugin:
         from .interruption import interrupted
 
         session, self.active = self.active, None
-        message = interrupted(session)
+        cause = None if excinfo.type is KeyboardInterrupt else f"pytest.exit: {excinfo.value}"
+        message = interrupted(session, cause)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter") if self.config else None
         for line in message.splitlines():
             if reporter is not None:

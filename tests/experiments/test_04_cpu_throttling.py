@@ -37,9 +37,12 @@ CPUS = 0.5
 # settles near 8 / its throughput: steady enough to assert on.
 # On a faster CPU the same flow needs less than 0.5 CPU and the quota does not bite
 # (a fresh-clone CI run measured x0.98): the quota is the guide's 0.5 CPU or, where the
-# API used less in the baseline, that use x DEMAND_SHARE, which keeps the demand about
-# 1.1 x the quota, as in the runs above.
-DEMAND_SHARE = 0.9
+# API used less in the baseline, that use x DEMAND_SHARE. At 0.9 (demand 1.1 x the
+# quota) the quota bound in every run but the API's throughput sat at the offered
+# rate's edge: p50 x2.2 in one of 4 idle runs, x11.7-13.5 in the others. At 0.7 the
+# throttled API serves fewer pages than are offered in every run, so the client's 8
+# requests in flight queue and latency settles near 8 / its throughput.
+DEMAND_SHARE = 0.7
 # On a busy machine the API gets less CPU than it asks for, so the client's 8 requests
 # in flight no longer ask for more than the quota, and the quota does not bind
 # (measured beside a CPU hog on every core: run-queue p99 7 ms instead of ~100 ms, p50
@@ -160,14 +163,20 @@ def test_cpu_throttling(chaos, exchange, bpf):
     # Degraded, not failed: every request of every flow was answered successfully.
     assert not failed, f"requests failed while the CPU was throttled: {failed[:5]}"
     assert len(throttled) >= PAGE_RATE * DWELL_S * 0.5, "the throttled API served too few pages"
-    # Only slower. Measured here over 11 runs: p50 x6.0-x12 while throttled (210-270 ms
-    # against 18-36 ms); the guide expects x3-x5, the bound its low end.
+    # Only slower. Measured with the quota at 0.7 x the baseline's use, 4 runs each:
+    # p50 x16.5-18.9 idle (260-289 ms against 15-16 ms), x8.4-13.6 beside a CPU hog on
+    # every core (275-290 ms against 21-34 ms); the guide expects x3-x5, the bound its
+    # low end.
     assert factor >= 3.0, f"throttled p50 only x{factor:.2f} the baseline"
     # The cause is visible in the kernel: the API's threads waited longer for a CPU.
     assert runq_before is not None
     assert runq_during is not None
-    # Measured: p99 100-111 ms throttled (a quota period's wait), 2.9-6.2 ms before.
-    assert runq_during.percentile(99) > 5 * runq_before.percentile(99)
+    # A throttled thread waits for the next quota period (100 ms): measured p99
+    # 99-121 ms throttled, against 3.5 ms before on an idle machine and 9-15 ms beside a
+    # CPU hog on every core (which also makes the threads wait). The bound: twice the
+    # baseline, and at least 40 ms (0.4 period).
+    runq_before_p99, runq_during_p99 = runq_before.percentile(99), runq_during.percentile(99)
+    assert runq_during_p99 > max(2 * runq_before_p99, 40_000), (runq_during_p99, runq_before_p99)
     # Back to the baseline soon after the quota was lifted.
     assert back.recovery_time_s < BACK_LIMIT_S
     assert near(p(after, 50), base_p50), (p(after, 50), base_p50)

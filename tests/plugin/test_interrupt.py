@@ -131,3 +131,30 @@ def test_an_interruption_with_hung_requests_heals_within_a_second_and_says_so(
     assert test["duration_s"] > 1.0
     assert test["figures"]["figure_before_the_signal"] == "7"
     assert f"interrupted by {name}" in test["message"]
+
+
+def test_pytest_exit_during_a_fault_undoes_it_and_reports_the_test_as_interrupted(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import contextlib, pathlib, pytest
+
+        @contextlib.contextmanager
+        def noted_fault():
+            try:
+                yield "flag"
+            finally:
+                (pathlib.Path(__file__).parent / "undone").write_text("yes")
+
+        def test_stops_the_run(chaos):
+            chaos.inject(noted_fault(), label="the flag")
+            pytest.exit("enough")
+        """
+    )
+    result = pytester.runpytest_subprocess("--junitxml=junit.xml")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert (pytester.path / "undone").read_text() == "yes"
+    result.stdout.fnmatch_lines(
+        ["pytest-chaos: interrupted by pytest.exit: enough", "pytest-chaos: lifted 1 fault(s)*"]
+    )
+    xml = (pytester.path / "junit.xml").read_text()
+    assert '<error message="pytest-chaos: interrupted by pytest.exit: enough"' in xml
