@@ -62,9 +62,9 @@ def interrupted(session: Chaos | None, cause: str | None = None) -> str:
 def report_interrupted(item: pytest.Item, message: str, duration: float) -> None:
     """Log a report saying the test was interrupted: an error in the terminal and in
     JUnit (with the figures recorded so far), ``interrupted`` in our reports."""
-    from _pytest.reports import TestReport
+    import pytest
 
-    report = TestReport(
+    report = pytest.TestReport(
         item.nodeid,
         item.location,
         dict.fromkeys(item.keywords, 1),
@@ -81,7 +81,7 @@ def report_interrupted(item: pytest.Item, message: str, duration: float) -> None
 def junit_error(config: pytest.Config, report: pytest.TestReport) -> None:
     """Make the element pytest's JUnit writer made of ``report`` an <error> carrying
     its first line as the message (pytest writes a call's failure as <failure>)."""
-    from _pytest.junitxml import xml_key
+    from _pytest.junitxml import xml_key  # pytest exports no public handle on its writer
 
     xml: Any = config.stash.get(xml_key, None)
     if xml is None:
