@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal as _signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,13 +60,21 @@ class KillHandle(FaultHandle):
         sig = _signal.Signals[self.signal]
         who = f"pid {self.pid} ({self.process})"
         if sig in _STOPPING:
-            stopped = linux.state(self.pid) in ("T", "t")
+            stopped = self._within_grace(lambda: linux.state(self.pid) in ("T", "t"))
             return Effect(stopped, f"{who} {'stopped' if stopped else 'was not stopped'}")
         if sig in _TERMINATING:
-            alive = linux.is_alive(self.pid, self._start)
-            said = f"still runs after {self.signal}" if alive else "exited"
-            return Effect(not alive, f"{who} {said}")
+            gone = self._within_grace(lambda: not linux.is_alive(self.pid, self._start))
+            return Effect(gone, f"{who} {'exited' if gone else f'still runs after {sig.name}'}")
         return Effect(True, f"{self.signal} delivered to {who}")
+
+    def _within_grace(self, happened: Callable[[], bool]) -> bool:
+        """Whether the signal's consequence is seen, allowing it the grace period
+        after the signal (a process takes a moment to stop or to exit)."""
+        while not happened():
+            if time.monotonic() > self.applied_at + _EXIT_GRACE_S:
+                return False
+            time.sleep(0.01)  # poll interval while the signal takes effect
+        return True
 
     def describe(self) -> str:
         return f"kill {self.target} {self.signal} (pid {self.pid}, {self.process})"
