@@ -83,7 +83,7 @@ def kill_9_during(pytester, chaos_project, tmp_path) -> Callable[[str], Killed]:
                 "import pathlib, time\n"
                 "def stop_here():\n"
                 f"    pathlib.Path({str(marker)!r}).write_text({moment!r})\n"
-                "    time.sleep(300)\n" + MOMENTS[moment]
+                "    time.sleep(300)  # held here until the outer test kills it\n" + MOMENTS[moment]
             )
         body = f"    handle = {call}\n"
         if moment == "in-force":

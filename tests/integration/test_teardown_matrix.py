@@ -39,6 +39,36 @@ ALL_FAULTS = """
 # not hang on evidence that the faults bit.
 UNDO_TEST = "import pytest\n@pytest.mark.effect_optional\ndef test_x(chaos):\n"
 
+
+def run_until_marked(pytester, chaos_project, tmp_path, marker, what: str) -> subprocess.Popen:
+    """An inner pytest attached to the stack, once its test wrote ``marker`` (its
+    faults are in force): the caller signals it."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--chaos-project={chaos_project.name}",
+            f"--chaos-journal={tmp_path / 'journal'}",
+        ],
+        cwd=pytester.path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def marked() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the inner pytest ended before {what}:\n{proc.stdout.read()}")
+        return marker.exists()
+
+    wait_for_recovery(marked, timeout=120, interval=0.05, transient=(), what=what)
+    return proc
+
+
 ENDINGS = {
     "pass": ("", {"passed": 1}),
     "failure": ("assert False, 'the experiment failed'", {"failed": 1}),
@@ -70,29 +100,7 @@ def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_projec
         + f"    pathlib.Path({str(marker)!r}).write_text('yes')\n"
         + "    time.sleep(120)\n"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            f"--chaos-project={chaos_project.name}",
-            f"--chaos-journal={tmp_path / 'journal'}",
-        ],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def applied() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"the inner pytest ended before applying its faults:\n{proc.stdout.read()}")
-        return marker.exists()
-
-    wait_for_recovery(applied, timeout=120, interval=0.05, transient=(), what="the faults")
+    proc = run_until_marked(pytester, chaos_project, tmp_path, marker, "the faults")
     assert chaos_project.service("redis").state()["Running"] is False  # the faults are in force
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
@@ -128,29 +136,7 @@ def test_an_interruption_lifts_a_partition_within_a_second_while_requests_hang(
                 time.sleep(120)  # the experiment's dwell; the signal comes during it
         """
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            f"--chaos-project={chaos_project.name}",
-            f"--chaos-journal={tmp_path / 'journal'}",
-        ],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def hanging() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"the inner pytest ended early:\n{proc.stdout.read()}")
-        return marker.exists()
-
-    wait_for_recovery(hanging, timeout=120, interval=0.05, transient=(), what="hung requests")
+    proc = run_until_marked(pytester, chaos_project, tmp_path, marker, "hung requests")
     with open_netns(api.init_pid(), api.name) as ns:
 
         def partitioned() -> bool:
