@@ -5,7 +5,7 @@ its recovery time. With ``--weakened``, the weakened runs too (each experiment
 against an exchange with one weakness switched on, which must fail for that reason).
 
     sudo .venv/bin/python benchmarks/stability.py [--runs 10] [--conditions idle,loaded]
-        [--weakened] [--markdown]
+        [--weakened | --suites experiments,weakened] [-k EXPR] [--keep DIR] [--markdown]
 
 Each run is a pytest of its own (its own stack). It prints figures; it asserts
 nothing. The target is N of N identical verdicts in both conditions.
@@ -63,15 +63,17 @@ def condition(name: str) -> Iterator[None]:
 
 
 def run_pytest(target: str, extra: list[str], xml: Path) -> float:
+    """One pytest run; its JUnit XML goes to ``xml`` and its output beside it (.log)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
     env.setdefault("CHAOS_BASE_IMAGE", "pytest-chaos/base:bookworm")
     began = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "-q",
-         f"--junitxml={xml}", *extra],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, check=False, timeout=3600,
-    )  # fmt: skip
+    with xml.with_suffix(".log").open("wb") as log:
+        subprocess.run(
+            [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "-q",
+             f"--junitxml={xml}", *extra],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, check=False, timeout=3600,
+        )  # fmt: skip
     return time.monotonic() - began
 
 
@@ -128,21 +130,37 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--conditions", default="idle,loaded")
     parser.add_argument("--weakened", action="store_true", help="the weakened runs too")
+    parser.add_argument(
+        "--suites", default="experiments", help="experiments, weakened or both (comma-separated)"
+    )
+    parser.add_argument("-k", dest="keyword", help="only the tests pytest -k selects")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR",
+        help="keep every run's JUnit XML and pytest output in DIR (default: thrown away)",
+    )  # fmt: skip
     args = parser.parse_args()
     conditions = args.conditions.split(",")
-    suites = [("experiments", "tests/experiments")]
-    if args.weakened:
-        suites.append(("weakened", "tests/weakened"))
+    chosen = set(args.suites.split(",")) | ({"weakened"} if args.weakened else set())
+    unknown = chosen - {"experiments", "weakened"}
+    if unknown:
+        sys.exit(f"unknown suite {', '.join(sorted(unknown))}: choose experiments or weakened")
+    suites = [(s, f"tests/{s}") for s in ("experiments", "weakened") if s in chosen]
+    extra = ["-k", args.keyword] if args.keyword else []
     results: dict[tuple[str, str], dict[str, Case]] = {}
-    with tempfile.TemporaryDirectory(prefix="pytest-chaos-stability-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.keep)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pytest-chaos-stability-"))
         for suite, target in suites:
             for cond in conditions:
                 cases: dict[str, Case] = defaultdict(Case)
                 for i in range(args.runs):
                     xml = Path(tmp) / f"{suite}-{cond}-{i}.xml"
                     with condition(cond):
-                        took = run_pytest(target, [], xml)
+                        took = run_pytest(target, extra, xml)
                     read_junit(xml, cases)
                     done = sum(sum(c.verdicts.values()) for c in cases.values())
                     sys.stderr.write(f"{suite} {cond} run {i + 1}/{args.runs}: {took:.0f} s, "
