@@ -51,6 +51,8 @@ class MemoryHandle(FaultHandle):
     #: The limit before the cap (2**63 - 1 or v1's page-rounded maximum: none).
     limit_before: int = 0
     usage_at_start: int = 0
+    #: Of ``usage_at_start``, the page cache the kernel reclaims before it kills.
+    cache_at_start: int = 0
     cgroup_version: int = 1
     #: (time.monotonic(), bytes) of the cgroup's usage, sampled while the cap is in
     #: force, until the cgroup goes (the container exited).
@@ -120,6 +122,7 @@ class MemoryHandle(FaultHandle):
             **super().figures(),
             "limit_bytes": self.limit_bytes,
             "usage_at_start_bytes": self.usage_at_start,
+            "cache_at_start_bytes": self.cache_at_start,
             "peak_bytes": self.peak_bytes,
             "cgroup_version": self.cgroup_version,
             "oom_kills": len(victims),
@@ -275,7 +278,8 @@ def memory_cap(
 ) -> Iterator[MemoryHandle]:
     """Cap ``service``'s memory at ``limit`` (swap included unless ``allow_swap``), so
     the OOM killer acts when it grows past it. ``handle.oom_victims()`` tells which
-    processes it killed. Refused when the cap is below what the container uses now."""
+    processes it killed. Refused when the cap is below what the container uses now,
+    not counting the page cache the kernel would reclaim first."""
     limit_bytes = parse_size(limit, name="memory limit")
     if limit_bytes < 4 * 2**20:
         raise ConfigurationError(f"a memory cap below 4 MiB cannot run anything, got {limit!r}.")
@@ -302,11 +306,13 @@ def memory_cap(
         if swap_file.exists() and not allow_swap:
             apply.append((swap_file, "0"))
             restore.append((swap_file, swap_file.read_text().strip()))
-    if limit_bytes <= usage:
+    cache = cg.memory_cache_bytes()
+    in_use = usage - cache
+    if limit_bytes <= in_use:
         raise ConfigurationError(
             f"a memory cap of {limit_bytes // 2**20} MiB is below what {service.name} uses now "
-            f"({usage // 2**20} MiB): the kernel would reclaim or kill at once. Choose more "
-            "than its current use."
+            f"({in_use // 2**20} MiB, page cache not counted): the OOM killer would act at "
+            "once. Choose more than its current use."
         )
     handle = MemoryHandle(
         kind="memory",
@@ -314,6 +320,7 @@ def memory_cap(
         limit_bytes=limit_bytes,
         limit_before=_as_int(before),
         usage_at_start=usage,
+        cache_at_start=cache,
         cgroup_version=cg.version,
         _container_id=service.container_id,
         _kmsg=_open_kmsg(),

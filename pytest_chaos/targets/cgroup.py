@@ -41,6 +41,20 @@ class Cgroup:
             "memory", "memory.usage_in_bytes" if self.version == 1 else "memory.current"
         )
 
+    def memory_cache_bytes(self) -> int:
+        """Page cache charged to the cgroup that the kernel can reclaim under a cap
+        before it kills anything: cached files, not shared memory (tmpfs), which has
+        nowhere to go without swap. v2's ``file - shmem``, v1's ``total_cache -
+        total_shmem``."""
+        stat = {}
+        for line in self.read("memory", "memory.stat").splitlines():
+            name, _, value = line.partition(" ")
+            if value.isdigit():
+                stat[name] = int(value)
+        prefix = "total_" if self.version == 1 else ""
+        cache = stat.get(prefix + ("cache" if self.version == 1 else "file"), 0)
+        return max(0, cache - stat.get(prefix + "shmem", 0))
+
     def cpu_seconds(self) -> float:
         """CPU time the cgroup's processes have used so far, in seconds."""
         if self.version == 1:

@@ -143,11 +143,15 @@ class Service:
         procs = cg.path("pids" if cg.version == 1 else "", "cgroup.procs")
         return {int(p) for p in procs.read_text().split()}
 
-    def memory_usage(self) -> int:
-        """Bytes the container's memory cgroup holds now (page cache included)."""
+    def memory_usage(self, *, cache: bool = True) -> int:
+        """Bytes the container's memory cgroup holds now; with ``cache=False``, without
+        the page cache the kernel would reclaim before an OOM kill (size a memory cap
+        from that: a cap above cached files leaves more room than it seems)."""
         from .cgroup import cgroup_of
 
-        return int(cgroup_of(self.init_pid()).memory_usage_file().read_text())
+        cg = cgroup_of(self.init_pid())
+        usage = int(cg.memory_usage_file().read_text())
+        return usage if cache else max(0, usage - cg.memory_cache_bytes())
 
     def cpu_seconds(self) -> float:
         """CPU time the container's processes have used so far, in seconds (take two

@@ -71,6 +71,34 @@ def test_memory_cap_lets_the_oom_killer_act_and_names_the_victim(chaos_project):
     assert api.is_healthy()
 
 
+WRITE = """
+import sys
+with open(sys.argv[1], "wb") as f:
+    f.write(bytes(24 * 2**20))
+"""
+
+
+def test_memory_usage_without_cache_leaves_out_cached_files_but_not_shared_memory(
+    chaos_project,
+):
+    """Cached files are reclaimed before an OOM kill (so a cap sized from the whole
+    usage leaves more room than it seems); tmpfs pages are not."""
+    api = chaos_project.service("trading-api")
+    mib = 2**20
+    try:
+        before = (api.memory_usage(), api.memory_usage(cache=False))
+        api.container().exec_run(["python3", "-c", WRITE, "/tmp/chaos-cached"])
+        cached = (api.memory_usage(), api.memory_usage(cache=False))
+        api.container().exec_run(["python3", "-c", WRITE, "/dev/shm/chaos-shared"])
+        shared = (api.memory_usage(), api.memory_usage(cache=False))
+    finally:
+        api.container().exec_run(["rm", "-f", "/tmp/chaos-cached", "/dev/shm/chaos-shared"])
+    # 24 MiB written each time; the API's own use moves by a few MiB meanwhile.
+    assert cached[0] - before[0] > 20 * mib, (before, cached)
+    assert abs(cached[1] - before[1]) < 8 * mib, (before, cached)
+    assert shared[1] - cached[1] > 20 * mib, (cached, shared)
+
+
 def test_a_memory_cap_below_current_use_is_refused(chaos_project):
     api = chaos_project.service("trading-api")
     before = snapshot(api, "memory", MEMORY_FILES)
