@@ -71,6 +71,10 @@ def test_memory_cap_lets_the_oom_killer_act_and_names_the_victim(chaos_project):
     assert api.is_healthy()
 
 
+# Inside the API's container: a file on its own disk (page cache) and one on its tmpfs.
+CACHED = "/tmp/chaos-cached"  # noqa: S108 - in the container, removed by the test
+SHARED = "/dev/shm/chaos-shared"  # noqa: S108 - likewise
+
 WRITE = """
 import sys
 with open(sys.argv[1], "wb") as f:
@@ -87,12 +91,12 @@ def test_memory_usage_without_cache_leaves_out_cached_files_but_not_shared_memor
     mib = 2**20
     try:
         before = (api.memory_usage(), api.memory_usage(cache=False))
-        api.container().exec_run(["python3", "-c", WRITE, "/tmp/chaos-cached"])
+        api.container().exec_run(["python3", "-c", WRITE, CACHED])
         cached = (api.memory_usage(), api.memory_usage(cache=False))
-        api.container().exec_run(["python3", "-c", WRITE, "/dev/shm/chaos-shared"])
+        api.container().exec_run(["python3", "-c", WRITE, SHARED])
         shared = (api.memory_usage(), api.memory_usage(cache=False))
     finally:
-        api.container().exec_run(["rm", "-f", "/tmp/chaos-cached", "/dev/shm/chaos-shared"])
+        api.container().exec_run(["rm", "-f", CACHED, SHARED])
     # 24 MiB written each time; the API's own use moves by a few MiB meanwhile.
     assert cached[0] - before[0] > 20 * mib, (before, cached)
     assert abs(cached[1] - before[1]) < 8 * mib, (before, cached)
