@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from pytest_chaos import FaultError, wait_for_recovery
+from pytest_chaos import FaultDidNotTakeEffect, FaultError, wait_for_recovery
 from pytest_chaos.faults.postgres import psql
 from pytest_chaos.observe.load import LoadGenerator
 
@@ -35,6 +35,14 @@ LEFT_FOR_THE_API = 1  # a slot the hog leaves free, so the API's pool grows into
 # orders alone at 40/s, two connections sufficed and PostgreSQL never refused one.)
 PAGE, PAGE_RATE = 500, 15
 DWELL_S = 5.0
+# Whether the API needs a connection it cannot open depends on how many it held when
+# the hog took the slots (one stability run of ten: it held enough, opened 7
+# connections, all granted, and no request was refused). So the demand follows what
+# the system does: when half the dwell passed and the API has not felt the limit (no
+# request refused for want of a slot, none waiting past SLOWEST_S), a burst of large
+# pages (each holding a connection for longer) is added, and the dwell goes on until
+# it has, for at most BURST_LIMIT_S more; else the fault did not take effect on it.
+BURST_PAGE, BURST_RATE, BURST_LIMIT_S = 2000, 30, 20.0
 # No answer may take longer than the pool's wait (2 s) plus a connect (up to 3 s):
 # a request either gets a connection or a clear refusal.
 SLOWEST_S = 5.0
@@ -74,21 +82,40 @@ def test_connection_pool_exhaustion(chaos, exchange, bpf):
     hog_size = MAX_CONNECTIONS - RESERVED - held - LEFT_FOR_THE_API
 
     book = f"{exchange.symbol}.BK"
-    exchange.seed_book(book, PAGE)
+    exchange.seed_book(book, BURST_PAGE)
     hog = chaos.connection_hog("postgres", exchange.db_dsn, hog_size)
     flows = [
         *exchange.flows(orders=40, market=10, ready=5, dashboard=1),
         exchange.open_orders_flow(book, PAGE_RATE, PAGE),
     ]
+    burst = LoadGenerator(
+        [exchange.open_orders_flow(book, BURST_RATE, BURST_PAGE)],
+        request_timeout=10.0, max_duration=DWELL_S + BURST_LIMIT_S,
+    )  # fmt: skip
     with LoadGenerator(flows, request_timeout=10.0, max_duration=300.0) as load:
         with bpf.watch("trading-api", probes=("connect",)) as probes:
             peak, superuser_refused = 0, 0
-            deadline = time.monotonic() + DWELL_S
-            while time.monotonic() < deadline:  # the dwell, sampling the connections held
+            began = time.monotonic()
+            while True:  # the dwell, sampling the connections held
                 count = client_connections(postgres)
                 superuser_refused += count is None
                 peak = max(peak, count or 0)
+                elapsed, limited = time.monotonic() - began, felt(load, burst)
+                if elapsed >= DWELL_S and (limited or elapsed >= DWELL_S + BURST_LIMIT_S):
+                    break
+                if elapsed >= DWELL_S / 2 and not limited and burst.started_at is None:
+                    burst.start()
                 time.sleep(0.5)  # between samples, inside the dwell
+            if burst.started_at is not None:
+                burst.stop()
+            chaos.record("burst_added_s", round(burst.started_at - began, 1)
+                         if burst.started_at is not None else "no")  # fmt: skip
+            if not felt(load, burst):
+                raise FaultDidNotTakeEffect(
+                    f"the API never lacked a connection in {elapsed:.0f} s ({peak} client "
+                    "connections at the peak, a burst of pages added): the connections it "
+                    "held sufficed for the load"
+                )
             chaos.undo(hog)
             released_at = time.monotonic()
             recovery = wait_for_recovery(
@@ -106,14 +133,16 @@ def test_connection_pool_exhaustion(chaos, exchange, bpf):
 
     window = {"since": load.started_at, "until": released_at}
     orders = load.records("orders", **window)
-    busy = [r for r in orders if (r.status, r.summary) == (503, "database_busy")]
-    unclear = [r for r in orders if not r.ok and (r.status, r.summary) not in CLEAR]
-    slowest = max(r.latency_s for r in load.records(**window))
+    during = load.records(**window) + burst.records()
+    busy = [r for r in during if (r.status, r.summary) == (503, "database_busy")]
+    unclear = [r for r in during if not r.ok and (r.status, r.summary) not in CLEAR]
+    slowest = max(r.latency_s for r in during)
     max_connections_after = psql(postgres, "SHOW max_connections")
     attempts = probes.observation.attempts_to(5432)
     chaos.record("connections_at_peak", peak)
     chaos.record("superuser_refused_samples", superuser_refused)
-    chaos.record("orders_refused_too_many_clients", len(busy))
+    chaos.record("requests_refused_too_many_clients", len(busy))
+    chaos.record("orders_refused_too_many_clients", sum(r.flow == "orders" for r in busy))
     chaos.record("orders_acknowledged_during", sum(r.ok for r in orders))
     chaos.record("slowest_answer_during_s", round(slowest, 3))
     chaos.record("bpf_connect_attempts_to_postgres", len(attempts), key=True)
@@ -124,7 +153,7 @@ def test_connection_pool_exhaustion(chaos, exchange, bpf):
     assert slowest < SLOWEST_S, f"a request waited {slowest:.2f} s"
     # The limit was reached, and PostgreSQL's refusal reached clients as a clear 503.
     assert peak == MAX_CONNECTIONS - RESERVED, f"{peak} connections at the peak"
-    assert busy, "no order was refused with database_busy while the slots were taken"
+    assert busy, "no request was refused with database_busy while the slots were taken"
     assert not unclear, f"unclear failures while the slots were taken: {unclear[:5]}"
     # What the open connections could serve was served: degraded, not down.
     assert any(r.ok for r in orders), "no order was acknowledged while the slots were taken"
@@ -140,6 +169,16 @@ def test_connection_pool_exhaustion(chaos, exchange, bpf):
     assert max_connections_after == limit.previous
     assert postgres.is_healthy()
     exchange.check_no_orders_lost(load, chaos)
+
+
+def felt(*loads) -> bool:
+    """The API felt the limit: a request was refused because PostgreSQL had no slot
+    left, or waited past SLOWEST_S (or timed out) for one."""
+    return any(
+        (r.status, r.summary) == (503, "database_busy") or r.latency_s >= SLOWEST_S or r.error
+        for load in loads
+        for r in load.records()
+    )
 
 
 def recent_orders_ok(load, since: float) -> bool:
