@@ -7,8 +7,6 @@ qdiscs, cgroup limits, processes and scratch files, not only our own names)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -40,32 +38,15 @@ ALL_FAULTS = """
 UNDO_TEST = "import pytest\n@pytest.mark.effect_optional\ndef test_x(chaos):\n"
 
 
-def run_until_marked(pytester, chaos_project, tmp_path, marker, what: str) -> subprocess.Popen:
+def run_until_marked(inner_pytest, pytester, chaos_project, tmp_path, marker, what: str):
     """An inner pytest attached to the stack, once its test wrote ``marker`` (its
     faults are in force): the caller signals it."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            f"--chaos-project={chaos_project.name}",
-            f"--chaos-journal={tmp_path / 'journal'}",
-        ],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = inner_pytest.start(
+        pytester.path,
+        f"--chaos-project={chaos_project.name}",
+        f"--chaos-journal={tmp_path / 'journal'}",
     )
-
-    def marked() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"the inner pytest ended before {what}:\n{proc.stdout.read()}")
-        return marker.exists()
-
-    wait_for_recovery(marked, timeout=120, interval=0.05, transient=(), what=what)
+    inner_pytest.wait(proc, marker.exists, what=what, timeout=120)
     return proc
 
 
@@ -90,7 +71,9 @@ def test_every_fault_is_undone_however_the_test_ends(pytester, chaos_project, tm
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_project, tmp_path, sig):
+def test_every_fault_is_undone_when_pytest_is_interrupted(
+    pytester, chaos_project, tmp_path, sig, inner_pytest
+):
     before = snapshot(chaos_project)
     marker = tmp_path / "in-force"
     pytester.makepyfile(
@@ -100,7 +83,7 @@ def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_projec
         + f"    pathlib.Path({str(marker)!r}).write_text('yes')\n"
         + "    time.sleep(120)\n"
     )
-    proc = run_until_marked(pytester, chaos_project, tmp_path, marker, "the faults")
+    proc = run_until_marked(inner_pytest, pytester, chaos_project, tmp_path, marker, "the faults")
     assert chaos_project.service("redis").state()["Running"] is False  # the faults are in force
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=180)
@@ -111,7 +94,7 @@ def test_every_fault_is_undone_when_pytest_is_interrupted(pytester, chaos_projec
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interruption_lifts_a_partition_within_a_second_while_requests_hang(
-    pytester, chaos_project, exchange, tmp_path, record_property, sig
+    pytester, chaos_project, exchange, tmp_path, record_property, sig, inner_pytest
 ):
     """The host's requests to the API hang (the partition drops them, the client
     waits up to 60 s): the interruption must not wait for them before lifting."""
@@ -136,7 +119,9 @@ def test_an_interruption_lifts_a_partition_within_a_second_while_requests_hang(
                 time.sleep(120)  # the experiment's dwell; the signal comes during it
         """
     )
-    proc = run_until_marked(pytester, chaos_project, tmp_path, marker, "hung requests")
+    proc = run_until_marked(
+        inner_pytest, pytester, chaos_project, tmp_path, marker, "hung requests"
+    )
     with open_netns(api.init_pid(), api.name) as ns:
 
         def partitioned() -> bool:

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
-
-from pytest_chaos import wait_for_recovery
 
 INNER = """
 import contextlib, pathlib, socket, threading, time
@@ -60,41 +56,29 @@ def test_hung(chaos):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interruption_with_hung_requests_heals_within_a_second_and_says_so(
-    pytester, record_property, sig
+    pytester, record_property, sig, inner_pytest
 ):
     pytester.makepyfile(test_inner=INNER)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--chaos-live-interval=0.5",
-            "--junitxml=junit.xml",
-            "--chaos-report=out",
-            f"--chaos-journal={pytester.path / 'journal'}",
-        ],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = inner_pytest.start(
+        pytester.path,
+        "--chaos-live-interval=0.5",
+        "--junitxml=junit.xml",
+        "--chaos-report=out",
+        f"--chaos-journal={pytester.path / 'journal'}",
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
 
     def live_line_shows_hung_requests() -> bool:
-        if proc.poll() is not None:
-            pytest.fail("the inner pytest ended early:\n" + "".join(lines))
         return (pytester.path / "hanging").exists() and any(
             "in flight (oldest" in line for line in list(lines)
         )
 
-    wait_for_recovery(
-        live_line_shows_hung_requests, timeout=60, interval=0.02, transient=(), what="hung requests"
-    )
+    inner_pytest.wait(
+        proc, live_line_shows_hung_requests, what="hung requests", timeout=60, interval=0.02,
+        output=lambda: "".join(lines),
+    )  # fmt: skip
     sent = time.time()
     proc.send_signal(sig)
     proc.wait(timeout=60)

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from pytest_chaos import wait_for_recovery
 from pytest_chaos.plugin import MARKERS
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -442,7 +441,7 @@ def test_bad_arguments_give_one_clear_error_and_apply_nothing(pytester, call, me
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_faults_are_undone_when_pytest_is_interrupted(pytester, faults, sig):
+def test_faults_are_undone_when_pytest_is_interrupted(pytester, faults, sig, inner_pytest):
     pytester.makepyfile(
         """
         import time
@@ -453,7 +452,7 @@ def test_faults_are_undone_when_pytest_is_interrupted(pytester, faults, sig):
             time.sleep(60)  # the dwell the interruption cuts short
         """
     )
-    proc = _run_until_applied(pytester, faults)
+    proc = _run_until_applied(inner_pytest, pytester, faults)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert faults.read_text().split("\n") == ["apply a", "in force", "undo a", ""]
@@ -487,26 +486,17 @@ def journaled_fault(journal, name):
 """
 
 
-def _run_until_applied(pytester, log, *args):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def applied() -> bool:
-        assert proc.poll() is None, proc.stdout.read()
-        return "in force" in (log.read_text() if log.exists() else "")
-
-    wait_for_recovery(applied, timeout=30, interval=0.05, transient=(), what="the inner fault")
+def _run_until_applied(inner_pytest, pytester, log, *args):
+    proc = inner_pytest.start(pytester.path, *args)
+    inner_pytest.wait(
+        proc, lambda: "in force" in (log.read_text() if log.exists() else ""),
+        what="the inner fault", timeout=30,
+    )  # fmt: skip
     return proc
 
 
 @pytest.mark.parametrize("recovery", ["next-session", "cleanup"])
-def test_after_kill_9_the_journal_undoes_the_fault(pytester, recovery):
+def test_after_kill_9_the_journal_undoes_the_fault(pytester, recovery, inner_pytest):
     """pytest is SIGKILLed while a fault is in force: no finalizer runs. The next
     session (or pytest --chaos-cleanup) undoes it from the journal and says so."""
     pytester.makeconftest(JOURNALED)
@@ -523,7 +513,9 @@ def test_after_kill_9_the_journal_undoes_the_fault(pytester, recovery):
     )
     journal = pytester.path / "journal"
     log = pytester.path / "log.txt"
-    proc = _run_until_applied(pytester, log, f"--chaos-journal={journal}", "test_dwell.py")
+    proc = _run_until_applied(
+        inner_pytest, pytester, log, f"--chaos-journal={journal}", "test_dwell.py"
+    )
     proc.kill()
     proc.wait(timeout=10)
     proc.stdout.close()
@@ -580,7 +572,7 @@ def test_a_dry_run_lists_each_tests_faults_and_runs_nothing(pytester, faults):
     assert not faults.exists()  # no test body ran, no fault was applied
 
 
-def test_a_dry_run_reports_but_does_not_undo_what_the_journal_holds(pytester):
+def test_a_dry_run_reports_but_does_not_undo_what_the_journal_holds(pytester, inner_pytest):
     pytester.makeconftest(JOURNALED)
     pytester.makepyfile(
         test_dwell="""
@@ -594,7 +586,9 @@ def test_a_dry_run_reports_but_does_not_undo_what_the_journal_holds(pytester):
     )
     journal = pytester.path / "journal"
     log = pytester.path / "log.txt"
-    proc = _run_until_applied(pytester, log, f"--chaos-journal={journal}", "test_dwell.py")
+    proc = _run_until_applied(
+        inner_pytest, pytester, log, f"--chaos-journal={journal}", "test_dwell.py"
+    )
     proc.kill()
     proc.wait(timeout=10)
     proc.stdout.close()
