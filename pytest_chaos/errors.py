@@ -16,7 +16,8 @@ and what to do about it. The tree:
     │   └── UndoFailed              one or more undos failed (all were attempted)
     ├── StackStartError             the compose project did not come up
     ├── RecoveryTimeout             a steady state did not return in time (also TimeoutError)
-    └── DataLossDetected            acknowledged writes are missing (also AssertionError)
+    ├── DataLossDetected            acknowledged writes are missing (also AssertionError)
+    └── HistoryCheckFailed          a checker found the history invalid (also AssertionError)
 """
 
 from __future__ import annotations
@@ -99,6 +100,13 @@ class DataLossDetected(ChaosError, AssertionError):
     """Writes that were acknowledged are missing. ``report`` counts them."""
 
     report: object = None
+
+
+class HistoryCheckFailed(ChaosError, AssertionError):
+    """A checker judged the history of an experiment invalid; ``result`` holds its
+    :class:`~pytest_chaos.observe.checkers.CheckResult` with every figure."""
+
+    result: object = None
 
 
 def hide_chaos_errors(excinfo: object) -> bool:
