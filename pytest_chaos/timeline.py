@@ -129,3 +129,17 @@ def note_recovery(what: str, start: float, end: float) -> None:
 def note_event(t: float, kind: str, label: str) -> None:
     if _current is not None:
         _current.events.append({"t": t, "kind": kind, "label": label})
+
+
+def faults_in_force() -> tuple[str, ...]:
+    """Labels of the open timeline's faults that are applied and not yet lifted, in
+    the order they were applied: what a history records on each event."""
+    if _current is None:
+        return ()
+    return tuple(f.label for f in list(_current.faults) if _in_force(f))
+
+
+def _in_force(fault: _Fault) -> bool:
+    """Noted once applied; in force until lifted (or, for a fault of the test's own
+    without ``lifted_at``, until undone)."""
+    return (getattr(fault.handle, "lifted_at", None) or fault.end) is None

@@ -1,8 +1,12 @@
 """A background load generator: sends requests at a set rate (open loop, so a slow
-server does not slow the schedule down) and records every request.
+server does not slow the schedule down) and records every request, both as a
+:class:`RequestRecord` and as an operation of its :class:`~.history.History`
+(invoke, then ok, fail or info, with the faults in force).
 
 The generator knows nothing about the system under test: each :class:`Flow` says
-how to build its n-th request and how to read an acknowledgement from a response.
+how to build its n-th request, how to read an acknowledgement from a response, which
+operation the request is, and (if the default does not fit) how to tell a request
+that definitely did not happen from one whose outcome is unknown.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .. import timeline
 from ..errors import ConfigurationError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..units import parse_duration
+from .history import Client, History, OpType
 
 if TYPE_CHECKING:
     import httpx
@@ -45,6 +50,13 @@ class Flow:
     ack: Callable[[httpx.Response], str | None] = field(default=lambda _r: None)
     #: Keeps a short summary of the response body for later assertions.
     summarize: Callable[[httpx.Response], Any] = field(default=lambda _r: None)
+    #: The operation the n-th request is in the history, as (f, value), e.g.
+    #: ("add", client_order_id). Default: (the flow's name, None). The completion's
+    #: value is what ``ack`` read.
+    operation: Callable[[int, Request], tuple[str, Any]] | None = None
+    #: How a request ended: "ok", "fail" (definitely not carried out) or "info"
+    #: (unknown), from the response or the exception. Default: :func:`outcome_of`.
+    outcome: Callable[[httpx.Response | None, BaseException | None], OpType] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -54,6 +66,28 @@ class Flow:
                 f"flow {self.name!r}: rate must be between 0 and 1000 requests/s, "
                 f"got {self.rate!r}."
             )
+
+
+#: Statuses after which a request may still have been carried out: the server (or a
+#: proxy in front of it) gave up without saying what happened.
+UNKNOWN_STATUSES = frozenset({408, 500, 502, 504})
+
+
+def outcome_of(response: httpx.Response | None, exc: BaseException | None) -> OpType:
+    """The default reading of how a request ended. A success is ``ok``. A refusal the
+    server stated (4xx, 503) is ``fail``, and so is an error before the request left
+    (connection refused, connect or pool timeout). A timeout or broken connection
+    after it was sent, a cancelled request, and 408/500/502/504 are ``info``: it may
+    have been carried out."""
+    import httpx
+
+    if exc is None and response is not None:
+        if response.status_code < 400:
+            return "ok"
+        return "info" if response.status_code in UNKNOWN_STATUSES else "fail"
+    not_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                httpx.UnsupportedProtocol, httpx.InvalidURL)  # fmt: skip
+    return "fail" if isinstance(exc, not_sent) else "info"
 
 
 @dataclass(frozen=True)
@@ -95,6 +129,7 @@ class LoadGenerator:
         request_timeout: float | str = 5.0,
         max_in_flight: int = 64,
         max_duration: float | str = 600.0,
+        history: History | None = None,
     ) -> None:
         if not flows:
             raise ConfigurationError("a load generator needs at least one flow.")
@@ -119,6 +154,11 @@ class LoadGenerator:
         self._in_flight: dict[tuple[str, int], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Every request as an operation (pass one History to several generators to
+        #: get a single history of all their clients).
+        self.history = history if history is not None else History(faults=timeline.faults_in_force)
+        #: Clients of the history with no operation open (touched by the loop only).
+        self._idle: list[Client] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -257,11 +297,16 @@ class LoadGenerator:
         import httpx
 
         req = flow.build(seq)
+        f, value = flow.operation(seq, req) if flow.operation else (flow.name, None)
+        process = self._idle.pop() if self._idle else self.history.client()
+        process.invoke(f, value)
         started, wall = time.monotonic(), time.time()
         status: int | None = None
         error: str | None = None
         ack: str | None = None
         summary: Any = None
+        response: httpx.Response | None = None
+        failure: BaseException | None = None
         with self._lock:
             self._in_flight[(flow.name, seq)] = started
         try:
@@ -270,8 +315,10 @@ class LoadGenerator:
             ack = flow.ack(response)
             summary = flow.summarize(response)
         except httpx.HTTPError as exc:
+            failure = exc
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            failure = exc
             error = "cancelled: the run was interrupted"
             raise
         finally:
@@ -279,6 +326,10 @@ class LoadGenerator:
             record = RequestRecord(
                 flow.name, seq, started, wall, latency, status, error, ack, summary
             )
+            kind = (flow.outcome or outcome_of)(response, failure)
+            why = error if error is not None else (f"HTTP {status}" if kind != "ok" else None)
+            process.complete(kind, ack, error=why)  # after info, under a new process
+            self._idle.append(process)
             with self._lock:
                 del self._in_flight[(flow.name, seq)]
                 self._records.append(record)
