@@ -19,6 +19,8 @@ from .units import parse_duration
 if TYPE_CHECKING:
     from .faults.base import JournalSlot
     from .journal import Journal
+    from .observe.checkers import CheckResult
+    from .observe.history import History
     from .targets.compose import ComposeProject, Service
 
 H = TypeVar("H")
@@ -58,7 +60,7 @@ class Chaos:
         self._record = record
         self._applied: list[_Applied] = []
         #: Every fault applied in this test, in force or undone, oldest first.
-        self._history: list[_Applied] = []
+        self._all_applied: list[_Applied] = []
         self._count = 0
         self.figures: dict[str, Figure] = {}
 
@@ -80,15 +82,17 @@ class Chaos:
         """Enter any fault context manager and hold it until :meth:`undo` or the end of
         the test. This is the extension point: a fault of your own is one function."""
         stack = ExitStack()
-        handle = stack.enter_context(fault)
-        if self.journal is not None:
-            # In force now: a replay must not say it was never applied.
-            self.journal.mark_applied()
-        self._count += 1
-        text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
-        applied = _Applied(handle, stack, text, self._count, timeline.note_fault(text, handle))
+        with timeline.applying(label or "a fault"):
+            handle = stack.enter_context(fault)
+            if self.journal is not None:
+                # In force now: a replay must not say it was never applied.
+                self.journal.mark_applied()
+            self._count += 1
+            text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
+            noted = timeline.note_fault(text, handle)
+        applied = _Applied(handle, stack, text, self._count, noted)
         self._applied.append(applied)
-        self._history.append(applied)
+        self._all_applied.append(applied)
         self.record(f"chaos_fault_{self._count}", text)
         if isinstance(handle, FaultHandle):
             self.record(f"chaos_fault_{self._count}_kind", handle.kind)
@@ -150,7 +154,7 @@ class Chaos:
         """(label, evidence) of every fault applied in this test that gives evidence of
         its effect: read now for those in force, before their undo for the others."""
         out = []
-        for applied in self._history:
+        for applied in self._all_applied:
             if isinstance(applied.handle, FaultHandle):
                 effect = applied.handle.effect()
                 if effect is not None:
@@ -216,6 +220,26 @@ class Chaos:
             for key, value in applied.handle.figures().items():
                 if key not in ("kind", "target"):
                     self.record(f"chaos_fault_{applied.index}_{key}", value)
+
+    # -- history -------------------------------------------------------------------------
+
+    @property
+    def history(self) -> History:
+        """The test's history: every request its load generators sent, as operations
+        with their outcome and the faults in force. Add the final reads with
+        ``client = chaos.history.client(); client.invoke("read"); client.ok(found)``."""
+        found = timeline.history()
+        if found is None:
+            raise ConfigurationError("chaos.history exists only while a test runs.")
+        return found
+
+    def check(self, result: CheckResult) -> CheckResult:
+        """Record a checker's verdict and figures (``<checker>_<figure>`` properties),
+        then raise :class:`~pytest_chaos.errors.HistoryCheckFailed` if it found the
+        history invalid. Run every checker first to keep all their figures."""
+        for name, value in result.properties().items():
+            self.record(name, value)
+        return result.raise_if_invalid()
 
     # -- figures -------------------------------------------------------------------------
 

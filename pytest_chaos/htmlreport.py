@@ -284,9 +284,34 @@ def render(run: dict[str, Any], tests: Sequence[dict[str, Any]]) -> str:
                 f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in t["figures"].items()
             ]
             parts.append("</table>")
+        parts += _history((t.get("timeline") or {}).get("history"))
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _history(summary: dict[str, Any] | None) -> list[str]:
+    """The test's history in short: per fault window, the operations that ended ok,
+    fail (definitely not done) and info (unknown), and the ok ones' latency; with
+    links to the history and its Elle export when they were written."""
+    if not summary:
+        return []
+    links = " ".join(
+        f"<a href='{_esc(summary[k])}'>{label}</a>"
+        for k, label in (("file", "history (JSON lines)"), ("elle", "Elle export"))
+        if summary.get(k)
+    )
+    out = [
+        f"<p class='meta'>{summary['operations']} operations. {links}</p>",
+        "<table class='history'><tr><th>window</th><th>ok</th><th>fail</th><th>info</th>"
+        "<th>ok p50 ms</th><th>ok max ms</th></tr>",
+    ]
+    for w in summary["windows"]:
+        cells = [w["window"], w["ok"], w["fail"], w["info"], w.get("ok_p50_ms", "-"),
+                 w.get("ok_max_ms", "-")]  # fmt: skip
+        out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return out
 
 
 def _anchor(nodeid: str) -> str:

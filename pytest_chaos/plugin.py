@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -238,4 +239,9 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
                 plugin.live.unwatch()
             done = timeline.end()
             if done is not None:
-                plugin.timelines[request.node.nodeid] = done.to_json()
+                data = done.to_json()
+                report = request.config.getoption("--chaos-report")
+                saved = timeline.save_history(done, Path(report)) if report else None
+                if saved and data["history"] is not None:
+                    data["history"].update(saved)
+                plugin.timelines[request.node.nodeid] = data

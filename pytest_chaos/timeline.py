@@ -9,9 +9,15 @@ written relative to the timeline's start.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .observe.history import History
 
 
 @dataclass
@@ -33,6 +39,12 @@ class Timeline:
     loads: list[Any] = field(default_factory=list)
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: Every operation the test's clients issued (one history for all its load
+    #: generators and final reads), made on first use.
+    history: History | None = None
+    #: Faults being applied now (not yet noted): operations invoked meanwhile may or
+    #: may not meet them, and say so.
+    applying: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         def rel(t: float | None) -> float | None:
@@ -75,6 +87,7 @@ class Timeline:
             ],
             "requests": requests,
             "events": sorted(({**e, "t": rel(e["t"])} for e in self.events), key=lambda e: e["t"]),
+            "history": history_summary(self.history),
         }
 
 
@@ -95,6 +108,38 @@ def end() -> Timeline | None:
 
 def current() -> Timeline | None:
     return _current
+
+
+def history() -> History | None:
+    """The open timeline's history (made on first use), or None outside a test."""
+    if _current is None:
+        return None
+    if _current.history is None:
+        from .observe.history import History
+
+        _current.history = History(faults=faults_in_force, started=_current.start)
+    return _current.history
+
+
+def history_summary(history: History | None) -> dict[str, Any] | None:
+    """Per fault window, how many operations ended ok, fail and info and how slow the
+    ok ones were (median and slowest), for the report; None without operations."""
+    if history is None or not len(history):
+        return None
+    from .observe.history import windows
+
+    rows: dict[str, dict[str, Any]] = {}
+    latencies: dict[str, list[float]] = {}
+    for name, op in windows(history.operations()):
+        row = rows.setdefault(name, {"window": name, "ok": 0, "fail": 0, "info": 0})
+        row[op.type] += 1
+        if op.type == "ok" and op.latency is not None:
+            latencies.setdefault(name, []).append(op.latency)
+    for name, values in latencies.items():
+        values.sort()
+        rows[name]["ok_p50_ms"] = round(values[len(values) // 2] * 1000, 1)
+        rows[name]["ok_max_ms"] = round(values[-1] * 1000, 1)
+    return {"operations": len(history.operations()), "windows": list(rows.values())}
 
 
 # -- what the pieces note -----------------------------------------------------------------
@@ -133,13 +178,47 @@ def note_event(t: float, kind: str, label: str) -> None:
 
 def faults_in_force() -> tuple[str, ...]:
     """Labels of the open timeline's faults that are applied and not yet lifted, in
-    the order they were applied: what a history records on each event."""
+    the order they were applied, then ``applying <fault>`` for each being applied:
+    what a history records on each event. A fault counts from the moment its
+    application began until it was lifted, so an operation labelled with no fault
+    met none."""
     if _current is None:
         return ()
-    return tuple(f.label for f in list(_current.faults) if _in_force(f))
+    noted = [f.label for f in list(_current.faults) if _in_force(f)]
+    return (*noted, *(f"applying {what}" for what in list(_current.applying)))
+
+
+@contextlib.contextmanager
+def applying(what: str) -> Iterator[None]:
+    """Around a fault's application, until it is noted on the timeline."""
+    if _current is None:
+        yield
+        return
+    timeline = _current
+    timeline.applying.append(what)
+    try:
+        yield
+    finally:
+        timeline.applying.remove(what)
 
 
 def _in_force(fault: _Fault) -> bool:
     """Noted once applied; in force until lifted (or, for a fault of the test's own
     without ``lifted_at``, until undone)."""
     return (getattr(fault.handle, "lifted_at", None) or fault.end) is None
+
+
+def save_history(done: Timeline, directory: Path) -> dict[str, str] | None:
+    """Write the test's history into ``directory``/histories (JSON lines, and the
+    form Elle's command-line checker reads); return the files' paths relative to
+    ``directory``, or None when the test issued no operation."""
+    if done.history is None or not len(done.history):
+        return None
+    from .observe.history import export_elle
+
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in done.nodeid).strip("-.")
+    folder = directory / "histories"
+    events = done.history.events
+    done.history.write_jsonl(folder / f"{slug}.jsonl")
+    export_elle(events, folder / f"{slug}.elle.json")
+    return {"file": f"histories/{slug}.jsonl", "elle": f"histories/{slug}.elle.json"}

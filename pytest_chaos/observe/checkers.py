@@ -24,7 +24,9 @@ from typing import Any
 
 from ..errors import ConfigurationError, HistoryCheckFailed
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from .history import Op, Operation, pair, windows
+from .history import History, Op, Operation, pair, windows
+
+Events = History | Iterable[Op] | Iterable[Operation]
 
 #: How many of each kind of counterexample a result lists (the counts are complete).
 SHOWN = 10
@@ -63,7 +65,10 @@ class CheckResult:
         return out
 
 
-def _operations(history: Iterable[Op] | Iterable[Operation]) -> list[Operation]:
+def _operations(history: Events) -> list[Operation]:
+    """A history as operations: from a :class:`History`, its events, or operations."""
+    if isinstance(history, History):
+        return history.operations()
     items = list(history)
     if items and isinstance(items[0], Op):
         return pair(items)  # type: ignore[arg-type]
@@ -76,7 +81,7 @@ def _show(items: Sequence[Any]) -> str:
 
 
 def set_full(
-    history: Iterable[Op] | Iterable[Operation],
+    history: Events,
     *,
     add: str = "add",
     read: str = "read",
@@ -187,7 +192,7 @@ def _first_missing(
 
 
 def unique_ids(
-    history: Iterable[Op] | Iterable[Operation],
+    history: Events,
     *,
     f: str | None = None,
     id_of: Callable[[Any], Hashable | None] = lambda value: value,
@@ -241,7 +246,7 @@ class Window:
 
 
 def availability(
-    history: Iterable[Op] | Iterable[Operation],
+    history: Events,
     *,
     f: str | None = None,
     max_info_share: float | None = None,

@@ -157,21 +157,23 @@ class Client:
 
 class History:
     """A thread-safe, append-only list of events. ``faults`` returns the
-    descriptions of the faults in force now; ``clock`` is monotonic seconds."""
+    descriptions of the faults in force now; ``clock`` is monotonic seconds, and
+    event times count from ``started`` (default: when the history was made)."""
 
     def __init__(
         self,
         *,
         faults: Callable[[], Sequence[str]] = tuple,
         clock: Callable[[], float] = time.monotonic,
+        started: float | None = None,
     ) -> None:
         self._faults = faults
         self._clock = clock
         self._lock = threading.Lock()
         self._events: list[Op] = []
         self._processes = 0
-        #: Monotonic time of the first event (times in the history are relative to it).
-        self.started = clock()
+        #: The clock's reading that event times are relative to (default: now).
+        self.started = clock() if started is None else started
 
     def client(self) -> Client:
         return Client(self, self._new_process())
@@ -280,15 +282,25 @@ def export_elle(events: Iterable[Op], path: Path) -> Path:
     return path
 
 
+def faults_met(op: Operation) -> tuple[str, ...]:
+    """The faults an operation may have met: those in force at its invoke or at its
+    completion (an operation in flight when a fault began met it), in order."""
+    met = dict.fromkeys(op.invoke.faults)
+    if op.completion is not None:
+        met.update(dict.fromkeys(op.completion.faults))
+    return tuple(met)
+
+
 def windows(operations: Iterable[Operation]) -> Iterator[tuple[str, Operation]]:
-    """Each operation with the name of its fault window: ``before`` (no fault yet),
-    the faults in force at its invoke joined with " + ", or ``after`` (none any
-    more, once some had been)."""
+    """Each operation with the name of its fault window: ``before`` (it met no
+    fault, and none had been met yet), the faults it may have met joined with " + "
+    (:func:`faults_met`), or ``after`` (it met none, once some had been met)."""
     seen_fault = False
     for op in sorted(operations, key=lambda o: o.invoke.index):
-        if op.invoke.faults:
+        met = faults_met(op)
+        if met:
             seen_fault = True
-            yield " + ".join(op.invoke.faults), op
+            yield " + ".join(met), op
         else:
             yield ("after" if seen_fault else "before"), op
 

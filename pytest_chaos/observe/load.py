@@ -154,8 +154,10 @@ class LoadGenerator:
         self._in_flight: dict[tuple[str, int], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Every request as an operation (pass one History to several generators to
-        #: get a single history of all their clients).
+        #: Every request as an operation. Inside a chaos test, the test's history
+        #: (one for all its generators and final reads); else one of its own.
+        if history is None:
+            history = timeline.history()
         self.history = history if history is not None else History(faults=timeline.faults_in_force)
         #: Clients of the history with no operation open (touched by the loop only).
         self._idle: list[Client] = []
