@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from pytest_chaos import Chaos, ComposeProject, Flow, LoadGenerator, Request
+from pytest_chaos import Chaos, ComposeProject, Flow, LoadGenerator, Request, timeline
+from pytest_chaos.observe.load import outcome_of
 
 ROOT = Path(__file__).resolve().parent
 LOCAL_BASE_IMAGE = "pytest-chaos/base:bookworm"
@@ -100,6 +101,9 @@ class Exchange:
     http_url: str
     db_dsn: str
     symbol: str = field(default_factory=lambda: "X" + uuid.uuid4().hex[:6].upper())
+    #: Part of every client order id, new for each test: the final read of a test's
+    #: history is the orders stored under its tag.
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     #: Ids of orders the steady-state probe placed (acknowledged writes too).
     probe_acks: list[str] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -111,7 +115,7 @@ class Exchange:
             "side": r.choice(("buy", "sell")),
             "price": round(100 + r.uniform(-1, 1), 2),
             "quantity": r.randint(1, 10),
-            "client_order_id": f"{self.symbol}-{uuid.uuid4().hex[:12]}-{n}",
+            "client_order_id": f"{self.symbol}-{self.tag}-{uuid.uuid4().hex[:12]}-{n}",
         }
 
     def ready(self) -> bool:
@@ -125,9 +129,21 @@ class Exchange:
 
         if not self.ready():
             return False
-        response = httpx.post(
-            f"{self.api_url}/orders", json=self.order(next(self._ids)), timeout=5.0
-        )
+        order = self.order(next(self._ids))
+        history = timeline.history()  # the probe's orders are operations of the test too
+        client = history.client() if history is not None else None
+        if client is not None:
+            client.invoke("add", order["client_order_id"])
+        try:
+            response = httpx.post(f"{self.api_url}/orders", json=order, timeout=5.0)
+        except httpx.HTTPError as exc:
+            if client is not None:
+                client.complete(outcome_of(None, exc), error=type(exc).__name__)
+            raise
+        if client is not None:
+            kind = outcome_of(response, None)
+            client.complete(kind, _order_id(response), error=None if kind == "ok" else "HTTP "
+                            f"{response.status_code}")  # fmt: skip
         if response.status_code == 201:
             self.probe_acks.append(str(response.json()["client_order_id"]))
             return True
@@ -146,6 +162,8 @@ class Exchange:
                 lambda n: Request("POST", f"{self.api_url}/orders", self.order(n, rng)),
                 ack=lambda r: str(r.json()["client_order_id"]) if r.status_code == 201 else None,
                 summarize=_json_error,
+                operation=lambda n, req: ("add", req.json["client_order_id"]),
+                result=_order_id,
             ),
             "market": lambda rate: Flow(
                 "market",
@@ -200,7 +218,8 @@ class Exchange:
     def check_no_orders_lost(self, load: LoadGenerator, chaos: Chaos) -> None:
         """Every order acknowledged during the experiment (by ``load`` and by the
         steady-state probe) is stored; fails naming the missing ones. Records
-        ``orders_acknowledged`` and ``orders_lost`` either way."""
+        ``orders_acknowledged`` and ``orders_lost`` either way. Then judges the test's
+        whole history (:meth:`check_history`)."""
         from pytest_chaos import DataLossDetected, check_no_data_loss
 
         acknowledged = load.acknowledged("orders") + self.probe_acks
@@ -211,6 +230,29 @@ class Exchange:
             chaos.record("orders_lost", getattr(exc.report, "lost_count", "?"))
             raise
         chaos.record("orders_lost", report.lost_count)
+        self.check_history(chaos)
+
+    def check_history(self, chaos: Chaos) -> None:
+        """The final phase, once every fault is undone and the exchange has recovered:
+        read back the orders stored under this test's tag, then judge the test's
+        history. set-full: every acknowledged order stored once, nothing stored that
+        no client sent, no refused order stored; unique-ids: no order id handed out
+        twice; availability: outcomes per fault window (figures). Every checker's
+        figures are recorded before the first invalid one fails the test."""
+        import psycopg
+
+        from pytest_chaos import availability, set_full, unique_ids
+
+        reader = chaos.history.client()
+        reader.invoke("read")
+        with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT client_order_id FROM orders WHERE client_order_id LIKE %s",
+                (f"{self.symbol}-{self.tag}-%",),
+            ).fetchall()
+        reader.ok([str(row[0]) for row in rows])
+        history = chaos.history
+        chaos.check(set_full(history), unique_ids(history, f="add"), availability(history))
 
     def orders_exist(self, client_order_ids: list[str]) -> list[str]:
         """Which of these acknowledged orders are stored in PostgreSQL (asked directly,
@@ -223,6 +265,14 @@ class Exchange:
                 (list(client_order_ids),),
             ).fetchall()
         return [str(row[0]) for row in rows]
+
+
+def _order_id(response: Any) -> int | None:
+    """The id the exchange gave a stored order (None: not stored yet, or refused)."""
+    if response.status_code != 201:
+        return None
+    value = response.json().get("id")
+    return int(value) if value is not None else None
 
 
 def _json_error(response: Any) -> str | None:
@@ -250,6 +300,9 @@ def exchange(chaos_project: ComposeProject) -> Exchange:
 
 @pytest.fixture(autouse=True)
 def _probe_acks_per_test(request: pytest.FixtureRequest) -> None:
-    """Each test counts (and checks) the steady-state probe's orders it placed itself."""
+    """Each test counts (and checks) the steady-state probe's orders it placed itself,
+    and tags its orders afresh (its history's final read is the orders under its tag)."""
     if "exchange" in request.fixturenames:
-        request.getfixturevalue("exchange").probe_acks.clear()
+        exchange = request.getfixturevalue("exchange")
+        exchange.probe_acks.clear()
+        exchange.tag = uuid.uuid4().hex[:6]

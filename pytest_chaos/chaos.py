@@ -233,13 +233,15 @@ class Chaos:
             raise ConfigurationError("chaos.history exists only while a test runs.")
         return found
 
-    def check(self, result: CheckResult) -> CheckResult:
-        """Record a checker's verdict and figures (``<checker>_<figure>`` properties),
-        then raise :class:`~pytest_chaos.errors.HistoryCheckFailed` if it found the
-        history invalid. Run every checker first to keep all their figures."""
-        for name, value in result.properties().items():
-            self.record(name, value)
-        return result.raise_if_invalid()
+    def check(self, *results: CheckResult) -> None:
+        """Record checkers' verdicts and figures (``<checker>_<figure>`` properties),
+        all of them first, then raise :class:`~pytest_chaos.errors.HistoryCheckFailed`
+        for the first that found the history invalid."""
+        for result in results:
+            for name, value in result.properties().items():
+                self.record(name, value)
+        for result in results:
+            result.raise_if_invalid()
 
     # -- figures -------------------------------------------------------------------------
 

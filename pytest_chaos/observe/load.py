@@ -51,9 +51,11 @@ class Flow:
     #: Keeps a short summary of the response body for later assertions.
     summarize: Callable[[httpx.Response], Any] = field(default=lambda _r: None)
     #: The operation the n-th request is in the history, as (f, value), e.g.
-    #: ("add", client_order_id). Default: (the flow's name, None). The completion's
-    #: value is what ``ack`` read.
+    #: ("add", client_order_id). Default: (the flow's name, None).
     operation: Callable[[int, Request], tuple[str, Any]] | None = None
+    #: The completion's value in the history (e.g. the id the system gave a stored
+    #: order, for the unique-ids check). Default: what ``ack`` read.
+    result: Callable[[httpx.Response], Any] | None = None
     #: How a request ended: "ok", "fail" (definitely not carried out) or "info"
     #: (unknown), from the response or the exception. Default: :func:`outcome_of`.
     outcome: Callable[[httpx.Response | None, BaseException | None], OpType] | None = None
@@ -299,14 +301,15 @@ class LoadGenerator:
         import httpx
 
         req = flow.build(seq)
-        f, value = flow.operation(seq, req) if flow.operation else (flow.name, None)
+        f, written = flow.operation(seq, req) if flow.operation else (flow.name, None)
         process = self._idle.pop() if self._idle else self.history.client()
-        process.invoke(f, value)
+        process.invoke(f, written)
         started, wall = time.monotonic(), time.time()
         status: int | None = None
         error: str | None = None
         ack: str | None = None
         summary: Any = None
+        value: Any = None
         response: httpx.Response | None = None
         failure: BaseException | None = None
         with self._lock:
@@ -316,6 +319,7 @@ class LoadGenerator:
             status = response.status_code
             ack = flow.ack(response)
             summary = flow.summarize(response)
+            value = flow.result(response) if flow.result else ack
         except httpx.HTTPError as exc:
             failure = exc
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -330,7 +334,7 @@ class LoadGenerator:
             )
             kind = (flow.outcome or outcome_of)(response, failure)
             why = error if error is not None else (f"HTTP {status}" if kind != "ok" else None)
-            process.complete(kind, ack, error=why)  # after info, under a new process
+            process.complete(kind, value, error=why)  # after info, a new process
             self._idle.append(process)
             with self._lock:
                 del self._in_flight[(flow.name, seq)]

@@ -76,10 +76,8 @@ def test_set(chaos, server, lose):
     reader = chaos.history.client()
     reader.invoke("read")
     reader.ok(STORED[1:] if lose else list(STORED))
-    results = [set_full(chaos.history), unique_ids(chaos.history, f="add"),
-               availability(chaos.history)]
-    for result in results:
-        chaos.check(result)
+    chaos.check(set_full(chaos.history), unique_ids(chaos.history, f="add"),
+                availability(chaos.history))
 """
 
 
