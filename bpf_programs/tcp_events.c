@@ -66,15 +66,17 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset) {
 }
 
 TRACEPOINT_PROBE(tcp, tcp_send_reset) {
-    // saddr and daddr hold a struct sockaddr_in here (family, port, address).
+    // saddr and daddr hold a struct sockaddr_in here (family, port, address); saddr
+    // is the reset's sender, also for a reset without a socket (the kernel swaps the
+    // addresses of the packet it answers). Only resets the scope sent count: a reset
+    // sent *to* the scope is its peer's.
     u16 family = 0;
-    u32 saddr = 0, daddr = 0;
+    u32 saddr = 0;
     __builtin_memcpy(&family, args->saddr, 2);
     if (family != CHAOS_AF_INET)
         return 0;
     __builtin_memcpy(&saddr, (u8 *)args->saddr + 4, 4);
-    __builtin_memcpy(&daddr, (u8 *)args->daddr + 4, 4);
-    if (in_scope(saddr) || in_scope(daddr))
+    if (in_scope(saddr))
         bump(RESETS_SENT);
     return 0;
 }
