@@ -72,6 +72,11 @@ class Chaos:
             self._project = self._project_factory()
         return self._project
 
+    @property
+    def used_project(self) -> ComposeProject | None:
+        """The project if this test used it (None: it touched no service)."""
+        return self._project
+
     def service(self, name: str) -> Service:
         """The project's service of that name (UnknownService lists the ones there are)."""
         return self.project.service(name)

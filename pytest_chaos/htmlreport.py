@@ -284,22 +284,24 @@ def render(run: dict[str, Any], tests: Sequence[dict[str, Any]]) -> str:
                 f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in t["figures"].items()
             ]
             parts.append("</table>")
-        parts += _history((t.get("timeline") or {}).get("history"))
+        timeline = t.get("timeline") or {}
+        parts += _history(timeline.get("history"), timeline.get("evidence") or {})
+        parts += _evidence(timeline.get("evidence") or {})
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _history(summary: dict[str, Any] | None) -> list[str]:
+def _history(summary: dict[str, Any] | None, files: dict[str, str]) -> list[str]:
     """The test's history in short: per fault window, the operations that ended ok,
     fail (definitely not done) and info (unknown), and the ok ones' latency; with
     links to the history and its Elle export when they were written."""
     if not summary:
         return []
     links = " ".join(
-        f"<a href='{_esc(summary[k])}'>{label}</a>"
-        for k, label in (("file", "history (JSON lines)"), ("elle", "Elle export"))
-        if summary.get(k)
+        f"<a href='{_esc(files[k])}'>{label}</a>"
+        for k, label in (("history", "history (JSON lines)"), ("elle", "Elle export"))
+        if files.get(k)
     )
     out = [
         f"<p class='meta'>{summary['operations']} operations. {links}</p>",
@@ -312,6 +314,17 @@ def _history(summary: dict[str, Any] | None) -> list[str]:
         out.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
     out.append("</table>")
     return out
+
+
+def _evidence(files: dict[str, str]) -> list[str]:
+    """Links to the logs, kernel lines and BPF events kept for the test."""
+    names = {"kernel": "kernel log"}
+    links = [
+        f"<a href='{_esc(path)}'>{_esc(names.get(kind, kind.replace(':', ' ')))}</a>"
+        for kind, path in files.items()
+        if kind not in ("history", "elle")
+    ]
+    return [f"<p class='meta'>Evidence: {' · '.join(links)}</p>"] if links else []
 
 
 def _anchor(nodeid: str) -> str:

@@ -241,7 +241,8 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
             if done is not None:
                 data = done.to_json()
                 report = request.config.getoption("--chaos-report")
-                saved = timeline.save_history(done, Path(report)) if report else None
-                if saved and data["history"] is not None:
-                    data["history"].update(saved)
+                if report:
+                    from . import evidence
+
+                    data["evidence"] = evidence.save(done, Path(report), session.used_project)
                 plugin.timelines[request.node.nodeid] = data

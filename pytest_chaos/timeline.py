@@ -13,7 +13,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,6 +44,8 @@ class Timeline:
     #: Faults being applied now (not yet noted): operations invoked meanwhile may or
     #: may not meet them, and say so.
     applying: list[str] = field(default_factory=list)
+    #: (label, observation) of each BPF session that ended, for the evidence files.
+    observations: list[tuple[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         def rel(t: float | None) -> float | None:
@@ -208,17 +209,6 @@ def _in_force(fault: _Fault) -> bool:
     return (getattr(fault.handle, "lifted_at", None) or fault.end) is None
 
 
-def save_history(done: Timeline, directory: Path) -> dict[str, str] | None:
-    """Write the test's history into ``directory``/histories (JSON lines, and the
-    form Elle's command-line checker reads); return the files' paths relative to
-    ``directory``, or None when the test issued no operation."""
-    if done.history is None or not len(done.history):
-        return None
-    from .observe.history import export_elle
-
-    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in done.nodeid).strip("-.")
-    folder = directory / "histories"
-    events = done.history.events
-    done.history.write_jsonl(folder / f"{slug}.jsonl")
-    export_elle(events, folder / f"{slug}.elle.json")
-    return {"file": f"histories/{slug}.jsonl", "elle": f"histories/{slug}.elle.json"}
+def note_observation(label: str, observation: Any) -> None:
+    if _current is not None:
+        _current.observations.append((label, observation))

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .. import timeline
 from ..errors import ConfigurationError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .bpf import PROBES, BpfSession, scope_of
@@ -41,5 +42,6 @@ class BpfProbes:
         prefix = "bpf_" + "_".join(name.replace("-", "_") for name in services)
         if label:
             prefix += "_" + re.sub(r"\W+", "_", label).strip("_")
+        timeline.note_observation(prefix, session.observation)
         for key, value in session.observation.figures(prefix=prefix).items():
             self._record(key, value)

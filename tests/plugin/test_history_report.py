@@ -98,10 +98,10 @@ def test_the_history_is_written_summarised_and_judged(project):
     out = project.path / "out"
     data = json.loads((out / "report.json").read_text())
     (test,) = data["tests"]
-    history = test["timeline"]["history"]
-    assert history["file"] == "histories/test_set.py--test_set.jsonl"
-    assert history["elle"] == "histories/test_set.py--test_set.elle.json"
-    events = read_jsonl(out / history["file"])
+    history, files = test["timeline"]["history"], test["timeline"]["evidence"]
+    assert files["history"] == "evidence/test_set.py--test_set/history.jsonl"
+    assert files["elle"] == "evidence/test_set.py--test_set/history.elle.json"
+    events = read_jsonl(out / files["history"])
     assert history["operations"] == len(events) // 2 > 30
     windows = {w["window"]: w for w in history["windows"]}
     # An add in flight while the outage was being applied or lifted is in a window
@@ -111,7 +111,7 @@ def test_the_history_is_written_summarised_and_judged(project):
     assert windows["outage of the server"]["fail"] >= 5  # the 503s, stated refusals
     assert windows["before"]["fail"] == windows["after"]["fail"] == 0, windows
     assert windows["before"]["ok"] >= 10
-    elle = [json.loads(line) for line in (out / history["elle"]).read_text().splitlines()]
+    elle = [json.loads(line) for line in (out / files["elle"]).read_text().splitlines()]
     assert [e["index"] for e in elle] == [e.index for e in events]
     assert {"type", "f", "value", "process", "time"} <= set(elle[0])
     page = (out / "index.html").read_text()
