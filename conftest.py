@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,11 +237,12 @@ class Exchange:
         read back the orders stored under this test's tag, then judge the test's
         history. set-full: every acknowledged order stored once, nothing stored that
         no client sent, no refused order stored; unique-ids: no order id handed out
-        twice; availability: outcomes per fault window (figures). Every checker's
-        figures are recorded before the first invalid one fails the test."""
+        twice; availability: outcomes per fault window (figures); conservation: the
+        :meth:`invariants`. Every checker's figures are recorded before the first
+        invalid one fails the test."""
         import psycopg
 
-        from pytest_chaos import availability, set_full, unique_ids
+        from pytest_chaos import availability, conservation, set_full, unique_ids
 
         reader = chaos.history.client()
         reader.invoke("read")
@@ -252,7 +253,49 @@ class Exchange:
             ).fetchall()
         reader.ok([str(row[0]) for row in rows])
         history = chaos.history
-        chaos.check(set_full(history), unique_ids(history, f="add"), availability(history))
+        chaos.check(
+            set_full(history), unique_ids(history, f="add"), availability(history),
+            conservation(self.invariants(), name="exchange-conservation"),
+        )  # fmt: skip
+
+    def invariants(self) -> dict[str, Callable[[], list[str]]]:
+        """The exchange's conservation rules over the orders of this test (its tag)
+        and their trades, each returning its counterexamples: an order's filled
+        quantity is the sum of its trades; no order is filled beyond its quantity;
+        every trade joins a buy and a sell of its symbol whose limits cross."""
+        import psycopg
+
+        pattern = f"{self.symbol}-{self.tag}-%"
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+                return conn.execute(sql, {"p": pattern}).fetchall()
+
+        fills = """
+            SELECT o.client_order_id, o.quantity, o.remaining,
+                   COALESCE((SELECT sum(t.quantity) FROM trades t
+                             WHERE t.buy_order_id = o.id OR t.sell_order_id = o.id), 0)
+            FROM orders o WHERE o.client_order_id LIKE %(p)s"""
+        trades = """
+            SELECT t.id, t.symbol, b.symbol, b.side, b.price, s.symbol, s.side, s.price
+            FROM trades t JOIN orders b ON b.id = t.buy_order_id
+                          JOIN orders s ON s.id = t.sell_order_id
+            WHERE b.client_order_id LIKE %(p)s OR s.client_order_id LIKE %(p)s"""
+        return {
+            "filled_is_traded": lambda: [
+                f"order {c}: {q - r} filled (quantity {q}, remaining {r}) but trades of {t}"
+                for c, q, r, t in rows(fills) if q - r != t
+            ],
+            "not_overfilled": lambda: [
+                f"order {c}: trades fill {t} of its quantity {q}"
+                for c, q, _r, t in rows(fills) if t > q
+            ],
+            "trades_cross": lambda: [
+                f"trade {i} ({sym}): buy side {bs}/{bside} at {bp}, sell side {ss}/{sside} at {sp}"
+                for i, sym, bs, bside, bp, ss, sside, sp in rows(trades)
+                if not (bside == "buy" and sside == "sell" and bs == ss == sym and bp >= sp)
+            ],
+        }  # fmt: skip
 
     def orders_exist(self, client_order_ids: list[str]) -> list[str]:
         """Which of these acknowledged orders are stored in PostgreSQL (asked directly,
