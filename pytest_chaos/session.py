@@ -118,8 +118,14 @@ class ChaosPlugin:
         report the running test as interrupted, in every report."""
         if not self.in_use:
             return
+        from . import signals
         from .interruption import interrupted
 
+        own_stop = issubclass(excinfo.type, pytest.Session.Interrupted) and not signals.received
+        if own_stop and self.current_item is None and not (self.active and self.active.active()):
+            # pytest stopped itself between tests (e.g. "1 error during collection"):
+            # no test ran, nothing is in force, nothing was interrupted.
+            return
         session, self.active = self.active, None
         cause = None if excinfo.type is KeyboardInterrupt else f"pytest.exit: {excinfo.value}"
         message = interrupted(session, cause)

@@ -142,3 +142,33 @@ def test_pytest_exit_during_a_fault_undoes_it_and_reports_the_test_as_interrupte
     )
     xml = (pytester.path / "junit.xml").read_text()
     assert '<error message="pytest-chaos: interrupted by pytest.exit: enough"' in xml
+
+
+@pytest.mark.parametrize(
+    ("inner", "args", "stopped"),
+    [
+        (
+            {"test_good": "def test_x(chaos):\n    pass\n", "test_broken": "def broken(:\n"},
+            [],
+            "1 error during collection",
+        ),
+        (
+            {
+                "test_inner": "def test_a(chaos):\n    assert False\n\ndef test_b(chaos):\n    pass\n"
+            },
+            ["-x"],
+            "1 failed",
+        ),
+    ],
+    ids=["collection-error", "maxfail"],
+)
+def test_pytest_stopping_by_itself_between_tests_is_not_called_an_interruption(
+    pytester, inner, args, stopped
+):
+    """A collection error or --maxfail makes pytest stop itself (it raises its
+    Interrupted between tests, with no fault in force): once reported as 'interrupted
+    by pytest.exit: 1 error during collection', as if a fault had been cut short."""
+    pytester.makepyfile(**inner)
+    result = pytester.runpytest_subprocess(*args)
+    assert "pytest-chaos: interrupted" not in result.stdout.str()
+    result.stdout.fnmatch_lines([f"*{stopped}*"])
