@@ -19,24 +19,26 @@ import socket
 import struct
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import timeline
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, EnvironmentProblem
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .events import ConnectEventStruct, ProcessEventStruct, RawConnectEvent, assemble_attempts
 from .histogram import Histogram
 from .kernel import BpfSupport, bpf_support, program_source
-from .observation import ProcessEvent, TcpObservation
+from .observation import PortTraffic, ProcessEvent, TcpObservation
 from .procfs import oom_kills, proc_tcp_counters, schedstat, tasks, vmstat_pgalloc
 
-PROBES = ("connect", "tcp", "process", "runqueue", "block", "pages")
+PROBES = ("connect", "tcp", "traffic", "process", "runqueue", "block", "pages")
 _SOURCES = {
     "connect": "tcp_connect.c",
     "tcp": "tcp_events.c",
+    "traffic": "tcp_traffic.c",
     "process": "process_events.c",
     "runqueue": "runqueue.c",
     "block": "block_io.c",
@@ -89,7 +91,7 @@ class BpfSession:
                 f"probes are some of {', '.join(PROBES)}; got {sorted(probes)}."
             )
         self.scope = scope or Scope(tuple(str(a) for a in addresses), pid)
-        if not self.scope.addresses and {"connect", "tcp"} & set(probes):
+        if not self.scope.addresses and {"connect", "tcp", "traffic"} & set(probes):
             raise ConfigurationError(
                 "the TCP probes need the addresses of the services they watch."
             )
@@ -112,6 +114,15 @@ class BpfSession:
         self._before = self._proc_snapshot()
         if not self.support.available:
             return self
+        # A program missing from the package is a broken install, not a kernel that
+        # cannot run BPF: say so, never fall back quietly.
+        sources = {probe: program_source(_SOURCES[probe]) for probe in self.probes}
+        for probe, source in sources.items():
+            if not source.is_file():
+                raise EnvironmentProblem(
+                    f"the BPF program {source.name} ({probe} probe) is missing: reinstall "
+                    "pytest-chaos, or point CHAOS_BPF_PROGRAMS at a folder that has it."
+                )
         try:
             self._load()
         except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception on load failures
@@ -143,7 +154,7 @@ class BpfSession:
                 src_file=str(program_source(_SOURCES[probe])).encode(), cflags=_tracepoint_flags()
             )
         keys = [struct.unpack("I", socket.inet_aton(a))[0] for a in self.scope.addresses]
-        for probe in ("connect", "tcp"):
+        for probe in ("connect", "tcp", "traffic"):
             if probe in self._bpfs:
                 table = self._bpfs[probe][b"scope"]
                 for key in keys:
@@ -245,6 +256,8 @@ class BpfSession:
                 for i, v in enumerate(self._bpfs["tcp"][b"states"].values())
                 if v.value
             }
+        if "traffic" in self._bpfs:
+            obs.served, obs.peers = _traffic(self._bpfs["traffic"])
         if "process" in self._bpfs:
             obs.process_events = sorted(self._process_events, key=lambda e: e.ts)
             for e in obs.process_events:
@@ -310,15 +323,49 @@ class BpfSession:
 
 
 def _tracepoint_flags() -> list[str]:
-    """-D flags for tracepoint arguments that only some kernels have."""
+    """-D flags for tracepoints, and tracepoint arguments, that only some kernels have."""
+    roots = [Path(r) for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")]
+    root = next((r for r in roots if (r / "events").is_dir()), None)
+    if root is None:
+        return []
     flags = []
-    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        fmt = Path(root, "events/tcp/tcp_retransmit_skb/format")
-        with contextlib.suppress(OSError):
-            if " err;" in fmt.read_text():
-                flags.append("-DCHAOS_RETRANSMIT_HAS_ERR")
-            break
+    with contextlib.suppress(OSError):
+        # Request/response timing needs the socket's address where data arrives and
+        # the send tracepoint (both in 6.x kernels; bookworm's 6.1 has neither).
+        probe_format = (root / "events/tcp/tcp_probe/format").read_text()
+        if "skaddr;" in probe_format and (root / "events/sock/sock_send_length").is_dir():
+            flags.append("-DCHAOS_PAIRS")
+    with contextlib.suppress(OSError):
+        if " err;" in (root / "events/tcp/tcp_retransmit_skb/format").read_text():
+            flags.append("-DCHAOS_RETRANSMIT_HAS_ERR")
     return flags
+
+
+def _traffic(bpf: Any) -> tuple[dict[int, PortTraffic], dict[int, PortTraffic]]:
+    """The traffic program's tables as (served, peers), each by port."""
+    tables: dict[int, dict[int, PortTraffic]] = {1: {}, 2: {}}  # ROLE_SERVED, ROLE_PEER
+    for key, flow in bpf[b"flows"].items():
+        role, port = key.value >> 16, key.value & 0xFFFF
+        if role in tables:
+            tables[role][port] = PortTraffic(
+                connections=int(flow.connections), segments=int(flow.segments),
+                bytes=int(flow.bytes),
+            )  # fmt: skip
+    samples: dict[tuple[int, int, int], dict[int, int]] = defaultdict(dict)
+    for key, count in bpf[b"rtt"].items():
+        role, port = key.flow >> 16, key.flow & 0xFFFF
+        samples[(role, port, int(key.kind))][int(key.bucket)] = int(count.value)
+    for (role, port, kind), buckets in samples.items():
+        traffic = tables.get(role, {}).setdefault(port, PortTraffic())
+        histogram = Histogram(buckets, unit="ms", width=_RTT_BUCKET_MS)
+        if kind == 1:  # KIND_PAIR
+            traffic.rtt = histogram
+        else:
+            traffic.srtt = histogram
+    return tables[1], tables[2]
+
+
+_RTT_BUCKET_MS = 0.1  # BUCKET_US in tcp_traffic.c
 
 
 def _histogram(table: Any) -> Histogram:

@@ -27,6 +27,36 @@ class ConnectAttempt:
 
 
 @dataclass
+class PortTraffic:
+    """TCP traffic of the scope on one service port (see ``TcpObservation.served``
+    and ``.peers``): connections established, data segments and payload bytes the
+    scope received, and round trips in milliseconds."""
+
+    connections: int = 0
+    segments: int = 0
+    bytes: int = 0
+    #: Request/response pairs of the scope's client sockets: from the first send to
+    #: the first data received back (network round trip plus the peer's work). Kernels
+    #: before 6.4 lack the send tracepoint: None there.
+    rtt: Histogram | None = None
+    #: The kernel's smoothed RTT of the receiving socket at each data segment (it
+    #: follows a change of the path over several round trips).
+    srtt: Histogram | None = None
+
+    def figures(self, prefix: str) -> dict[str, float | int]:
+        out: dict[str, float | int] = {
+            f"{prefix}_connections": self.connections,
+            f"{prefix}_segments": self.segments,
+            f"{prefix}_bytes": self.bytes,
+        }
+        for name in ("rtt", "srtt"):
+            hist = getattr(self, name)
+            if hist is not None and hist.count:
+                out.update(hist.figures(f"{prefix}_{name}"))
+        return out
+
+
+@dataclass
 class TcpObservation:
     """What was seen of the scoped services' TCP while the session ran."""
 
@@ -54,6 +84,10 @@ class TcpObservation:
     #: pressure): BPF only.
     page_frees: int | None = None
     reclaims: int | None = None
+    #: Traffic the scope served, by its own port (e.g. 80 for nginx), and traffic it
+    #: had as a client, by its peer's port (e.g. 5432 for PostgreSQL): BPF only.
+    served: dict[int, PortTraffic] | None = None
+    peers: dict[int, PortTraffic] | None = None
     #: "bpf", or "proc" when only /proc counters could be read.
     source: str = "bpf"
     #: Why the observation is degraded (None when BPF ran).
@@ -69,6 +103,22 @@ class TcpObservation:
             for a in self.connects
             if a.port == port and (destination is None or a.destination == destination)
         ]
+
+    def served_on(self, port: int) -> PortTraffic:
+        """The traffic the scope received on its own ``port`` (zeros if none)."""
+        return self._traffic("served", port)
+
+    def peer(self, port: int) -> PortTraffic:
+        """The traffic the scope received from peers' ``port`` as a client (zeros if none)."""
+        return self._traffic("peers", port)
+
+    def _traffic(self, kind: str, port: int) -> PortTraffic:
+        table = getattr(self, kind)
+        if table is None:
+            raise EnvironmentProblem(
+                f"no traffic per port: BPF did not run ({self.degraded}); only counters are known."
+            )
+        return table.get(port) or PortTraffic()
 
     @property
     def oom_victims(self) -> list[ProcessEvent]:
@@ -102,6 +152,9 @@ class TcpObservation:
             out[f"{prefix}_page_frees"] = self.page_frees
         if self.reclaims is not None:
             out[f"{prefix}_reclaims"] = self.reclaims
+        for kind, table in (("served", self.served), ("peer", self.peers)):
+            for port, traffic in sorted((table or {}).items()):
+                out.update(traffic.figures(f"{prefix}_{kind}_{port}"))
         if self.degraded:
             out[f"{prefix}_degraded"] = self.degraded
         if self.connects is not None:

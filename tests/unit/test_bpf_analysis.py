@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pytest_chaos import ConfigurationError, EnvironmentProblem
 from pytest_chaos.observe.backoff import analyze_backoff, assert_backoff
 from pytest_chaos.observe.events import RawConnectEvent, assemble_attempts
 from pytest_chaos.observe.histogram import Histogram
 from pytest_chaos.observe.kernel import kernel_source
+from pytest_chaos.observe.observation import PortTraffic, TcpObservation
 
 SRC, DST = "172.20.0.5", "172.20.0.2"
 
@@ -78,6 +80,31 @@ def test_histogram_percentiles_are_monotonic_and_bounded(buckets, p, q):
     assert hist.percentile(low) <= hist.percentile(high)
     used = [b for b, c in buckets.items() if c]
     assert (0 if min(used) == 0 else 2 ** min(used)) <= hist.percentile(low) <= 2 ** (max(used) + 1)
+
+
+def test_linear_histogram_buckets_have_the_width_given():
+    # Round trips in 0.1 ms buckets: 10 samples in [50.0, 50.1) ms, 10 in [100.0, 100.1).
+    hist = Histogram({500: 10, 1000: 10}, unit="ms", width=0.1)
+    assert hist.percentile(25) == pytest.approx(50.05)
+    assert hist.percentile(50) == pytest.approx(50.1)
+    assert hist.percentile(100) == pytest.approx(100.1)
+    assert hist.figures("rtt") == {
+        "rtt_count": 20, "rtt_p50_ms": 50.1, "rtt_p95_ms": 100.09, "rtt_p99_ms": 100.1,
+    }  # fmt: skip
+    with pytest.raises(ConfigurationError):
+        Histogram({1: 1}, width=-1)
+
+
+def test_traffic_per_port_reads_zeros_for_a_silent_port_and_refuses_without_bpf():
+    obs = TcpObservation(served={80: PortTraffic(connections=2, segments=3, bytes=300)}, peers={})
+    assert obs.served_on(80).bytes == 300
+    assert obs.served_on(8080) == PortTraffic()
+    assert obs.peer(5432).connections == 0
+    figures = obs.figures("bpf_nginx")
+    assert figures["bpf_nginx_served_80_bytes"] == 300
+    assert figures["bpf_nginx_served_80_connections"] == 2
+    with pytest.raises(EnvironmentProblem, match="BPF did not run"):
+        TcpObservation(source="proc", degraded="BPF needs root").peer(5432)
 
 
 def backoff_times(base, factor, cap, count, jitter=0.0, seed=0):
