@@ -91,8 +91,9 @@ def set_full(
     operations return every element present (a list; an element listed twice is a
     duplicate). The *final read* is the last ``ok`` read.
 
-    - lost: added ``ok`` but absent from the final read. For each, the first ok read
-      invoked after the add was acknowledged that lacked it is named.
+    - lost: added ``ok`` before the final read began, but absent from it. For each,
+      the first ok read invoked after its first acknowledgement that lacked it is
+      named. (An add acknowledged while the final read ran may be absent.)
     - duplicated: listed more than once in the final read (an add that ended
       ``info`` and was retried must still appear once).
     - phantom: read but never added.
@@ -102,22 +103,29 @@ def set_full(
     a history nobody read back proves nothing.
     """
     ops = _operations(history)
-    adds: dict[Hashable, Operation] = {}
-    outcome: dict[Hashable, Counter[str]] = defaultdict(Counter)
-    reads: list[Operation] = []
-    for op in ops:
-        if op.f == add:
-            key = element(op.invoke.value)
-            adds.setdefault(key, op)
-            outcome[key][op.type] += 1
-        elif op.f == read and op.type == "ok":
-            reads.append(op)
+    reads = [op for op in ops if op.f == read and op.type == "ok"]
     if not reads:
+        adds_seen = len({element(op.invoke.value) for op in ops if op.f == add})
         return CheckResult(
-            "set-full", False, {"adds": len(adds)},
+            "set-full", False, {"adds": adds_seen},
             (f"no ok {read!r} operation: the final state was never read back",),
         )  # fmt: skip
     final = reads[-1]
+    # The first acknowledgement of each element, among those the final read could see
+    # (completed before it began). An element acknowledged only while the final read
+    # ran (or after) may or may not be in it: it counts as indeterminate.
+    adds: dict[Hashable, Operation] = {}
+    outcome: dict[Hashable, Counter[str]] = defaultdict(Counter)
+    for op in ops:
+        if op.f != add:
+            continue
+        key = element(op.invoke.value)
+        kind = op.type
+        if kind == "ok" and op.completion.time >= final.invoke.time:  # type: ignore[union-attr]
+            kind = "info"
+        if kind == "ok":
+            adds.setdefault(key, op)
+        outcome[key][kind] += 1
     final_counts = Counter(element(v) for v in (final.completion.value or ()))  # type: ignore[union-attr]
     acknowledged = [k for k, seen in outcome.items() if seen["ok"]]
     indeterminate = [k for k, seen in outcome.items() if seen["info"] and not seen["ok"]]
@@ -128,7 +136,7 @@ def set_full(
     resurrected = sorted((k for k in final_counts if k in failed), key=repr)
     first_missing = _first_missing(lost, adds, reads, element)
     figures: dict[str, float | int | str] = {
-        "adds": len(adds),
+        "adds": len(outcome),
         "acknowledged": len(acknowledged),
         "indeterminate": len(indeterminate),
         "indeterminate_present": sum(1 for k in indeterminate if k in final_counts),

@@ -262,19 +262,28 @@ def read_jsonl(path: Path) -> list[Op]:
     return events
 
 
-def export_elle(events: Iterable[Op], path: Path) -> Path:
+def export_elle(events: Iterable[Op], path: Path, *, writes: Iterable[str] = ("add",)) -> Path:
     """Write the history as elle-cli reads JSON: one map a line with ``index``,
     ``type``, ``f``, ``value``, ``process`` and ``time`` in integer nanoseconds.
     Keywords are plain strings; tuples become lists. Fault names and errors, which
-    Elle does not read, are left out."""
+    Elle does not read, are left out. The completion of an operation named in
+    ``writes`` carries its invoke's value, as Elle expects of a write (the element
+    added, not the id the system answered with, which our history keeps there)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_fs = set(writes)
+    invoked: dict[int, Any] = {}
     with path.open("w", encoding="utf-8") as out:
         for op in events:
+            value = op.value
+            if op.type == "invoke":
+                invoked[op.process] = op.value
+            elif op.f in write_fs and op.process in invoked:
+                value = invoked.pop(op.process)
             record = {
                 "index": op.index,
                 "type": op.type,
                 "f": op.f,
-                "value": op.value,
+                "value": value,
                 "process": op.process,
                 "time": round(op.time * 1e9),
             }

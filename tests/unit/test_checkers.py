@@ -78,6 +78,39 @@ def test_set_full_rejects_duplicates_phantoms_and_failed_adds_that_happened():
     assert "whose add had failed (definitely not done): 3" in text
 
 
+def test_a_retried_element_is_acknowledged_when_its_retry_was():
+    """First attempt left open (a crashed client), then unknown, then ok: the element
+    counts as acknowledged at the ok, and a read before that is not 'missing' it."""
+    history = History(clock=Clock())
+    crashed, unsure, retry, reader = (history.client() for _ in range(4))
+    crashed.invoke("add", 7)
+    unsure.invoke("add", 7)
+    unsure.info(error="timeout")
+    reader.invoke("read")
+    reader.ok([])  # before the retry: 7 may well be absent
+    retry.invoke("add", 7)
+    retry.ok()
+    acked_at = history.events[-1].time
+    reader.invoke("read")
+    reader.ok([])
+    result = set_full(history.events)
+    assert result.details["lost"] == [7]
+    assert result.details["first_missing"][7] > acked_at
+    assert f"acknowledged at {acked_at:.3f} s" in result.problems[0]
+
+
+def test_an_element_acknowledged_while_the_final_read_ran_may_be_absent():
+    history = History(clock=Clock())
+    writer, reader = history.client(), history.client()
+    writer.invoke("add", 1)
+    reader.invoke("read")
+    writer.ok()  # acknowledged after the final read began
+    reader.ok([])
+    result = set_full(history.events)
+    assert result.valid, result.problems
+    assert result.figures["indeterminate"] == 1
+
+
 def test_set_full_without_a_final_read_proves_nothing():
     history = History()
     client = history.client()

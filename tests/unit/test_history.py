@@ -139,6 +139,15 @@ def test_the_elle_export_has_the_fields_elle_cli_reads(tmp_path):
     ]  # fmt: skip
 
 
+def test_the_elle_export_of_an_add_carries_the_element_not_the_id_answered(tmp_path):
+    history = History(clock=Clock())
+    client = history.client()
+    client.invoke("add", "order-7")
+    client.ok(1042)  # the id the system gave it, kept for the unique-ids check
+    lines = export_elle(history.events, tmp_path / "elle.json").read_text().splitlines()
+    assert [json.loads(line)["value"] for line in lines] == ["order-7", "order-7"]
+
+
 def test_windows_name_before_during_and_after():
     faults: list[str] = []
     history = History(faults=lambda: faults)
