@@ -7,12 +7,14 @@ exchange's addresses, its steady-state checks, an order flow and a data-loss loo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +23,15 @@ from typing import Any
 
 import pytest
 
-from pytest_chaos import Chaos, ComposeProject, Flow, LoadGenerator, Request, timeline
+from pytest_chaos import (
+    Chaos,
+    ComposeProject,
+    Flow,
+    LoadGenerator,
+    Request,
+    timeline,
+    wait_for_recovery,
+)
 from pytest_chaos.observe.load import outcome_of
 
 ROOT = Path(__file__).resolve().parent
@@ -106,17 +116,22 @@ class Exchange:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     #: Ids of orders the steady-state probe placed (acknowledged writes too).
     probe_acks: list[str] = field(default_factory=list)
+    #: Every order sent in this test, by client order id: the final phase sends again
+    #: each one whose outcome was unknown, as a client retrying it would.
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def order(self, n: int, rng: random.Random | None = None) -> dict[str, Any]:
         r = rng or random
-        return {
+        order = {
             "symbol": self.symbol,
             "side": r.choice(("buy", "sell")),
             "price": round(100 + r.uniform(-1, 1), 2),
             "quantity": r.randint(1, 10),
             "client_order_id": f"{self.symbol}-{self.tag}-{uuid.uuid4().hex[:12]}-{n}",
         }
+        self.sent[order["client_order_id"]] = order
+        return order
 
     def ready(self) -> bool:
         import httpx
@@ -125,29 +140,35 @@ class Exchange:
 
     def accepts_orders(self) -> bool:
         """The steady state: the API is ready and an order is acknowledged."""
-        import httpx
-
         if not self.ready():
             return False
-        order = self.order(next(self._ids))
-        history = timeline.history()  # the probe's orders are operations of the test too
-        client = history.client() if history is not None else None
-        if client is not None:
-            client.invoke("add", order["client_order_id"])
-        try:
-            response = httpx.post(f"{self.api_url}/orders", json=order, timeout=5.0)
-        except httpx.HTTPError as exc:
-            if client is not None:
-                client.complete(outcome_of(None, exc), error=type(exc).__name__)
-            raise
-        if client is not None:
-            kind = outcome_of(response, None)
-            client.complete(kind, _order_id(response), error=None if kind == "ok" else "HTTP "
-                            f"{response.status_code}")  # fmt: skip
+        response = self.place(self.order(next(self._ids)))
         if response.status_code == 201:
             self.probe_acks.append(str(response.json()["client_order_id"]))
             return True
         return False
+
+    def place(self, order: dict[str, Any], *, timeout: float = 5.0) -> Any:
+        """POST ``order`` to the API once, as an operation of the test's history (every
+        order under the test's tag must be one, or the final read finds a phantom);
+        return the response, or raise httpx's error."""
+        import httpx
+
+        history = timeline.history()
+        client = history.client() if history is not None else None
+        if client is not None:
+            client.invoke("add", order["client_order_id"])
+        try:
+            response = httpx.post(f"{self.api_url}/orders", json=order, timeout=timeout)
+        except httpx.HTTPError as exc:
+            if client is not None:
+                client.complete(order_outcome(None, exc), error=type(exc).__name__)
+            raise
+        if client is not None:
+            kind = order_outcome(response, None)
+            client.complete(kind, _order_id_any(response), error=None if kind == "ok" else "HTTP "
+                            f"{response.status_code}")  # fmt: skip
+        return response
 
     def flows(
         self, *, orders: float = 0, market: float = 0, ready: float = 0, dashboard: float = 0
@@ -164,6 +185,7 @@ class Exchange:
                 summarize=_json_error,
                 operation=lambda n, req: ("add", req.json["client_order_id"]),
                 result=_order_id,
+                outcome=order_outcome,
             ),
             "market": lambda rate: Flow(
                 "market",
@@ -172,6 +194,8 @@ class Exchange:
                 summarize=lambda r: (
                     r.json().get("source") if r.status_code == 200 else _json_error(r)
                 ),
+                operation=lambda n, req: ("read-market", self.symbol),
+                result=_market_freshness,
             ),
             "ready": lambda rate: Flow(
                 "ready",
@@ -208,7 +232,7 @@ class Exchange:
                    SELECT %(s)s || '-seed-' || g, %(s)s, 'buy', 50 + (g %% 100) / 100.0,
                           5, 5, 'open'
                    FROM generate_series(1, %(n)s) AS g
-                   ON CONFLICT (client_order_id) DO NOTHING""",
+                   ON CONFLICT DO NOTHING""",
                 {"s": symbol, "n": count},
             )
 
@@ -244,6 +268,11 @@ class Exchange:
 
         from pytest_chaos import availability, conservation, set_full, unique_ids
 
+        # The final phase: no fault in force, the exchange recovered, then the retries
+        # and the final read.
+        if chaos.undo_all():
+            wait_for_recovery(self.accepts_orders, timeout=60, what="the final steady state")
+        self.retry_unknown(chaos)
         reader = chaos.history.client()
         reader.invoke("read")
         with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
@@ -253,10 +282,27 @@ class Exchange:
             ).fetchall()
         reader.ok([str(row[0]) for row in rows])
         history = chaos.history
+        invariants = {**self.invariants(), "fresh_reads_are_fresh": lambda: stale_as_fresh(history)}
         chaos.check(
             set_full(history), unique_ids(history, f="add"), availability(history),
-            conservation(self.invariants(), name="exchange-conservation"),
+            conservation(invariants, name="exchange-conservation"),
         )  # fmt: skip
+
+    def retry_unknown(self, chaos: Chaos) -> None:
+        """Send again, once, each order whose outcome was unknown (a timeout, a lost
+        connection), with its client order id, as a client that must know would: the
+        exchange must store it once, whether the first attempt was stored or not.
+        Each retry is an operation of the history (its own client)."""
+        import httpx
+
+        unknown = [
+            op.invoke.value for op in chaos.history.operations()
+            if op.f == "add" and op.type == "info" and op.invoke.value in self.sent
+        ]  # fmt: skip
+        chaos.record("orders_retried_after_unknown_outcome", len(unknown))
+        for client_order_id in unknown:
+            with contextlib.suppress(httpx.HTTPError):  # recorded in the history either way
+                self.place(self.sent[client_order_id], timeout=10.0)
 
     def invariants(self) -> dict[str, Callable[[], list[str]]]:
         """The exchange's conservation rules over the orders of this test (its tag)
@@ -318,6 +364,64 @@ def _order_id(response: Any) -> int | None:
     return int(value) if value is not None else None
 
 
+#: 503s the exchange answers before any work on the order began: definitely not done.
+_REFUSED_BEFORE_WORK = frozenset({"database_busy", "database_pool_exhausted"})
+#: Market data older than this when it was served, yet marked fresh, is a lie: the
+#: exchange's cache is fresh for 0.25 s (MARKET_FRESH_S); the rest is margin for the
+#: clocks of the container and the host (one kernel clock: the same wall time).
+FRESH_S = 0.25 + 0.25
+
+
+def order_outcome(response: Any, exc: BaseException | None) -> str:
+    """How an order request ended, for the history. The exchange's 503s say why: a
+    refusal before the order's transaction began (no connection slot, pool exhausted)
+    is ``fail``; database_unavailable and database_timeout may come after the
+    transaction sent its commit, so they are ``info``, as is anything unknown."""
+    kind = outcome_of(response, exc)
+    if kind == "fail" and response is not None and response.status_code == 503:
+        return "fail" if _json_error(response) in _REFUSED_BEFORE_WORK else "info"
+    return kind
+
+
+def _order_id_any(response: Any) -> int | None:
+    """The id of the order a retry stored or found (201 stored, 200 found)."""
+    if response.status_code not in (200, 201):
+        return None
+    value = response.json().get("id")
+    return int(value) if value is not None else None
+
+
+def _market_freshness(response: Any) -> dict[str, Any] | None:
+    """What a market read said of its age: marked stale or not, and how old the book
+    was when the answer arrived (the exchange stamps each book with ``as_of``)."""
+    if response.status_code != 200:
+        return None
+    body = response.json()
+    as_of = body.get("as_of")
+    age = time.time() - float(as_of) if as_of is not None else None
+    return {"stale": bool(body.get("stale")), "source": body.get("source"), "age_s": age}
+
+
+def stale_as_fresh(history: Any) -> list[str]:
+    """Counterexamples: market reads marked fresh whose book was older than FRESH_S
+    when they were served (its age on arrival less the whole request's duration: a
+    lower bound of its age when the exchange answered)."""
+    found = []
+    for op in history.operations():
+        if op.f != "read-market" or op.type != "ok" or op.completion is None:
+            continue
+        value = op.completion.value or {}
+        if value.get("stale") or value.get("age_s") is None:
+            continue
+        served_age = value["age_s"] - (op.completion.time - op.invoke.time)
+        if served_age > FRESH_S:
+            found.append(
+                f"a market read at {op.completion.time:.3f} s was marked fresh (source "
+                f"{value.get('source')!r}) but its book was at least {served_age:.2f} s old"
+            )
+    return found
+
+
 def _json_error(response: Any) -> str | None:
     if response.status_code < 400:
         return None
@@ -348,4 +452,5 @@ def _probe_acks_per_test(request: pytest.FixtureRequest) -> None:
     if "exchange" in request.fixturenames:
         exchange = request.getfixturevalue("exchange")
         exchange.probe_acks.clear()
+        exchange.sent.clear()
         exchange.tag = uuid.uuid4().hex[:6]

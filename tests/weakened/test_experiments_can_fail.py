@@ -78,6 +78,22 @@ CASES = [
         "ack-before-commit",
         "acknowledged orders are missing",
     ),
+    # Weaknesses only the history's checkers see: every other assertion passes.
+    (
+        "test_09_network_latency.py::test_network_latency",
+        "retry-reinserts",
+        "element(s) read more than once",
+    ),
+    (
+        "test_09_network_latency.py::test_network_latency",
+        "unlocked-match",
+        "check failed: filled_is_traded",
+    ),
+    (
+        "test_01_database_sudden_death.py::test_database_sudden_death",
+        "stale-as-fresh",
+        "fresh_reads_are_fresh",
+    ),
 ]
 
 

@@ -16,7 +16,7 @@ from . import orders
 from .cache import Cache
 from .config import Settings
 from .db import Database
-from .errors import BadRequest, NotFound, ServiceError
+from .errors import BadRequest, DatabaseTimeout, NotFound, ServiceError
 from .metrics import Metrics
 
 log = logging.getLogger("exchange.api")
@@ -80,8 +80,19 @@ async def place_order(request: web.Request) -> web.Response:
     order = orders.NewOrder.parse(body)
     if "ack-before-commit" in request.app[SETTINGS].weaken:
         return _accept_and_write_behind(request.app, order)
-    db = request.app[DB]
-    placed, created = await db.run(lambda conn: orders.place(conn, order))
+    db, weaken = request.app[DB], request.app[SETTINGS].weaken
+    work = asyncio.ensure_future(db.run(lambda conn: orders.place(conn, order, weaken)))
+    if "retry-reinserts" in weaken:
+        # The weakness: a deadline that answers without cancelling the work behind it.
+        try:
+            placed, created = await asyncio.wait_for(asyncio.shield(work), 1.0)
+        except TimeoutError:
+            abandoned = request.app["abandoned"]
+            abandoned.add(work)
+            work.add_done_callback(lambda t: abandoned.discard(t) or t.cancelled() or t.exception())
+            raise DatabaseTimeout("The order was not placed within 1 s.") from None
+    else:
+        placed, created = await work
     request.app[METRICS].inc("orders_placed" if created else "orders_replayed")
     if created and "blocking-events" in request.app[SETTINGS].weaken:
         # The weakness: the order waits on Redis, and fails with it.
@@ -163,6 +174,9 @@ async def market(request: web.Request) -> web.Response:
     except ServiceError as exc:
         if cached is None or "no-cache-fallback" in app[SETTINGS].weaken:
             raise
+        if "stale-as-fresh" in app[SETTINGS].weaken:
+            # The weakness: an old book, served as if it had just been read.
+            return web.json_response({**cached, "source": "cache", "stale": False})
         metrics.inc("market_served_stale")
         return web.json_response(
             {
@@ -246,6 +260,7 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[api_rate_limit, errors_as_json])
     app["buckets"] = {}
     app["write_behind"] = []
+    app["abandoned"] = set()  # the weakness retry-reinserts: work answered 504 and left to run
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics

@@ -25,6 +25,17 @@ WEAKNESSES = {
     "no-db-timeout": "no statement timeout, no deadline on queries or the pool: wait for ever",
     "tight-timeouts": "database calls time out after 100 ms, a deadline tuned on an idle machine",
     "wait-for-connection": "when PostgreSQL has no connection slot left, retry until it has one",
+    "retry-reinserts": (
+        "no idempotency key: every POST stores a new order, and an order whose database "
+        "work outlives 1 s is answered 503 database_timeout while its transaction commits"
+    ),
+    "unlocked-match": (
+        "match against the book read before taking the symbol's lock: concurrent orders "
+        "fill the same resting quantity twice"
+    ),
+    "stale-as-fresh": (
+        "when the database cannot answer, serve the cached book marked fresh, however old"
+    ),
 }
 
 

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS trades (
 );
 CREATE INDEX IF NOT EXISTS trades_recent ON trades (symbol, id DESC);
 """
+#: The weakness retry-reinserts: the same tables without the idempotency key.
+SCHEMA_WITHOUT_IDEMPOTENCY = SCHEMA.replace(
+    "client_order_id TEXT NOT NULL UNIQUE", "client_order_id TEXT NOT NULL"
+)
 
 # Errors that mean the connection (or the server behind it) is gone, not that a query
 # was wrong. psycopg reports both lost connections and refused ones as OperationalError.
@@ -292,7 +296,11 @@ class Database:
                 if not self._schema_ready:
                     async with conn.transaction():
                         await conn.execute("SELECT pg_advisory_xact_lock(4242)")
-                        await conn.execute(SCHEMA)
+                        await conn.execute(
+                            SCHEMA_WITHOUT_IDEMPOTENCY
+                            if "retry-reinserts" in self._settings.weaken
+                            else SCHEMA
+                        )
                     self._schema_ready = True
                 await conn.execute("SELECT 1")
             except (*_CONNECTION_ERRORS, TimeoutError, psycopg.Error) as exc:

@@ -66,17 +66,42 @@ def order_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def place(conn: psycopg.AsyncConnection[Any], order: NewOrder) -> tuple[dict[str, Any], bool]:
+_INSERT_ONCE = """
+    INSERT INTO orders (client_order_id, symbol, side, price, quantity, remaining, status)
+    VALUES (%s, %s, %s, %s, %s, %s, 'open')
+    ON CONFLICT (client_order_id) DO NOTHING
+    RETURNING *"""
+#: The weakness retry-reinserts: no idempotency key, every request a new order.
+_INSERT_ALWAYS = """
+    INSERT INTO orders (client_order_id, symbol, side, price, quantity, remaining, status)
+    VALUES (%s, %s, %s, %s, %s, %s, 'open')
+    RETURNING *"""
+
+
+async def place(
+    conn: psycopg.AsyncConnection[Any], order: NewOrder, weaken: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], bool]:
     """Store and match ``order``; return (order, created). A repeated client_order_id
-    returns the order stored the first time (created False), so clients may retry."""
+    returns the order stored the first time (created False), so clients may retry.
+    ``weaken`` switches on the weaknesses retry-reinserts and unlocked-match."""
     cur = conn.cursor(row_factory=dict_row)
+    if order.side == "buy":
+        book_query = """SELECT id, price, remaining FROM orders
+                        WHERE symbol = %s AND side = 'sell' AND remaining > 0 AND price <= %s
+                        ORDER BY price ASC, id ASC"""
+    else:
+        book_query = """SELECT id, price, remaining FROM orders
+                        WHERE symbol = %s AND side = 'buy' AND remaining > 0 AND price >= %s
+                        ORDER BY price DESC, id ASC"""
+    stale_book = None
+    if "unlocked-match" in weaken:
+        # The weakness: the book is read before the lock, and may change meanwhile.
+        await cur.execute(book_query, (order.symbol, order.price))
+        stale_book = await cur.fetchall()
     # One matching engine per symbol: serialise matching on the symbol's book.
     await cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (order.symbol,))
     await cur.execute(
-        """INSERT INTO orders (client_order_id, symbol, side, price, quantity, remaining, status)
-           VALUES (%s, %s, %s, %s, %s, %s, 'open')
-           ON CONFLICT (client_order_id) DO NOTHING
-           RETURNING *""",
+        _INSERT_ALWAYS if "retry-reinserts" in weaken else _INSERT_ONCE,
         (
             order.client_order_id,
             order.symbol,
@@ -95,16 +120,11 @@ async def place(conn: psycopg.AsyncConnection[Any], order: NewOrder) -> tuple[di
         assert existing is not None
         return order_json(existing), False
 
-    if order.side == "buy":
-        book_query = """SELECT id, price, remaining FROM orders
-                        WHERE symbol = %s AND side = 'sell' AND remaining > 0 AND price <= %s
-                        ORDER BY price ASC, id ASC"""
+    if stale_book is None:
+        await cur.execute(book_query, (order.symbol, order.price))
+        resting = await cur.fetchall()
     else:
-        book_query = """SELECT id, price, remaining FROM orders
-                        WHERE symbol = %s AND side = 'buy' AND remaining > 0 AND price >= %s
-                        ORDER BY price DESC, id ASC"""
-    await cur.execute(book_query, (order.symbol, order.price))
-    resting = await cur.fetchall()
+        resting = stale_book
 
     remaining = order.quantity
     for other in resting:
