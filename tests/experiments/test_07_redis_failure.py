@@ -3,7 +3,8 @@
 Redis goes away for a few seconds under order flow and market-data reads, then comes
 back. Order placement must keep working (events to Redis fail, are counted, and
 never block an order); market data must come from PostgreSQL, whose load rises;
-after Redis returns, cache hits resume.
+after Redis returns, cache hits resume. BPF sees the cache misses from the API: its
+Redis traffic stops and its PostgreSQL traffic rises.
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ import pytest
 
 from pytest_chaos import wait_for_recovery
 
-pytestmark = [pytest.mark.experiment("07"), pytest.mark.cache, pytest.mark.root, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.experiment("07"),
+    pytest.mark.cache,
+    pytest.mark.bpf,
+    pytest.mark.root,
+    pytest.mark.slow,
+]
 
 DWELL_S = 3.0  # long enough for a few cache refresh cycles at 20 reads/s
 RECOVERY_LIMIT_S = 60.0
+POSTGRES, REDIS = 5432, 6379
 
 
 def metrics(exchange) -> dict[str, int]:
@@ -35,18 +43,21 @@ def commits(exchange) -> int:
     return int(row[0])
 
 
-def test_redis_failure(chaos, exchange):
+def test_redis_failure(chaos, exchange, bpf):
     wait_for_recovery(exchange.accepts_orders, timeout=60, what="the exchange's steady state")
     with exchange.load(orders=10, market=20, ready=5, dashboard=1) as load:
         load.wait_for_records("market", 20)
         # Baseline: database transactions per second with the cache in front.
-        c0, t0 = commits(exchange), time.monotonic()
-        time.sleep(DWELL_S)  # the baseline window: as long as the fault's
-        m1, c1, t1 = metrics(exchange), commits(exchange), time.monotonic()
+        with bpf.watch("trading-api", probes=("traffic",), label="before") as before:
+            c0, t0 = commits(exchange), time.monotonic()
+            time.sleep(DWELL_S)  # the baseline window: as long as the fault's
+            m1, c1, t1 = metrics(exchange), commits(exchange), time.monotonic()
 
         stopped = chaos.stop("redis", grace=1)
-        time.sleep(DWELL_S)  # the fault's dwell
-        m2, c2, t2 = metrics(exchange), commits(exchange), time.monotonic()
+        with bpf.watch("trading-api", probes=("traffic",), label="during") as during:
+            t_during = time.monotonic()
+            time.sleep(DWELL_S)  # the fault's dwell
+            m2, c2, t2 = metrics(exchange), commits(exchange), time.monotonic()
         restarted = time.monotonic()  # recovery counts from the restart, start-up included
         chaos.undo(stopped)
 
@@ -72,6 +83,20 @@ def test_redis_failure(chaos, exchange):
     chaos.record("events_failed_during_fault", events_failed)
     chaos.record("orders_during_fault", len(orders))
     chaos.record("cache_recovery_time_s", round(recovery.recovery_time_s, 3))
+    bpf_ran = before.support.available and during.support.available
+    if bpf_ran:
+        # The cache misses, seen by the kernel: data segments the API received from
+        # PostgreSQL per second, before and while Redis was down.
+        db_before = before.observation.peer(POSTGRES).segments / (t1 - t0)
+        db_during = during.observation.peer(POSTGRES).segments / (t2 - t_during)
+        redis_before = before.observation.peer(REDIS).segments
+        redis_during = during.observation.peer(REDIS).segments
+        chaos.record("bpf_db_segments_per_s_before", round(db_before, 1))
+        chaos.record("bpf_db_segments_per_s_during", round(db_during, 1))
+        chaos.record("bpf_db_traffic_factor", round(db_during / max(db_before, 0.1), 2), key=True)
+    else:
+        reason = during.support.reason or before.support.reason
+        chaos.record("bpf_degraded", reason or "BPF did not run")
 
     # Orders kept working: every one acknowledged.
     not_placed = [r for r in orders if r.status != 201]
@@ -88,6 +113,12 @@ def test_redis_failure(chaos, exchange):
     # against a cache that is fresh for 0.25 s, measured here over 3 runs: x1.8-2.5
     # (baseline 11-14 commits/s, 26-34 during); the bound leaves room for noise.
     assert outage_rate > baseline_rate * 1.15, (baseline_rate, outage_rate)
+    if bpf_ran:
+        # The API talked to Redis before and not at all while it was down...
+        assert redis_before > 0, "no Redis traffic seen from the API before the fault"
+        assert redis_during == 0, f"{redis_during} segments from Redis while it was down"
+        # ...and the misses went to PostgreSQL: measured here over N runs: FIXME.
+        assert db_during > db_before * 1.15, (db_before, db_during)
     # Event publications failed, were counted, and did not hold orders back.
     assert events_failed > 0
     # Hits resume after Redis returns.
