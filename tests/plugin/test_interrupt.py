@@ -154,7 +154,8 @@ def test_pytest_exit_during_a_fault_undoes_it_and_reports_the_test_as_interrupte
         ),
         (
             {
-                "test_inner": "def test_a(chaos):\n    assert False\n\ndef test_b(chaos):\n    pass\n"
+                "test_inner": "def test_a(chaos):\n    assert False\n\n"
+                "def test_b(chaos):\n    pass\n"
             },
             ["-x"],
             "1 failed",
