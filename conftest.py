@@ -223,9 +223,8 @@ class Exchange:
         """Give ``symbol`` a book of ``count`` resting buy orders, as after a busy day
         (written directly in one statement: experiments that use it are about reading
         them)."""
-        import psycopg
 
-        with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+        with self.connect_db() as conn:
             conn.execute(
                 """INSERT INTO orders
                      (client_order_id, symbol, side, price, quantity, remaining, status)
@@ -264,7 +263,6 @@ class Exchange:
         twice; availability: outcomes per fault window (figures); conservation: the
         :meth:`invariants`. Every checker's figures are recorded before the first
         invalid one fails the test."""
-        import psycopg
 
         from pytest_chaos import availability, conservation, set_full, unique_ids
 
@@ -275,7 +273,7 @@ class Exchange:
         self.retry_unknown(chaos)
         reader = chaos.history.client()
         reader.invoke("read")
-        with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+        with self.connect_db() as conn:
             rows = conn.execute(
                 "SELECT client_order_id FROM orders WHERE client_order_id LIKE %s",
                 (f"{self.symbol}-{self.tag}-%",),
@@ -309,12 +307,11 @@ class Exchange:
         and their trades, each returning its counterexamples: an order's filled
         quantity is the sum of its trades; no order is filled beyond its quantity;
         every trade joins a buy and a sell of its symbol whose limits cross."""
-        import psycopg
 
         pattern = f"{self.symbol}-{self.tag}-%"
 
         def rows(sql: str) -> list[tuple[Any, ...]]:
-            with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+            with self.connect_db() as conn:
                 return conn.execute(sql, {"p": pattern}).fetchall()
 
         fills = """
@@ -343,12 +340,29 @@ class Exchange:
             ],
         }  # fmt: skip
 
+    def connect_db(self, timeout: float = 60.0) -> Any:
+        """A connection to the exchange's PostgreSQL from the host, for the checks'
+        own reads: polled until the database accepts one (it may still be starting
+        up after a fault, even when the API already answers), within ``timeout``."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return psycopg.connect(self.db_dsn, connect_timeout=5)
+            except psycopg.OperationalError as exc:
+                if time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"the exchange's database refused the checks' connection for "
+                        f"{timeout:g} s: {str(exc).strip()}"
+                    ) from exc
+                time.sleep(0.2)
+
     def orders_exist(self, client_order_ids: list[str]) -> list[str]:
         """Which of these acknowledged orders are stored in PostgreSQL (asked directly,
         by the client order id the exchange acknowledged)."""
-        import psycopg
 
-        with psycopg.connect(self.db_dsn, connect_timeout=5) as conn:
+        with self.connect_db() as conn:
             rows = conn.execute(
                 "SELECT client_order_id FROM orders WHERE client_order_id = ANY(%s)",
                 (list(client_order_ids),),

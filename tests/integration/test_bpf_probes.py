@@ -160,7 +160,7 @@ def ask(client, server_address: str, count: int) -> None:
 
 
 @needs_bpf
-def test_traffic_per_port_and_round_trips_match_what_was_sent(chaos_project):
+def test_traffic_per_port_and_round_trips_match_what_was_sent(chaos_project, record_property):
     """Ground truth: 40 requests of 100 bytes, each answered with 50 bytes after 10 ms,
     on one connection from the API to a scratch server's port 7000. Seen from the
     client (peer 7000) and from the server (served 7000), exactly; and under 40 ms of
@@ -194,12 +194,15 @@ def test_traffic_per_port_and_round_trips_match_what_was_sent(chaos_project):
     assert client_side.observation.served_on(7000).segments == 0
     assert server_side.observation.peer(7000).segments == 0
     # Every answer but the first (the socket is known from its first answer on)
-    # timed: 10 ms of the server's work plus the network. FIXME measured bounds.
+    # timed: 10 ms of the server's work plus the network. Measured here over 4 runs:
+    # p50 10.10-10.13 ms, and +40.19-40.24 ms under the 40 ms delay; bounds with margin.
     assert peer.rtt is not None
     assert peer.rtt.count == 39
     base = peer.rtt.percentile(50)
     assert 10 <= base <= 15, base
     delayed_rtt = delayed.observation.peer(7000).rtt
+    record_property("rtt_p50_ms", base)
+    record_property("rtt_p50_delayed_ms", delayed_rtt.percentile(50) if delayed_rtt else None)
     assert delayed_rtt is not None
     assert delayed_rtt.count == 19
     assert 40 - 2 <= delayed_rtt.percentile(50) - base <= 40 + 10, (base, delayed_rtt)
