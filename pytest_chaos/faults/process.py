@@ -288,7 +288,8 @@ def kill(
                 # A process inside the container: only a probe after the kill counts.
                 probed_after=signalled_at if process is not None else None,
             )
-            handle.restarts = service.restart_count() - restarts_before
+            # (A restart by pytest-chaos starts Docker's count afresh.)
+            handle.restarts = max(0, service.restart_count() - restarts_before)
             handle.undone_at = time.monotonic()
             undone()
 

@@ -252,7 +252,8 @@ class Service:
         (the container restarted since ``restarts_before``) or "still-running".
 
         While an interruption lifts every fault (``signals.lifting``), the wait is put
-        off until all are lifted, and "awaited after the interruption" is returned."""
+        off until all are lifted, and "awaited after the interruption" is returned (a
+        schedule's steps put it off likewise: "awaited after the step")."""
         from .. import signals
 
         if signals.lifting():
@@ -267,7 +268,7 @@ class Service:
                     )
                 )
             )
-            return "awaited after the interruption"
+            return f"awaited after {signals.lifted_after()}"
         began = time.monotonic()
         started_by_us = False
 
@@ -275,12 +276,18 @@ class Service:
             nonlocal started_by_us
             state = self.state()
             if (
-                not state.get("Running")
-                and not state.get("Restarting")
+                # Docker says Running while it waits to restart: Restarting tells.
+                (not state.get("Running") or state.get("Restarting"))
                 and time.monotonic() - began > start_after
                 and not started_by_us
             ):
-                self.container().start()
+                if state.get("Restarting"):
+                    # The restart policy is backing off: Docker doubles its delay after
+                    # each crash soon after a start (measured here: 1.7, 3.3, 6.5,
+                    # 12.9 s...). Waiting it out would make a bounded undo unbounded.
+                    self.container().restart(timeout=0)
+                else:
+                    self.container().start()
                 started_by_us = True
             return _is_healthy(self.container().attrs, probed_after)
 

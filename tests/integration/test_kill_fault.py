@@ -30,6 +30,35 @@ def test_kill_crashes_the_process_and_the_undo_waits_for_health(chaos, chaos_pro
     assert redis.main_pid() != before
 
 
+def test_a_restart_policy_backing_off_does_not_hold_the_undo(chaos_project):
+    # Crash redis soon after each start until Docker backs off its restarts (it
+    # doubles the delay after each quick crash: 1.7, 3.3, 6.5, 12.9 s measured here);
+    # the undo's wait then restarts it itself once start_after has passed.
+    import os
+    import time
+
+    redis = chaos_project.service("redis")
+    for _ in range(10):
+        wait_for_recovery(
+            lambda: redis.state().get("Running") and redis.main_pid() > 0,
+            timeout=60,
+            what="redis to run again",
+        )
+        pid = redis.main_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_for_recovery(lambda pid=pid: linux.is_gone(pid), timeout=5, what="its death")
+        time.sleep(2.0)  # the dwell that tells a backoff of seconds from a quick restart
+        if redis.state().get("Restarting"):
+            break
+    assert redis.state().get("Restarting"), "Docker never backed off its restarts"
+    began = time.monotonic()
+    restored_by = redis.ensure_running_and_healthy(timeout=60, start_after=0.2)
+    assert restored_by == "pytest-chaos"
+    # Bounded by start_after and redis' start, not by Docker's backoff.
+    assert time.monotonic() - began < 10.0
+    assert redis.is_healthy()
+
+
 def test_sigstop_is_undone_with_sigcont(chaos_project):
     nginx = chaos_project.service("nginx")
     with kill(nginx, "SIGSTOP") as handle:
