@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from .observe.load import Flow, LoadGenerator, Request, RequestRecord
     from .observe.recovery import Recovery, wait_for_recovery
     from .registry import fault, undoer
+    from .schedule import Schedule, Step, StepKind, schedules
+    from .search import ScheduleFailed, SearchResult
     from .targets.compose import ComposeProject, Service
     from .units import parse_duration, parse_signal
 
@@ -82,6 +84,11 @@ _HOME = {
     "Recovery": ".observe.recovery",
     "RecoveryTimeout": ".errors",
     "Request": ".observe.load",
+    "Schedule": ".schedule",
+    "ScheduleFailed": ".search",
+    "SearchResult": ".search",
+    "Step": ".schedule",
+    "StepKind": ".schedule",
     "RequestRecord": ".observe.load",
     "Service": ".targets.compose",
     "StackStartError": ".errors",
@@ -102,6 +109,7 @@ _HOME = {
     "parse_signal": ".units",
     "pause": ".faults.process",
     "read_jsonl": ".observe.history",
+    "schedules": ".schedule",
     "set_full": ".observe.checkers",
     "stop": ".faults.process",
     "undoer": ".registry",
@@ -140,8 +148,13 @@ __all__ = [
     "RecoveryTimeout",
     "Request",
     "RequestRecord",
+    "Schedule",
+    "ScheduleFailed",
+    "SearchResult",
     "Service",
     "StackStartError",
+    "Step",
+    "StepKind",
     "StopHandle",
     "TargetError",
     "UndoFailed",
@@ -159,6 +172,7 @@ __all__ = [
     "parse_signal",
     "pause",
     "read_jsonl",
+    "schedules",
     "set_full",
     "stop",
     "undoer",

@@ -17,10 +17,15 @@ from .faults.base import Effect, FaultHandle
 from .units import parse_duration
 
 if TYPE_CHECKING:
+    import pytest
+    from hypothesis.strategies import SearchStrategy
+
     from .faults.base import JournalSlot
     from .journal import Journal
     from .observe.checkers import CheckResult
     from .observe.history import History
+    from .schedule import Schedule, ScheduleRun
+    from .search import SearchResult
     from .targets.compose import ComposeProject, Service
 
 H = TypeVar("H")
@@ -50,6 +55,7 @@ class Chaos:
         timeout: float,
         record: Callable[[str, Figure], None],
         journal: Journal | None = None,
+        node: pytest.Item | None = None,
     ) -> None:
         #: The session's crash-safe journal: a fault of your own can record itself here
         #: (with an undo registered by ``pytest_chaos.journal.undoer``).
@@ -63,6 +69,12 @@ class Chaos:
         self._all_applied: list[_Applied] = []
         self._count = 0
         self.figures: dict[str, Figure] = {}
+        #: The test this session belongs to (its markers and options, for explore).
+        self.node = node
+        # A schedule search runs many trials in one test: only the last one's figures
+        # become properties (the others are counted in the search's own figures).
+        self._quiet = False
+        self._trial_base: int | None = None
 
     # -- targets -------------------------------------------------------------------------
 
@@ -248,6 +260,69 @@ class Chaos:
         for result in results:
             result.raise_if_invalid()
 
+    # -- schedules -----------------------------------------------------------------------
+
+    def run_schedule(self, schedule: Schedule | str) -> ScheduleRun:
+        """Apply a fault schedule (:class:`~pytest_chaos.schedules.Schedule`, or its
+        one-line text) now: each step from its offset, undone after its duration.
+        Returns when its last step is undone, with when each step really began and
+        ended."""
+        from .schedule import Schedule, run
+
+        if isinstance(schedule, str):
+            schedule = Schedule.parse(schedule)
+        return run(self, schedule)
+
+    def explore(
+        self,
+        strategy: SearchStrategy[Schedule],
+        example: Callable[[Schedule], object],
+        **options: Any,
+    ) -> SearchResult:
+        """Search fault schedules drawn from ``strategy`` (see
+        :func:`pytest_chaos.schedules`) for one under which ``example`` fails.
+
+        ``example(schedule)`` runs one example from the steady state: it starts the
+        load, calls :meth:`run_schedule`, and judges what happened (assertions,
+        history checkers); an AssertionError or a RecoveryTimeout is a failure, any
+        other error ends the search. Every fault is undone after each example, and
+        ``steady`` (a check, polled up to ``steady_timeout``) is waited for before the
+        next. A failure counts once it is confirmed, ``confirm`` failing runs before as
+        many passing ones (default 2); Hypothesis then shrinks it, and the smallest is
+        run ``reproduce`` more times (default 3). The test fails with that schedule
+        as a list of steps, a ``--chaos-replay`` line and a test to paste; its steps,
+        the seed and every figure of the search are properties.
+
+        Options: ``max_examples`` (20), ``budget`` and ``shrink_budget`` (durations:
+        past them examples are not run, and the report says so), ``seed`` (else
+        random, recorded), ``database`` (Hypothesis' example database; None for
+        none), ``replay`` (a schedule to run instead of searching; also
+        ``@pytest.mark.schedule(replay=...)`` and ``--chaos-replay``)."""
+        from .search import explore
+
+        return explore(self, strategy, example, **options)
+
+    def begin_trial(self, *, quiet: bool) -> None:
+        """For a search: the next run of its example starts with a timeline, history
+        and fault numbering of its own; ``quiet`` keeps its figures out of the
+        test's properties."""
+        from . import timeline
+
+        if self._trial_base is None:
+            self._trial_base = self._count
+        self._count = self._trial_base
+        self._all_applied = list(self._applied)
+        self._quiet = quiet
+        timeline.restart()
+
+    def end_trials(self, *, keep_faults: bool) -> None:
+        """For a search, when its last run is over: figures are properties again;
+        unless ``keep_faults``, the last run's faults leave the test's own verdict on
+        effect (the search judged each run's)."""
+        self._quiet = False
+        if not keep_faults:
+            self._all_applied = list(self._applied)
+
     # -- figures -------------------------------------------------------------------------
 
     def record(self, name: str, value: Figure, *, key: bool = False) -> None:
@@ -261,9 +336,11 @@ class Chaos:
                 f"figure {name!r} must be a number or a string, not {type(value).__name__}."
             )
         self.figures[name] = value
-        self._record(name, value)
+        if not self._quiet:
+            self._record(name, value)
         if key:
             from .report import KEY_FIGURE
 
             self.figures[KEY_FIGURE] = name
-            self._record(KEY_FIGURE, name)
+            if not self._quiet:
+                self._record(KEY_FIGURE, name)

@@ -39,6 +39,8 @@ MARKERS = {
     "root": "needs root (euid 0); skipped with the reason otherwise",
     "slow": "takes more than a few seconds",
     "experiment(id)": "a chaos experiment, with the guide's number as id (e.g. '01')",
+    "schedule(replay=None, seed=None)": "a search of fault schedules (chaos.explore); "
+    "replay= runs that one schedule instead, seed= fixes the search's draws",
     "effect_optional": "the verdict stands even if a fault gives no evidence that it took "
     "effect (a test of the undo itself, not of the system)",
 }
@@ -223,6 +225,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         timeout=plugin.settings.timeout,
         record=record,
         journal=plugin.journal,
+        node=request.node,
     )
     timeline.begin(request.node.nodeid)
     if plugin.live is not None:

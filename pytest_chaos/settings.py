@@ -47,6 +47,10 @@ HELP_COLUMNS = (
     "columns of your own figures in the end-of-run table and the HTML report, a line each: "
     "'TITLE = FIGURE[/FIGURE...]', e.g. 'orders ack/lost = orders_acknowledged/orders_lost'"
 )
+HELP_REPLAY = (
+    "run this fault schedule (as the report prints it: 'pause postgres at 0s for 1.5s; "
+    "kill redis at 0.5s for 0.5s') in every selected chaos.explore instead of searching"
+)
 HELP_TIMEOUT = (
     "deadline for a service to be running and healthy again after a fault, and for the "
     "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
@@ -107,6 +111,8 @@ def options_given(config: pytest.Config) -> bool:
         config.getoption(f"--chaos-{name}") is not None or os.environ.get(f"CHAOS_{name.upper()}")
         for name in ("project", "timeout", "journal")
     ):
+        return True
+    if config.getoption("--chaos-replay") is not None:
         return True
     return config.getoption("--chaos-report") is not None or any(
         config.getoption(flag)
@@ -177,6 +183,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-live-interval", default=5.0, metavar="SECONDS", type=float, help=HELP_LIVE
     )
+    group.addoption("--chaos-replay", default=None, metavar="SCHEDULE", help=HELP_REPLAY)
     group.addoption(
         "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
     )

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 #: (signal name, time.monotonic()) of the interruption received, if any.
 received: tuple[str, float] | None = None
 
-_lifting = False
+# Per thread: a schedule's health waits run in threads of their own, which must wait
+# for real while the main thread lifts the next fault.
+_state = threading.local()
 _deferred: list[Callable[[], str]] = []
 
 
@@ -49,26 +51,39 @@ def interrupts() -> None:
 
 
 @contextlib.contextmanager
-def lifting_only() -> Iterator[None]:
-    """While in this block, undos lift their fault and put off any wait for health
-    (:func:`defer`); :func:`run_deferred` does those waits afterwards."""
-    global _lifting
-    _lifting = True
+def lifting_only(after: str = "the interruption") -> Iterator[None]:
+    """While in this block (in this thread), undos lift their fault and put off any
+    wait for health (:func:`defer`), saying it is "awaited after ``after``";
+    :func:`run_deferred` (or whoever :func:`take_deferred`) does those waits."""
+    before = getattr(_state, "after", None)
+    _state.after = after
     try:
         yield
     finally:
-        _lifting = False
+        _state.after = before
 
 
 def lifting() -> bool:
-    """Whether an interruption is lifting faults (waits for health are put off)."""
-    return _lifting
+    """Whether this thread is lifting faults with waits for health put off."""
+    return getattr(_state, "after", None) is not None
+
+
+def lifted_after() -> str:
+    """What the waits put off now are awaited after (see :func:`lifting_only`)."""
+    return str(getattr(_state, "after", None) or "the interruption")
 
 
 def defer(wait: Callable[[], str]) -> None:
     """Put off a wait for health until every fault is lifted; ``wait`` says what
     it found."""
     _deferred.append(wait)
+
+
+def take_deferred() -> list[Callable[[], str]]:
+    """The waits put off so far, for the caller to do (no longer pending here)."""
+    taken = list(_deferred)
+    del _deferred[: len(taken)]
+    return taken
 
 
 def run_deferred() -> list[str]:

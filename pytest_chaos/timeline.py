@@ -107,6 +107,15 @@ def end() -> Timeline | None:
     return done
 
 
+def restart() -> Timeline | None:
+    """A new timeline for the same test (a schedule search's next run): what the
+    report draws is the last run's."""
+    global _current
+    if _current is not None:
+        _current = Timeline(_current.nodeid)
+    return _current
+
+
 def current() -> Timeline | None:
     return _current
 

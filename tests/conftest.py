@@ -18,7 +18,13 @@ from pytest_chaos import wait_for_recovery
 settings.register_profile("chaos", deadline=None)
 settings.load_profile("chaos")
 
-_LEVELS = {"unit": "unit", "plugin": "plugin", "integration": "integration", "weakened": "weakened"}
+_LEVELS = {
+    "unit": "unit",
+    "plugin": "plugin",
+    "integration": "integration",
+    "weakened": "weakened",
+    "schedule": "schedule",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,256 @@
+"""chaos.explore driven through pytester, on a "system" of the test's own: two faults
+registered with @fault (no Docker: tests/schedule runs the search on the real
+exchange) and a bug that only their combination in one order exposes. What is
+checked here is the search itself: it finds, confirms, shrinks, re-runs, reports and
+replays; an unreproducible failure is not a pass; a search that ran nothing is not
+one either."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+SYSTEM = """
+import contextlib, os
+import pytest
+from pytest_chaos import FaultHandle, fault, schedules
+
+IN_FORCE = set()
+BROKEN = []
+
+@fault("freeze")
+@contextlib.contextmanager
+def freeze(chaos, service):
+    IN_FORCE.add(("freeze", service))
+    try:
+        yield FaultHandle(kind="freeze", target=service)
+    finally:
+        IN_FORCE.discard(("freeze", service))
+
+@fault("wipe")
+@contextlib.contextmanager
+def wipe(chaos, service):
+    # The bug: wiping the cache while the database is frozen loses data.
+    if os.environ.get("SYSTEM_BUG") and service == "cache" and ("freeze", "db") in IN_FORCE:
+        BROKEN.append("wiped the cache while the database was frozen")
+    yield FaultHandle(kind="wipe", target=service)
+
+STRATEGY = schedules(["db", "cache"], kinds=["freeze", "wipe"], max_steps=3,
+                     length="0.1s", resolution="0.02s")
+
+def example(chaos):
+    def run(schedule):
+        BROKEN.clear()
+        chaos.run_schedule(schedule)
+        assert not BROKEN, "data lost: " + BROKEN[0]
+    return run
+"""
+
+SEARCH = """
+import pytest
+from system import STRATEGY, example
+{marker}
+def test_search(chaos):
+    chaos.explore(STRATEGY, example(chaos), max_examples=100, seed=7, database=None{extra})
+"""
+
+MINIMAL = "freeze db at 0s for 0.02s; wipe cache at 0s for 0.02s"
+
+
+@pytest.fixture
+def system(pytester, monkeypatch):
+    pytester.makepyfile(system=SYSTEM)
+    monkeypatch.setenv("SYSTEM_BUG", "1")
+    return pytester
+
+
+def _search(pytester, *args, marker="", extra=""):
+    pytester.makepyfile(test_search=SEARCH.format(marker=marker, extra=extra))
+    return pytester.runpytest_subprocess("--junitxml=out.xml", *args)
+
+
+def _properties(pytester):
+    tree = ET.parse(pytester.path / "out.xml")  # noqa: S314 - pytest wrote it
+    return {p.get("name"): p.get("value") for p in tree.iter("property")}
+
+
+def test_the_search_finds_the_combination_shrinks_it_and_says_how_to_replay_it(system):
+    result = _search(system)
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "shrank it to 2 step(s) (failed 3 of 3 re-runs)" in text
+    result.stdout.fnmatch_lines(
+        [
+            "*1. freeze db at 0s for 0.02s",
+            "*2. wipe cache at 0s for 0.02s",
+            "*what failed: AssertionError: data lost: wiped the cache while the database*",
+            "*seed 7.",
+            f"*--chaos-replay='{MINIMAL}'",
+            f"*@pytest.mark.schedule(replay={MINIMAL!r})",
+            "*def test_search_replay(chaos):",
+        ]
+    )
+    props = _properties(system)
+    assert props["schedule_replay"] == MINIMAL
+    assert props["schedule_step_1"] == "freeze db at 0s for 0.02s"
+    assert props["schedule_step_2"] == "wipe cache at 0s for 0.02s"
+    assert props["schedule_minimal_steps"] == "2"
+    assert props["schedule_reproduced"] == "3/3"
+    assert props["schedule_seed"] == "7"
+    assert int(props["schedule_found_after_examples"]) >= 1
+    assert int(props["schedule_shrink_runs"]) >= 1
+    # The last re-run's faults are the test's: numbered from 1, on its timeline.
+    assert props["chaos_fault_1"] == "step 1: freeze db at 0s for 0.02s"
+    assert props["chaos_fault_2"] == "step 2: wipe cache at 0s for 0.02s"
+    assert "chaos_fault_3" not in props
+
+
+def test_the_pasted_test_and_the_option_replay_exactly_that_schedule(system):
+    result = _search(system, marker=f"@pytest.mark.schedule(replay={MINIMAL!r})")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the replayed schedule failed 3 of 3 runs:*"])
+    assert _properties(system)["schedule_reproduced"] == "3/3"
+    # The same steps in the other order do not break it: the replay runs exactly them.
+    reversed_order = "wipe cache at 0s for 0.02s; freeze db at 0.02s for 0.02s"
+    result = _search(system, f"--chaos-replay={reversed_order}")
+    result.assert_outcomes(passed=1)
+    assert _properties(system)["schedule_replay"] == reversed_order
+
+
+def test_a_failure_that_does_not_reproduce_is_reported_not_passed_nor_shrunk(system):
+    # Every schedule fails on its first run only: never confirmed, never a pass.
+    system.makepyfile(
+        test_search="""
+from system import STRATEGY
+RUNS = {}
+def test_search(chaos):
+    def example(schedule):
+        RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
+        assert not (schedule.steps and RUNS[schedule.text] == 1), "a once-only failure"
+    chaos.explore(STRATEGY, example, max_examples=5, seed=3, database=None)
+"""
+    )
+    result = system.runpytest_subprocess("--junitxml=out.xml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*no failure was confirmed, but * schedule(s) failed once and then held up*",
+            "*(failed 1 of 3 runs)*",
+            "*what failed first: AssertionError: a once-only failure*",
+        ]
+    )
+    assert "shrank" not in result.stdout.str()
+    assert int(_properties(system)["schedule_unconfirmed_failures"]) >= 1
+
+
+def test_a_failure_confirmed_by_two_runs_of_three_is_shrunk(system):
+    system.makepyfile(
+        test_search="""
+from system import STRATEGY
+RUNS = {}
+def test_search(chaos):
+    def example(schedule):
+        n = RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
+        assert not (len(schedule.steps) >= 2 and n != 2), "fails on runs 1, 3, 4..."
+    chaos.explore(STRATEGY, example, max_examples=100, seed=5, database=None)
+"""
+    )
+    result = system.runpytest_subprocess("--junitxml=out.xml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*shrank it to 2 step(s) (failed 3 of 3 re-runs)*"])
+
+
+def test_a_system_that_holds_up_passes_with_the_search_figures(pytester):
+    pytester.makepyfile(system=SYSTEM)  # SYSTEM_BUG unset: the bug is off
+    result = _search(pytester)
+    result.assert_outcomes(passed=1)
+    props = _properties(pytester)
+    assert props["schedule_examples"] == props["schedule_examples_held"]
+    assert int(props["schedule_examples"]) >= 10
+    assert props["schedule_examples_not_run"] == "0"
+    assert props["schedule_unconfirmed_failures"] == "0"
+    assert "schedule_replay" not in props
+    assert "chaos_fault_1" not in props  # the examples' own figures are not the test's
+
+
+def test_a_search_that_ran_no_example_is_not_a_pass(system):
+    result = _search(system, extra=", budget=1e-9")
+    result.assert_outcomes(errors=1)  # the "no effect" verdict
+    result.stdout.fnmatch_lines(["*the search ran no example within its budget*"])
+    assert "no effect" in result.stdout.str().lower()
+
+
+def test_an_error_of_the_example_ends_the_search_as_an_error(system):
+    system.makepyfile(
+        test_search="""
+from system import STRATEGY
+def test_search(chaos):
+    def example(schedule):
+        raise RuntimeError("the load generator could not start")
+    chaos.explore(STRATEGY, example, max_examples=5, seed=1, database=None)
+"""
+    )
+    result = system.runpytest_subprocess()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: the load generator could not start*"])
+    assert "no failure was confirmed" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("chaos.explore([1], lambda s: None)", "explore needs a Hypothesis strategy of schedules"),
+        ("chaos.explore(STRATEGY, None)", "explore needs the example"),
+        ("chaos.explore(STRATEGY, lambda s: None, confirm=0)", "confirm must be a whole number"),
+        ("chaos.explore(STRATEGY, lambda s: None, budget='soon')", "budget"),
+        (
+            "chaos.explore(STRATEGY, lambda s: None, replay='freeze db for ever')",
+            "cannot read the schedule step",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_sentence_without_a_traceback_from_the_plugin(system, call, message):
+    system.makepyfile(
+        test_search=f"""
+from system import STRATEGY
+def test_search(chaos):
+    {call}
+"""
+    )
+    result = system.runpytest_subprocess()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{message}*"])
+    assert "pytest_chaos/search.py" not in result.stdout.str()
+
+
+def test_the_schedule_marker_takes_only_replay_and_seed(system):
+    result = _search(system, marker="@pytest.mark.schedule(budget=3)")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*@pytest.mark.schedule takes replay= and seed=, not budget=*"])
+
+
+def test_a_schedule_the_system_does_not_recover_from_fails_that_run(system):
+    system.makepyfile(
+        test_search="""
+from system import STRATEGY
+STUCK = []
+def test_search(chaos):
+    def example(schedule):
+        STUCK.clear()  # the reset of each run
+        chaos.run_schedule(schedule)
+        if any(s.kind == "wipe" and s.service == "db" for s in schedule.steps):
+            STUCK.append("the database lost its data directory")
+    chaos.explore(STRATEGY, example, steady=lambda: not STUCK, steady_timeout="0.3s",
+                  max_examples=100, seed=2, database=None)
+"""
+    )
+    result = system.runpytest_subprocess("--junitxml=out.xml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*shrank it to 1 step(s) (failed 3 of 3 re-runs)*",
+            "*1. wipe db at 0s for 0.02s",
+            "*what failed: RecoveryTimeout: the steady state after the schedule*",
+        ]
+    )
