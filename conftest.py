@@ -133,6 +133,14 @@ class Exchange:
         self.sent[order["client_order_id"]] = order
         return order
 
+    def new_trial(self) -> None:
+        """Start afresh: a new tag for this run's orders (its history's final read is
+        the orders under it), no probe orders, nothing sent. Each test starts so, and
+        each run of a schedule search's example."""
+        self.probe_acks.clear()
+        self.sent.clear()
+        self.tag = uuid.uuid4().hex[:6]
+
     def ready(self) -> bool:
         import httpx
 
@@ -464,7 +472,4 @@ def _probe_acks_per_test(request: pytest.FixtureRequest) -> None:
     """Each test counts (and checks) the steady-state probe's orders it placed itself,
     and tags its orders afresh (its history's final read is the orders under its tag)."""
     if "exchange" in request.fixturenames:
-        exchange = request.getfixturevalue("exchange")
-        exchange.probe_acks.clear()
-        exchange.sent.clear()
-        exchange.tag = uuid.uuid4().hex[:6]
+        request.getfixturevalue("exchange").new_trial()

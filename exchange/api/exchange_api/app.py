@@ -14,7 +14,7 @@ from aiohttp import web
 
 from . import orders
 from .cache import Cache
-from .config import Settings
+from .config import NO_DB_IDEMPOTENCY, Settings
 from .db import Database
 from .errors import BadRequest, DatabaseTimeout, NotFound, ServiceError
 from .metrics import Metrics
@@ -81,8 +81,17 @@ async def place_order(request: web.Request) -> web.Response:
     if "ack-before-commit" in request.app[SETTINGS].weaken:
         return _accept_and_write_behind(request.app, order)
     db, weaken = request.app[DB], request.app[SETTINGS].weaken
+    if "cache-idempotency" in weaken:
+        # The weakness: only Redis remembers which client order ids were seen; when it
+        # cannot say, the order is stored as new.
+        key = f"client-order:{order.client_order_id}"
+        if await request.app[CACHE].claim(key, ttl_s=3600) is False:
+            seen = await db.run(lambda conn: orders.find(conn, order.client_order_id))
+            if seen is not None:
+                request.app[METRICS].inc("orders_replayed")
+                return web.json_response(seen, status=200)
     work = asyncio.ensure_future(db.run(lambda conn: orders.place(conn, order, weaken)))
-    if "retry-reinserts" in weaken:
+    if weaken & NO_DB_IDEMPOTENCY:
         # The weakness: a deadline that answers without cancelling the work behind it.
         try:
             placed, created = await asyncio.wait_for(asyncio.shield(work), 1.0)

@@ -63,6 +63,22 @@ class Cache:
         self._metrics.inc("events_published" if result is not None else "events_failed")
         return result is not None
 
+    async def claim(self, key: str, ttl_s: int) -> bool | None:
+        """SET ``key`` NX: True if this call set it, False if it was set already, None
+        if Redis could not say (down, or skipped while down)."""
+        if time.monotonic() < self._skip_until:
+            self._metrics.inc("cache_skipped")
+            return None
+        try:
+            result = await asyncio.wait_for(
+                self._client.set(key, "1", nx=True, ex=ttl_s), self._timeout
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down("claim", exc)
+            return None
+        self._up()
+        return bool(result)
+
     async def ping(self) -> bool:
         return await self._call("ping", self._client.ping()) is not None
 
@@ -81,15 +97,21 @@ class Cache:
         try:
             result = await asyncio.wait_for(awaitable, self._timeout)
         except (RedisError, OSError, TimeoutError) as exc:
-            if self.state != "down":
-                log.warning("redis %s failed: %s; serving without the cache", op, exc)
-            self.state = "down"
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._skip_until = time.monotonic() + _RETRY_AFTER_S
-            self._metrics.inc("cache_errors")
+            self._down(op, exc)
             return None
+        self._up()
+        return True if result is None and op == "set" else result
+
+    def _down(self, op: str, exc: BaseException) -> None:
+        if self.state != "down":
+            log.warning("redis %s failed: %s; serving without the cache", op, exc)
+        self.state = "down"
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._skip_until = time.monotonic() + _RETRY_AFTER_S
+        self._metrics.inc("cache_errors")
+
+    def _up(self) -> None:
         if self.state != "up":
             log.info("redis reachable")
         self.state = "up"
         self.last_error = None
-        return True if result is None and op == "set" else result

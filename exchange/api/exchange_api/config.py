@@ -33,10 +33,20 @@ WEAKNESSES = {
         "match against the book read before taking the symbol's lock: concurrent orders "
         "fill the same resting quantity twice"
     ),
+    "cache-idempotency": (
+        "the idempotency key lives only in Redis (SET NX; no unique key in PostgreSQL), "
+        "with retry-reinserts' 1 s answer deadline: a retry after Redis lost or never "
+        "took the key stores the order twice"
+    ),
     "stale-as-fresh": (
         "when the database cannot answer, serve the cached book marked fresh, however old"
     ),
 }
+
+
+#: Weaknesses without PostgreSQL's unique client order id, answering 503 after 1 s
+#: while the order's transaction goes on.
+NO_DB_IDEMPOTENCY = frozenset({"retry-reinserts", "cache-idempotency"})
 
 
 def _weaknesses(text: str) -> frozenset[str]:

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import pq
 
 from .backoff import Backoff
-from .config import Settings
+from .config import NO_DB_IDEMPOTENCY, Settings
 from .errors import DatabaseBusy, DatabaseTimeout, DatabaseUnavailable, PoolExhausted
 from .metrics import Metrics
 
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS trades (
 );
 CREATE INDEX IF NOT EXISTS trades_recent ON trades (symbol, id DESC);
 """
-#: The weakness retry-reinserts: the same tables without the idempotency key.
+#: The weaknesses without a unique key in the database (NO_DB_IDEMPOTENCY).
 SCHEMA_WITHOUT_IDEMPOTENCY = SCHEMA.replace(
     "client_order_id TEXT NOT NULL UNIQUE", "client_order_id TEXT NOT NULL"
 )
@@ -298,7 +298,7 @@ class Database:
                         await conn.execute("SELECT pg_advisory_xact_lock(4242)")
                         await conn.execute(
                             SCHEMA_WITHOUT_IDEMPOTENCY
-                            if "retry-reinserts" in self._settings.weaken
+                            if self._settings.weaken & NO_DB_IDEMPOTENCY
                             else SCHEMA
                         )
                     self._schema_ready = True

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from .config import NO_DB_IDEMPOTENCY
 from .errors import BadRequest
 
 SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,11}$")
@@ -71,7 +72,7 @@ _INSERT_ONCE = """
     VALUES (%s, %s, %s, %s, %s, %s, 'open')
     ON CONFLICT (client_order_id) DO NOTHING
     RETURNING *"""
-#: The weakness retry-reinserts: no idempotency key, every request a new order.
+#: The weaknesses of NO_DB_IDEMPOTENCY: no unique key, every request a new order.
 _INSERT_ALWAYS = """
     INSERT INTO orders (client_order_id, symbol, side, price, quantity, remaining, status)
     VALUES (%s, %s, %s, %s, %s, %s, 'open')
@@ -83,7 +84,7 @@ async def place(
 ) -> tuple[dict[str, Any], bool]:
     """Store and match ``order``; return (order, created). A repeated client_order_id
     returns the order stored the first time (created False), so clients may retry.
-    ``weaken`` switches on the weaknesses retry-reinserts and unlocked-match."""
+    ``weaken`` switches on the weaknesses of NO_DB_IDEMPOTENCY and unlocked-match."""
     cur = conn.cursor(row_factory=dict_row)
     if order.side == "buy":
         book_query = """SELECT id, price, remaining FROM orders
@@ -101,7 +102,7 @@ async def place(
     # One matching engine per symbol: serialise matching on the symbol's book.
     await cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (order.symbol,))
     await cur.execute(
-        _INSERT_ALWAYS if "retry-reinserts" in weaken else _INSERT_ONCE,
+        _INSERT_ALWAYS if weaken & NO_DB_IDEMPOTENCY else _INSERT_ONCE,
         (
             order.client_order_id,
             order.symbol,
@@ -173,6 +174,17 @@ async def open_orders(
         (symbol, limit),
     )
     return [order_json(row) for row in await cur.fetchall()]
+
+
+async def find(conn: psycopg.AsyncConnection[Any], client_order_id: str) -> dict[str, Any] | None:
+    """The first order stored under ``client_order_id`` (the weakness
+    cache-idempotency looks a repeated one up after Redis said it saw it)."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT * FROM orders WHERE client_order_id = %s ORDER BY id LIMIT 1", (client_order_id,)
+    )
+    row = await cur.fetchone()
+    return order_json(row) if row else None
 
 
 async def get(conn: psycopg.AsyncConnection[Any], order_id: int) -> dict[str, Any] | None:
