@@ -142,6 +142,7 @@ class Search:
         self.budget = budget
         self.shrink_budget = shrink_budget
         self.verdicts: dict[str, Verdict] = {}
+        self.stopped: BaseException | None = None
         self.started = 0.0
         self.found_at: float | None = None
         self.result = SearchResult(seed=None)
@@ -169,8 +170,13 @@ class Search:
             self.example(schedule)
         except SYSTEM_FAILURES as exc:
             failure = exc
-        finally:
-            chaos.undo_all()
+        except BaseException as exc:
+            # An interruption or an error ends the search: the chaos fixture undoes
+            # what is in force (an interruption lifting every fault first), and no
+            # replay by Hypothesis may run the example again.
+            self.stopped = exc
+            raise
+        chaos.undo_all()
         effects = chaos.effects()
         if self.steady is not None:
             try:
@@ -204,6 +210,8 @@ class Search:
     # -- a schedule's verdict -----------------------------------------------------------
 
     def judge(self, schedule: Schedule) -> Verdict:
+        if self.stopped is not None:
+            raise self.stopped
         known = self.verdicts.get(schedule.text)
         if known is not None:
             return known

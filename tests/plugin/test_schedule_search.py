@@ -7,6 +7,8 @@ one either."""
 
 from __future__ import annotations
 
+import signal
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -254,3 +256,49 @@ def test_search(chaos):
             "*what failed: RecoveryTimeout: the steady state after the schedule*",
         ]
     )
+
+
+SEARCH_TO_INTERRUPT = """
+import contextlib, pathlib, time
+from pytest_chaos import FaultHandle, fault, schedules
+
+FLAG = pathlib.Path(__file__).parent / "flag"
+
+@fault("flag")
+@contextlib.contextmanager
+def flag(chaos, service):
+    FLAG.write_text(service)
+    try:
+        yield FaultHandle(kind="flag", target=service)
+    finally:
+        FLAG.unlink()
+        (FLAG.parent / "undone-at").write_text(repr(time.time()))
+
+STRATEGY = schedules(["a"], kinds=["flag"], max_steps=1, length="30s", resolution="30s")
+
+def test_search(chaos):
+    chaos.explore(STRATEGY, chaos.run_schedule, max_examples=5, seed=1, database=None)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_search_lifts_the_step_in_force_and_is_reported_interrupted(
+    pytester, inner_pytest, sig
+):
+    pytester.makepyfile(test_search=SEARCH_TO_INTERRUPT)
+    proc = inner_pytest.start(
+        pytester.path, "--junitxml=junit.xml", f"--chaos-journal={pytester.path / 'journal'}"
+    )
+    inner_pytest.wait(
+        proc, (pytester.path / "flag").exists, what="a step in force", timeout=60, interval=0.02
+    )
+    sent = time.time()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert not (pytester.path / "flag").exists(), out
+    assert float((pytester.path / "undone-at").read_text()) - sent < 1.0, out
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert f"pytest-chaos: interrupted by {signal.Signals(sig).name}" in out
+    assert "lifted 1 fault(s)" in out
+    assert "step 1: flag a at 0s for 30s" in out
+    assert "PASSED" not in out
