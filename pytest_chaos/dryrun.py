@@ -18,10 +18,11 @@ import pytest
 
 
 def fault_calls() -> frozenset[str]:
-    """The calls on ``chaos`` that apply a fault: every registered fault, and inject."""
+    """The calls on ``chaos`` that apply a fault: every registered fault, inject, and
+    the schedules (run_schedule, explore: their steps are drawn or given at run time)."""
     from .registry import faults
 
-    return frozenset(faults()) | {"inject"}
+    return frozenset(faults()) | {"inject", "run_schedule", "explore"}
 
 
 @dataclass(frozen=True)

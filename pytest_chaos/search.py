@@ -5,7 +5,7 @@ towards it; the smallest confirmed failure is run again to say how reproducible 
 and reported as a list of steps, a ``--chaos-replay`` line and a test to paste.
 
 Real systems are not deterministic, and Hypothesis must not see that: each schedule's
-verdict is decided once (by ``confirm`` runs out of at most ``2 * confirm - 1``) and
+verdict is decided once (it fails ``confirm`` runs in a row, or it does not count) and
 remembered, so Hypothesis' own replays of a schedule get the same answer without
 running it again.
 """
@@ -70,7 +70,7 @@ class Trial:
 @dataclass
 class Verdict:
     """A schedule's verdict, decided once: its runs, and whether the failure was
-    confirmed (``confirm`` failing runs before as many passing ones)."""
+    confirmed (``confirm`` failing runs in a row)."""
 
     schedule: Schedule
     trials: list[Trial] = field(default_factory=list)
@@ -105,9 +105,9 @@ class SearchResult:
     last_failure: BaseException | None = None
 
     @property
-    def examples_per_minute(self) -> float:
-        ran = self.examples - self.not_run
-        return ran / (self.search_s / 60) if self.search_s > 0 else 0.0
+    def runs_per_minute(self) -> float:
+        """Runs of the example (each a real run of the stack) per minute of search."""
+        return self.runs / (self.search_s / 60) if self.search_s > 0 else 0.0
 
 
 class _Confirmed(Exception):
@@ -233,13 +233,12 @@ class Search:
         trial = self.trial(schedule)
         verdict.trials.append(trial)
         if trial.failed:
-            # Confirm before Hypothesis may shrink towards it: ``confirm`` failures
-            # before as many passes.
-            while verdict.failures < self.confirm and (
-                len(verdict.trials) - verdict.failures < self.confirm
-            ):
+            # Confirm before Hypothesis may shrink towards it: ``confirm`` failures in
+            # a row. A schedule at the edge of a failure (failing one run in two, say)
+            # rarely passes this, so the shrink ends on schedules that reproduce.
+            while verdict.trials[-1].failed and len(verdict.trials) < self.confirm:
                 verdict.trials.append(self.trial(schedule))
-            verdict.confirmed = verdict.failures >= self.confirm
+            verdict.confirmed = verdict.failures == len(verdict.trials) >= self.confirm
             if not verdict.confirmed:
                 self.result.unconfirmed.append(verdict)
         if self.found_at is not None:
@@ -447,10 +446,15 @@ def _held_up(search: Search) -> SearchResult:
         failure = next(t.failure for t in worst.trials if t.failed)
         lines = [
             f"no failure was confirmed, but {len(result.unconfirmed)} schedule(s) failed "
-            "once and then held up in their re-runs:",
+            "and then held up in a re-run:",
             *(
                 f"  {v.schedule.text} (failed {v.failures} of {len(v.trials)} runs)"
-                for v in result.unconfirmed
+                for v in result.unconfirmed[:10]
+            ),
+            *(
+                [f"  and {len(result.unconfirmed) - 10} more"]
+                if len(result.unconfirmed) > 10
+                else []
             ),
             f"what failed first: {_first_lines(failure)}",
         ]
@@ -486,11 +490,13 @@ def _failed(search: Search, minimal: Schedule, failure: BaseException) -> Schedu
     if result.unconfirmed:
         first = next(t.failure for t in result.unconfirmed[0].trials if t.failed)
         lines.append(
-            f"{len(result.unconfirmed)} other schedule(s) failed once and held up in their "
-            "re-runs: "
+            f"{len(result.unconfirmed)} other schedule(s) failed, then held up in a "
+            "re-run: "
             + "; ".join(
-                f"{v.schedule.text} ({v.failures} of {len(v.trials)})" for v in result.unconfirmed
+                f"{v.schedule.text} ({v.failures} of {len(v.trials)})"
+                for v in result.unconfirmed[:3]
             )
+            + ("; ..." if len(result.unconfirmed) > 3 else "")
             + f"; the first said {_first_line(first)}"
         )
     if result.shrink_stopped:
@@ -533,7 +539,7 @@ def _record_search(chaos: Chaos, result: SearchResult) -> None:
     chaos.record("schedule_runs", result.runs)
     chaos.record("schedule_examples_not_run", result.not_run)
     chaos.record("schedule_search_s", result.search_s)
-    chaos.record("schedule_examples_per_minute", round(result.examples_per_minute, 2))
+    chaos.record("schedule_runs_per_minute", round(result.runs_per_minute, 2))
     chaos.record("schedule_unconfirmed_failures", len(result.unconfirmed))
     chaos.record("schedule_steps_applied", result.steps_applied)
     chaos.record("schedule_steps_without_effect", result.steps_without_effect)
