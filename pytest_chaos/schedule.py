@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigurationError
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
@@ -25,9 +26,15 @@ from .units import parse_duration
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
-    from .chaos import Chaos
-
 Param = str | int | float
+
+
+class Applier(Protocol):
+    """What a schedule is applied through: the ``chaos`` fixture's object."""
+
+    def inject(self, fault: AbstractContextManager[Any], *, label: str | None = None) -> Any: ...
+
+    def undo(self, handle: object) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,7 @@ class ScheduleRun:
 
 
 def run(
-    chaos: Chaos,
+    chaos: Applier,
     schedule: Schedule,
     *,
     sleep: Callable[[float], None] = time.sleep,

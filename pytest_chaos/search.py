@@ -20,7 +20,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import (
     ChaosError,
@@ -29,14 +29,31 @@ from .errors import (
     RecoveryTimeout,
 )
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from .schedule import Schedule
+from .schedule import Applier, Schedule
 from .units import parse_duration
 
 if TYPE_CHECKING:
     import pytest
     from hypothesis.strategies import SearchStrategy
 
-    from .chaos import Chaos
+    from .faults.base import Effect
+
+
+class Session(Applier, Protocol):
+    """What a search runs through: the ``chaos`` fixture's object."""
+
+    node: pytest.Item | None
+
+    def begin_trial(self, *, quiet: bool) -> None: ...
+
+    def end_trials(self, *, keep_faults: bool) -> None: ...
+
+    def undo_all(self) -> list[str]: ...
+
+    def effects(self) -> list[tuple[str, Effect]]: ...
+
+    def record(self, name: str, value: float | int | str, *, key: bool = False) -> None: ...
+
 
 log = logging.getLogger("pytest_chaos")
 
@@ -123,7 +140,7 @@ class Search:
 
     def __init__(
         self,
-        chaos: Chaos,
+        chaos: Session,
         example: Callable[[Schedule], object],
         *,
         steady: Callable[[], object] | None,
@@ -319,7 +336,7 @@ _DEFAULT: Any = _Default()
 
 
 def explore(
-    chaos: Chaos,
+    chaos: Session,
     strategy: SearchStrategy[Schedule],
     example: Callable[[Schedule], object],
     *,
@@ -533,7 +550,7 @@ def paste_test(node: pytest.Item, schedule: Schedule) -> str | None:
     return f"@pytest.mark.schedule(replay={schedule.text!r})\n{renamed}"
 
 
-def _record_search(chaos: Chaos, result: SearchResult) -> None:
+def _record_search(chaos: Session, result: SearchResult) -> None:
     chaos.record("schedule_seed", str(result.seed))
     chaos.record("schedule_examples", result.examples)
     chaos.record("schedule_runs", result.runs)
@@ -559,7 +576,7 @@ def _record_search(chaos: Chaos, result: SearchResult) -> None:
         chaos.record("schedule_examples_held", result.examples - result.not_run, key=True)
 
 
-def _record_steps(chaos: Chaos, schedule: Schedule) -> None:
+def _record_steps(chaos: Session, schedule: Schedule) -> None:
     for i, step in enumerate(schedule.steps, 1):
         chaos.record(f"schedule_step_{i}", step.describe())
 
