@@ -7,7 +7,7 @@ examples run, examples per minute, time and examples to find, runs and time to
 shrink, the minimal schedule and how often it failed its re-runs. It asserts nothing.
 
     sudo .venv/bin/python benchmarks/schedule_search.py [--seeds 1,2,3] [--healthy]
-        [--max-examples 12] [--json]
+        [--max-examples 20] [--json]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--healthy", action="store_true", help="also search the healthy exchange")
-    parser.add_argument("--max-examples", type=int, default=12)
+    parser.add_argument("--max-examples", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -82,7 +82,7 @@ def main() -> int:
             print(
                 f"{figures['weakness']:<18} seed {seed:<10} exit {figures['exit']}  "
                 f"examples {figures.get('examples', '?'):>3} runs {figures.get('runs', '?'):>3}  "
-                f"{figures.get('examples_per_minute', '?')}/min  "
+                f"{figures.get('runs_per_minute', '?')}/min (runs)  "
                 f"found after {figures.get('found_after_examples', '-')} ex "
                 f"{figures.get('found_after_s', '-')} s  shrink {figures.get('shrink_runs', '-')} "
                 f"runs {figures.get('shrink_s', '-')} s  reproduced {figures.get('reproduced', '-')}"
@@ -93,10 +93,10 @@ def main() -> int:
                 print(f"    minimal: {figures['replay']}", flush=True)
             if "output" in figures:
                 print(figures["output"], flush=True)
-    rates = [float(r["examples_per_minute"]) for r in results if r.get("examples_per_minute")]
+    rates = [float(r["runs_per_minute"]) for r in results if r.get("runs_per_minute")]
     if rates:
         print(
-            f"examples per minute: median {statistics.median(rates):.2f}, "
+            f"runs per minute: median {statistics.median(rates):.2f}, "
             f"{min(rates):.2f}-{max(rates):.2f} over {len(rates)} searches"
         )
     if args.json:

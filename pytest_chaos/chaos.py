@@ -288,7 +288,7 @@ class Chaos:
         other error ends the search. Every fault is undone after each example, and
         ``steady`` (a check, polled up to ``steady_timeout``) is waited for before the
         next. A failure counts once it is confirmed, ``confirm`` failing runs in a row
-        (default 2); Hypothesis then shrinks it, and the smallest is
+        (default 3); Hypothesis then shrinks it, and the smallest is
         run ``reproduce`` more times (default 3). The test fails with that schedule
         as a list of steps, a ``--chaos-replay`` line and a test to paste; its steps,
         the seed and every figure of the search are properties.

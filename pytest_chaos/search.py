@@ -12,13 +12,14 @@ running it again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
 import random
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -310,7 +311,8 @@ class Search:
         ).digest()
         self.started = time.monotonic()
         try:
-            test()
+            with _shrink_limit(self.shrink_budget):
+                test()
         except _Confirmed as found:
             return found.schedule
         except Flaky as exc:
@@ -327,6 +329,22 @@ class Search:
         return None
 
 
+@contextlib.contextmanager
+def _shrink_limit(budget: float | None) -> Iterator[None]:
+    """Hypothesis stops shrinking after 5 minutes of its own (a module constant it
+    documents as patchable); here the search's ``shrink_budget`` governs, and the
+    report says when it stopped the shrink. The constant is restored afterwards."""
+    from hypothesis.internal.conjecture import engine
+
+    before = engine.MAX_SHRINKING_SECONDS
+    # A margin past the budget: the search's own stop (schedules not run) comes first.
+    engine.MAX_SHRINKING_SECONDS = int(budget + 60) if budget is not None else 10**9
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = before
+
+
 class _Default:
     def __repr__(self) -> str:
         return "Hypothesis' default"
@@ -341,7 +359,7 @@ def explore(
     example: Callable[[Schedule], object],
     *,
     max_examples: int = 20,
-    confirm: int = 2,
+    confirm: int = 3,
     reproduce: int = 3,
     steady: Callable[[], object] | None = None,
     steady_timeout: float | str = 60.0,

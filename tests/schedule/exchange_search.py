@@ -42,8 +42,8 @@ def test_schedule_search(chaos, exchange):
         STRATEGY,
         example,
         steady=exchange.accepts_orders,
-        max_examples=int(os.environ.get("SCHEDULE_MAX_EXAMPLES", "12")),
-        shrink_budget=os.environ.get("SCHEDULE_SHRINK_BUDGET", "8m"),
+        max_examples=int(os.environ.get("SCHEDULE_MAX_EXAMPLES", "20")),
+        shrink_budget=os.environ.get("SCHEDULE_SHRINK_BUDGET", "5m"),
         seed=int(os.environ["SCHEDULE_SEED"]) if os.environ.get("SCHEDULE_SEED") else None,
         # Each run searches afresh: its figures measure a search, not a replay of the
         # last one's failure from Hypothesis' example database.

@@ -179,3 +179,16 @@ def test_a_step_kind_of_your_own_draws_its_parameters_mildest_first():
         settings=settings(database=None),
     )
     assert found.text == "schedule_probe a at 0s for 0.5s level=2"
+
+
+def test_the_shrink_budget_replaces_hypothesis_own_limit_and_restores_it():
+    from hypothesis.internal.conjecture import engine
+
+    from pytest_chaos.search import _shrink_limit
+
+    before = engine.MAX_SHRINKING_SECONDS
+    with _shrink_limit(600.0):
+        assert engine.MAX_SHRINKING_SECONDS == 660
+    with _shrink_limit(None):
+        assert engine.MAX_SHRINKING_SECONDS >= 10**9
+    assert before == engine.MAX_SHRINKING_SECONDS
