@@ -583,6 +583,7 @@ def _record_search(chaos: Session, result: SearchResult) -> None:
         chaos.record("schedule_found_after_examples", result.found_after_examples or 0)
         chaos.record("schedule_shrink_s", result.shrink_s or 0.0)
         chaos.record("schedule_shrink_runs", result.shrink_runs)
+        chaos.record("schedule_shrink_stopped", "yes" if result.shrink_stopped else "no")
     if result.minimal is not None:
         chaos.record("schedule_replay", result.minimal.text)
         chaos.record("schedule_minimal_steps", len(result.minimal.steps))
