@@ -1,4 +1,4 @@
-"""A schedule search on the exchange, run by test_schedule_search.py in a pytest of
+"""A schedule search on the exchange, run by test_exchange_schedule_search.py in a pytest of
 its own (its own stack, with or without a weakness): not collected by a plain
 ``pytest tests`` (the file name does not start with ``test_``).
 
