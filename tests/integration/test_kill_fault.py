@@ -3,13 +3,22 @@ test, and it refuses what it must not touch."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 import uuid
 
 import pytest
 
-from pytest_chaos import ForeignTarget, UnknownService, UnsafeTarget, kill, wait_for_recovery
+from pytest_chaos import (
+    ForeignTarget,
+    RecoveryTimeout,
+    UnknownService,
+    UnsafeTarget,
+    kill,
+    wait_for_recovery,
+)
 from pytest_chaos.faults.process import send_signal
 from pytest_chaos.targets import linux
 
@@ -34,23 +43,30 @@ def test_a_restart_policy_backing_off_does_not_hold_the_undo(chaos_project):
     # Crash redis soon after each start until Docker backs off its restarts (it
     # doubles the delay after each quick crash: 1.7, 3.3, 6.5, 12.9 s measured here);
     # the undo's wait then restarts it itself once start_after has passed.
-    import os
-    import time
-
     redis = chaos_project.service("redis")
-    for _ in range(10):
-        wait_for_recovery(
-            lambda: redis.state().get("Running") and redis.main_pid() > 0,
-            timeout=60,
-            what="redis to run again",
+
+    def running_again(than: int) -> bool:
+        state = redis.state()
+        return bool(state.get("Running") and not state.get("Restarting")) and (
+            redis.main_pid() not in (0, than)
         )
+
+    backing_off = False
+    for _ in range(10):
+        wait_for_recovery(lambda: running_again(0), timeout=60, what="redis to run again")
         pid = redis.main_pid()
         os.kill(pid, signal.SIGKILL)
         wait_for_recovery(lambda pid=pid: linux.is_gone(pid), timeout=5, what="its death")
-        time.sleep(2.0)  # the dwell that tells a backoff of seconds from a quick restart
-        if redis.state().get("Restarting"):
+        try:
+            # A quick restart takes about 0.1 s; not back within 2 s: Docker backs off.
+            wait_for_recovery(
+                lambda pid=pid: running_again(pid), timeout=2.0, what="a quick restart"
+            )
+        except RecoveryTimeout:
+            backing_off = True
             break
-    assert redis.state().get("Restarting"), "Docker never backed off its restarts"
+    assert backing_off, "Docker never backed off its restarts"
+    assert redis.state().get("Restarting")
     began = time.monotonic()
     restored_by = redis.ensure_running_and_healthy(timeout=60, start_after=0.2)
     assert restored_by == "pytest-chaos"
