@@ -263,7 +263,7 @@ class Chaos:
     # -- schedules -----------------------------------------------------------------------
 
     def run_schedule(self, schedule: Schedule | str) -> ScheduleRun:
-        """Apply a fault schedule (:class:`~pytest_chaos.schedules.Schedule`, or its
+        """Apply a fault schedule (:class:`~pytest_chaos.schedule.Schedule`, or its
         one-line text) now: each step from its offset, undone after its duration.
         Returns when its last step is undone, with when each step really began and
         ended."""
@@ -286,20 +286,30 @@ class Chaos:
         load, calls :meth:`run_schedule`, and judges what happened (assertions,
         history checkers); an AssertionError or a RecoveryTimeout is a failure, any
         other error ends the search. Every fault is undone after each example, and
-        ``steady`` (a check, polled up to ``steady_timeout``) is waited for before the
-        next. A failure counts once it is confirmed, ``confirm`` failing runs in a row
-        (default 3); Hypothesis then shrinks it, and the smallest is
-        run ``reproduce`` more times (default 3). The test fails with that schedule
-        as a list of steps, a ``--chaos-replay`` line and a test to paste; its steps,
-        the seed and every figure of the search are properties.
+        ``steady`` (a check, polled up to ``steady_timeout``) must pass again before
+        the next: if it does not, that example failed. A failure counts once it is
+        confirmed, ``confirm`` failing runs in a row (default 3); Hypothesis then
+        shrinks it, and the smallest is run ``reproduce`` more times (default 3). The
+        test fails with that schedule as a list of steps, a ``--chaos-replay`` line and
+        a test to paste; its steps, the seed and every figure of the search are
+        properties.
 
         Options: ``max_examples`` (20), ``budget`` and ``shrink_budget`` (durations:
         past them examples are not run, and the report says so), ``seed`` (else
         random, recorded), ``database`` (Hypothesis' example database; None for
         none), ``replay`` (a schedule to run instead of searching; also
         ``@pytest.mark.schedule(replay=...)`` and ``--chaos-replay``)."""
+        import inspect
+
         from .search import explore
 
+        known = list(inspect.signature(explore).parameters)[3:]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigurationError(
+                f"explore takes no option {', '.join(unknown)}; its options are: "
+                f"{', '.join(known)}."
+            )
         return explore(self, strategy, example, **options)
 
     def begin_trial(self, *, quiet: bool) -> None:

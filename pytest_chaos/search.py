@@ -93,7 +93,6 @@ class Verdict:
     schedule: Schedule
     trials: list[Trial] = field(default_factory=list)
     confirmed: bool = False
-    ran: bool = True
 
     @property
     def failures(self) -> int:
@@ -120,7 +119,6 @@ class SearchResult:
     unconfirmed: list[Verdict] = field(default_factory=list)
     steps_applied: int = 0
     steps_without_effect: int = 0
-    last_failure: BaseException | None = None
 
     @property
     def runs_per_minute(self) -> float:
@@ -221,9 +219,17 @@ class Search:
             f"failed ({_first_line(failure)})" if failure is not None else "held",
             trial.seconds,
         )
-        if failure is not None:
-            self.result.last_failure = failure
         return trial
+
+    def rerun(self, schedule: Schedule) -> list[Trial]:
+        """Run ``schedule`` ``reproduce`` times; the last run is the test's own: the
+        report draws its faults and gives its figures."""
+        try:
+            return [
+                self.trial(schedule, quiet=i < self.reproduce - 1) for i in range(self.reproduce)
+            ]
+        finally:
+            self.chaos.end_trials(keep_faults=True)
 
     # -- a schedule's verdict -----------------------------------------------------------
 
@@ -246,7 +252,7 @@ class Search:
             self.result.not_run += 1
             if self.found_at is not None:
                 self.result.shrink_stopped = True
-            return Verdict(schedule, ran=False)
+            return Verdict(schedule)
         verdict = Verdict(schedule)
         trial = self.trial(schedule)
         verdict.trials.append(trial)
@@ -429,18 +435,9 @@ def explore(
         _record_search(chaos, result)
         return _held_up(search)
     result.minimal = minimal
-    # How reproducible the smallest failure is; the last run is the one the report
-    # draws and whose figures it gives.
-    failures = 0
-    trials = []
-    try:
-        for i in range(reproduce):
-            trial = search.trial(minimal, quiet=i < reproduce - 1)
-            trials.append(trial)
-            failures += trial.failed
-    finally:
-        chaos.end_trials(keep_faults=True)
-    result.reproduced = (failures, reproduce)
+    # How reproducible the smallest failure is.
+    trials = search.rerun(minimal)
+    result.reproduced = (sum(t.failed for t in trials), len(trials))
     _record_search(chaos, result)
     # The failure to show: the last re-run's, else the last of those that confirmed it.
     runs = [*search.verdicts[minimal.text].trials, *trials]
@@ -453,12 +450,7 @@ def _replay(search: Search, schedule: Schedule) -> SearchResult:
     result = search.result
     chaos = search.chaos
     result.minimal = schedule
-    try:
-        trials = [
-            search.trial(schedule, quiet=i < search.reproduce - 1) for i in range(search.reproduce)
-        ]
-    finally:
-        chaos.end_trials(keep_faults=True)
+    trials = search.rerun(schedule)
     failures = [t for t in trials if t.failed]
     result.reproduced = (len(failures), len(trials))
     chaos.record("schedule_replay", schedule.text)

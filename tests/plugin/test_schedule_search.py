@@ -72,6 +72,14 @@ def _search(pytester, *args, marker="", extra=""):
     return pytester.runpytest_subprocess("--junitxml=out.xml", *args)
 
 
+def _failing(pytester, source):
+    """Run ``source`` as the test module; its one test must fail."""
+    pytester.makepyfile(test_search=source)
+    result = pytester.runpytest_subprocess("--junitxml=out.xml")
+    result.assert_outcomes(failed=1)
+    return result
+
+
 def _properties(pytester):
     tree = ET.parse(pytester.path / "out.xml")  # noqa: S314 - pytest wrote it
     return {p.get("name"): p.get("value") for p in tree.iter("property")}
@@ -122,8 +130,9 @@ def test_the_pasted_test_and_the_option_replay_exactly_that_schedule(system):
 
 def test_a_failure_that_does_not_reproduce_is_reported_not_passed_nor_shrunk(system):
     # Every schedule fails on its first run only: never confirmed, never a pass.
-    system.makepyfile(
-        test_search="""
+    result = _failing(
+        system,
+        """
 from system import STRATEGY
 RUNS = {}
 def test_search(chaos):
@@ -131,10 +140,8 @@ def test_search(chaos):
         RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
         assert not (schedule.steps and RUNS[schedule.text] == 1), "a once-only failure"
     chaos.explore(STRATEGY, example, max_examples=5, seed=3, database=None)
-"""
+""",
     )
-    result = system.runpytest_subprocess("--junitxml=out.xml")
-    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
             "*no failure was confirmed, but * schedule(s) failed and then held up in a re-run*",
@@ -153,8 +160,9 @@ def test_search(chaos):
 )
 def test_a_failure_counts_when_it_fails_three_runs_in_a_row(system, fails_on, confirmed):
     # Two-step schedules fail on the runs named (1 is the first run of a schedule).
-    system.makepyfile(
-        test_search=f"""
+    result = _failing(
+        system,
+        f"""
 from system import STRATEGY
 RUNS = {{}}
 def test_search(chaos):
@@ -162,10 +170,8 @@ def test_search(chaos):
         n = RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
         assert not (len(schedule.steps) >= 2 and {fails_on}), "a failure on some runs"
     chaos.explore(STRATEGY, example, max_examples=100, seed=5, database=None)
-"""
+""",
     )
-    result = system.runpytest_subprocess("--junitxml=out.xml")
-    result.assert_outcomes(failed=1)
     if confirmed:
         # Runs 1 to 3 confirmed it (confirm=3); the re-runs are its runs 4, 5 and 6.
         result.stdout.fnmatch_lines(["*shrank it to 2 step(s) (failed 2 of 3 re-runs)*"])
@@ -196,17 +202,16 @@ def test_a_search_that_ran_no_example_is_not_a_pass(system):
 
 
 def test_an_error_of_the_example_ends_the_search_as_an_error(system):
-    system.makepyfile(
-        test_search="""
+    result = _failing(
+        system,
+        """
 from system import STRATEGY
 def test_search(chaos):
     def example(schedule):
         raise RuntimeError("the load generator could not start")
     chaos.explore(STRATEGY, example, max_examples=5, seed=1, database=None)
-"""
+""",
     )
-    result = system.runpytest_subprocess()
-    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*RuntimeError: the load generator could not start*"])
     assert "no failure was confirmed" not in result.stdout.str()
 
@@ -219,21 +224,24 @@ def test_search(chaos):
         ("chaos.explore(STRATEGY, lambda s: None, confirm=0)", "confirm must be a whole number"),
         ("chaos.explore(STRATEGY, lambda s: None, budget='soon')", "budget"),
         (
+            "chaos.explore(STRATEGY, lambda s: None, examples=5)",
+            "explore takes no option examples; its options are: max_examples, confirm",
+        ),
+        (
             "chaos.explore(STRATEGY, lambda s: None, replay='freeze db for ever')",
             "cannot read the schedule step",
         ),
     ],
 )
 def test_bad_input_is_one_clear_sentence_without_a_traceback_from_the_plugin(system, call, message):
-    system.makepyfile(
-        test_search=f"""
+    result = _failing(
+        system,
+        f"""
 from system import STRATEGY
 def test_search(chaos):
     {call}
-"""
+""",
     )
-    result = system.runpytest_subprocess()
-    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{message}*"])
     assert "pytest_chaos/search.py" not in result.stdout.str()
 
@@ -245,8 +253,9 @@ def test_the_schedule_marker_takes_only_replay_and_seed(system):
 
 
 def test_a_schedule_the_system_does_not_recover_from_fails_that_run(system):
-    system.makepyfile(
-        test_search="""
+    result = _failing(
+        system,
+        """
 from system import STRATEGY
 STUCK = []
 def test_search(chaos):
@@ -257,10 +266,8 @@ def test_search(chaos):
             STUCK.append("the database lost its data directory")
     chaos.explore(STRATEGY, example, steady=lambda: not STUCK, steady_timeout="0.3s",
                   max_examples=100, seed=2, database=None)
-"""
+""",
     )
-    result = system.runpytest_subprocess("--junitxml=out.xml")
-    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
             "*shrank it to 1 step(s) (failed 3 of 3 re-runs)*",
