@@ -16,7 +16,15 @@ BPF_ARRAY(pid_namespaces, struct pid_namespace, 8);
 // [0] pages allocated, [1] pages freed, [2] reclaim events (memcg or direct)
 BPF_ARRAY(pages, u64, 3);
 
-static inline u32 current_in_scope(void) {
+#ifndef CHAOS_PID_MAX
+#define CHAOS_PID_MAX 4194304
+#endif
+// Page allocations and frees are among the kernel's most frequent events: each
+// thread's verdict (1 in scope, 2 not) is worked out once and kept by thread id,
+// forgotten when the thread exits (before its id can be reused).
+BPF_ARRAY(verdicts, u8, CHAOS_PID_MAX);
+
+static inline u32 current_in_scope_uncached(void) {
     struct bpf_pidns_info info = {};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -27,6 +35,24 @@ static inline u32 current_in_scope(void) {
         if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)) == 0)
             return 1;
     }
+    return 0;
+}
+
+static inline u32 current_in_scope(void) {
+    int tid = (u32)bpf_get_current_pid_tgid();
+    u8 *verdict = verdicts.lookup(&tid);
+    if (!verdict)
+        return current_in_scope_uncached();
+    if (*verdict == 0)
+        *verdict = current_in_scope_uncached() ? 1 : 2;
+    return *verdict == 1;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    int tid = (u32)bpf_get_current_pid_tgid();
+    u8 *verdict = verdicts.lookup(&tid);
+    if (verdict)
+        *verdict = 0;
     return 0;
 }
 

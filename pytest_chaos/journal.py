@@ -1,7 +1,11 @@
 """The crash-safe record of faults in force.
 
-An entry is written (and fsynced) *before* a fault is applied and removed after its
-undo completed. If pytest dies with ``kill -9`` or the machine is lost, the entries
+An entry is written *before* a fault is applied and removed after its undo
+completed. It survives pytest's death at once (the page cache keeps it); it is also
+fsynced, to survive the machine's loss, unless its fault lives only in kernel state
+that a crash of the machine takes with it (``durable=False``: nft tables, qdiscs,
+cgroup limits), where the fsync would cost the fault's application a millisecond
+for nothing. If pytest dies with ``kill -9`` or the machine is lost, the entries
 remain; the next session replays their undo (and says so), as does
 ``pytest --chaos-cleanup``. An entry holds plain data only: the undo of each kind is
 a function registered under the kind's name, given that data.
@@ -55,6 +59,8 @@ class Entry:
     owner_start: str
     created: float
     data: dict[str, Any]
+    #: Fsynced: its fault would outlive a crash of the machine.
+    durable: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,12 @@ class Journal:
     def runs_directory(self) -> Path:
         return self.directory / "runs"
 
-    def write(self, kind: str, description: str, data: dict[str, Any]) -> Entry:
-        """Record a fault about to be applied. Durable when this returns."""
+    def write(
+        self, kind: str, description: str, data: dict[str, Any], *, durable: bool = True
+    ) -> Entry:
+        """Record a fault about to be applied: safe from pytest's death when this
+        returns, and from the machine's loss unless ``durable`` is False (a fault that
+        lives only in kernel state goes with the machine)."""
         undo = registered_undo(kind)
         if undo is None:
             raise ConfigurationError(
@@ -115,6 +125,7 @@ class Journal:
             owner_start=self._me[1],
             created=time.time(),
             data=data,
+            durable=durable,
         )
         _store(entry)
         if not data.get("applied"):
@@ -189,7 +200,8 @@ class Journal:
         self._applying = [e for e in self._applying if e.path != entry.path]
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
-        _fsync_dir(self.directory)
+        if entry.durable:
+            _fsync_dir(self.directory)
 
     def entries(self) -> list[Entry]:
         """Every entry in the journal, of live runs and dead ones."""
@@ -305,20 +317,23 @@ def _store(entry: Entry) -> None:
         "created": entry.created,
         "data": entry.data,
     }
-    _write_durably(entry.path, json.dumps(body, indent=2))
+    _write_durably(entry.path, json.dumps(body, indent=2), sync=entry.durable)
 
 
-def _write_durably(path: Path, body: str) -> None:
-    """Write ``path`` so that a crash leaves either the old file or the whole new one."""
+def _write_durably(path: Path, body: str, *, sync: bool = True) -> None:
+    """Write ``path`` so that a crash leaves either the old file or the whole new one
+    (``sync``: a crash of the machine too, else of the writing process)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the writer's pid: see _writer_alive
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, body.encode())
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -214,6 +214,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
     first out, whether it passed, failed or raised."""
     from . import timeline
     from .chaos import Chaos
+    from .faults.latency import prewarm_delayer
 
     plugin = request.config.stash[PLUGIN_KEY]
 
@@ -228,6 +229,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         node=request.node,
     )
     timeline.begin(request.node.nodeid)
+    prewarm_delayer()
     if plugin.live is not None:
         plugin.live.watch(session)
     plugin.active = session  # what an interruption undoes first

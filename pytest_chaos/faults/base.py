@@ -136,24 +136,40 @@ class JournalSlot:
 
 @contextmanager
 def journaled(
-    service: Service, kind: str, description: str, data: dict[str, Any]
+    service: Service,
+    kind: str,
+    description: str,
+    data: dict[str, Any],
+    *,
+    durable: bool = True,
 ) -> Iterator[JournalSlot]:
     """Write the journal entry before the body applies the fault, and hand the body a
     slot to call once its undo completed. An undo that raised never calls it, so its
-    entry stays for the next session (or ``--chaos-cleanup``) to retry."""
+    entry stays for the next session (or ``--chaos-cleanup``) to retry.
+    ``durable=False``: the fault lives only in kernel state, gone with the machine
+    (see :meth:`Journal.write`)."""
     with journaled_in(
-        service.project.journal, kind, description, {**target_data(service), **data}
+        service.project.journal,
+        kind,
+        description,
+        {**target_data(service), **data},
+        durable=durable,
     ) as slot:
         yield slot
 
 
 @contextmanager
 def journaled_in(
-    journal: Journal | None, kind: str, description: str, data: dict[str, Any]
+    journal: Journal | None,
+    kind: str,
+    description: str,
+    data: dict[str, Any],
+    *,
+    durable: bool = True,
 ) -> Iterator[JournalSlot]:
     """:func:`journaled` for a fault that is not about one service (``journal`` None:
     the fault is not crash-safe, e.g. used outside the chaos fixture)."""
     if journal is None:
         yield JournalSlot(None, None)
         return
-    yield JournalSlot(journal, journal.write(kind, description, data))
+    yield JournalSlot(journal, journal.write(kind, description, data, durable=durable))

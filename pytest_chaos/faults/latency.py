@@ -12,24 +12,29 @@ handle says which path is in force.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import functools
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, EnvironmentProblem, FaultError
+from ..errors import ChaosError, ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets import linux
-from ..targets.cgroup import OwnCgroup, own_cgroup_path
+from ..targets.cgroup import OwnCgroup
 from ..targets.compose import Service
 from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
 from ..units import parse_duration
@@ -88,10 +93,12 @@ def check_delay(delay: float | str, jitter: float | str) -> tuple[float, float]:
     return delay_s, jitter_s
 
 
+@functools.cache
 def netem_available() -> bool:
     """Whether the kernel has sch_netem. Asked in a network namespace of our own,
     made for the question and gone after it: a netem qdisc on its loopback either
-    works or netlink answers ENOENT (the kind is unknown). Nothing else is touched."""
+    works or netlink answers ENOENT (the kind is unknown). Nothing else is touched.
+    Asked once per process: a kernel does not gain or lose a qdisc kind meanwhile."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -220,6 +227,111 @@ def _drop_mangle_table_if_ours(ns: NetNamespace, existed: bool) -> bool:
     return True
 
 
+class _Delayer:
+    """A delayer process started ahead of need (see ``delayer.py``): warm, it waits for
+    its order on a socket pair with pytest; it exits if pytest goes first."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest_chaos.faults.delayer", "--serve"],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        self.control = ours
+
+    def wait_warm(self, timeout: float = 30.0) -> None:
+        self._expect(b"warm", timeout, "the packet delayer did not start")
+
+    def start(self, ns: NetNamespace, order: dict[str, Any], timeout: float = 10.0) -> None:
+        """Send the order with the namespace; return once the delayer is bound."""
+        socket.send_fds(self.control, [json.dumps(order).encode()], [ns.fd])
+        self._expect(b"ready", timeout, "the packet delayer did not bind its queue")
+
+    def _expect(self, word: bytes, timeout: float, failure: str) -> None:
+        self.control.settimeout(timeout)
+        try:
+            said = self.control.recv(4096)
+        except (TimeoutError, OSError):
+            said = b""
+        if said == word:
+            return
+        reason = said.decode("utf-8", "replace").removeprefix("error: ")
+        if not reason:
+            self.stop()
+            reason = (self.proc.stderr.read() if self.proc.stderr else b"").decode().strip()
+        raise FaultError(f"{failure}: {reason.strip() or 'no output'}")
+
+    def stop(self) -> None:
+        """Accept what it holds and exit (SIGKILL if it ignores that for 10 s)."""
+        if self.control.fileno() < 0:
+            return  # stopped already
+        with contextlib.suppress(OSError):
+            self.control.sendall(b"stop")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.control.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+_spare_lock = threading.Lock()
+_spare: _Delayer | None = None
+
+
+def prewarm() -> None:
+    """Start a delayer ahead of the next NFQUEUE latency fault, if there is none (it
+    costs a waiting Python process; it exits with pytest)."""
+    global _spare
+    with _spare_lock:
+        if _spare is None or _spare.proc.poll() is not None:
+            _spare = _Delayer()
+
+
+def prewarm_delayer() -> None:
+    """Where latency will take the NFQUEUE path (root, no netem, netfilterqueue
+    installed), have a delayer waiting: called as a chaos test starts."""
+    import importlib.util
+
+    if os.geteuid() != 0 or importlib.util.find_spec("netfilterqueue") is None:
+        return
+    try:
+        if netem_available():
+            return
+    except ChaosError:
+        return
+    prewarm()
+
+
+def _take_delayer() -> _Delayer:
+    global _spare
+    with _spare_lock:
+        taken, _spare = _spare, None
+    if taken is None or taken.proc.poll() is not None:
+        taken = _Delayer()
+    taken.wait_warm()
+    return taken
+
+
+@atexit.register
+def _drop_spare() -> None:
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None:
+        with contextlib.suppress(Exception):
+            spare.stop()
+
+
 @contextmanager
 def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None]:
     try:
@@ -233,13 +345,26 @@ def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None
     chain = f"{CHAIN_PREFIX}{journal.run_id if journal else 'NORUN'}_{secrets.token_hex(2)}".upper()
     handle._chain = chain
     queue = 1000 + secrets.randbelow(60000)
-    # The delayer runs in a cgroup of ours, named in the entry before it starts.
-    group = OwnCgroup(own_cgroup_path(f"pytest-chaos-delayer-{chain.lower()}"))
-    with open_netns(pid, service.name) as ns:
-        existed = _has_mangle_table(ns)
-        data = {"chain": chain, "mangle_existed": existed, "cgroup": str(group.path)}
-        with journaled(service, "nfqueue-latency", handle.describe(), data) as undone:
-            yield from _nfqueue_in(ns, service, handle, queue, chain, existed, group, undone)
+    # The delayer was started ahead of need: its pid and start time (its identity) go
+    # into the entry before it is given its order, so an undo after pytest's death
+    # stops that very process.
+    delayer = _take_delayer()
+    try:
+        with open_netns(pid, service.name) as ns:
+            existed = _has_mangle_table(ns)
+            data = {
+                "chain": chain,
+                "mangle_existed": existed,
+                "pid": delayer.proc.pid,
+                "start": linux.start_time(delayer.proc.pid),
+            }
+            # Rules and a process of ours: a crash of the machine takes them along.
+            with journaled(
+                service, "nfqueue-latency", handle.describe(), data, durable=False
+            ) as undone:
+                yield from _nfqueue_in(ns, service, handle, queue, chain, existed, delayer, undone)
+    finally:
+        delayer.stop()  # once more where the undo did not get that far: a no-op otherwise
 
 
 def _nfqueue_in(
@@ -249,47 +374,27 @@ def _nfqueue_in(
     queue: int,
     chain: str,
     existed: bool,
-    group: OwnCgroup,
+    delayer: _Delayer,
     undone: JournalSlot,
 ) -> Iterator[None]:
-    proc: subprocess.Popen[str] | None = None
     try:
-        group.create()
-        proc = subprocess.Popen(
-            [
-                *group.exec_prefix(),
-                "nsenter",
-                f"--net=/proc/self/fd/{ns.fd}",
-                sys.executable,
-                "-m",
-                "pytest_chaos.faults.delayer",
-                "--queue",
-                str(queue),
-                "--delay-ms",
-                str(handle.delay_s * 1000),
-                "--jitter-ms",
-                str(handle.jitter_s * 1000),
-            ],
-            pass_fds=(ns.fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+        handle.delayer_pid = delayer.proc.pid
+        delayer.start(
+            ns,
+            {
+                "queue": queue,
+                "delay_ms": handle.delay_s * 1000,
+                "jitter_ms": handle.jitter_s * 1000,
+            },
         )
-        handle.delayer_pid = proc.pid
-        ready = proc.stdout.readline().strip() if proc.stdout else ""
-        if ready != "ready":
-            said = proc.stderr.read().strip() if proc.stderr else ""
-            raise FaultError(f"the packet delayer did not start: {said or 'no output'}")
-        _iptables(ns, "-N", chain)
+        rules = ["*mangle", f":{chain} - [0:0]"]
         targets: list[str | None] = list((handle.peers or {}).values()) or [None]
         for address in targets:
-            rule = ["-A", chain, "-o", "eth0"]
-            if address is not None:
-                rule += ["-d", address]
-            _iptables(ns, *rule, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
-        _iptables(ns, "-I", "OUTPUT", "-j", chain)
+            match = f" -d {address}" if address is not None else ""
+            rules.append(f"-A {chain} -o eth0{match} -j NFQUEUE --queue-num {queue} --queue-bypass")
+        rules += [f"-I OUTPUT -j {chain}", "COMMIT", ""]
+        # One transaction: the chain and the jump to it are in force together.
+        ns.run(["iptables-restore", "-w", "5", "--noflush"], input_text="\n".join(rules))
         handle.applied_at = time.monotonic()
         yield
     finally:
@@ -297,29 +402,13 @@ def _nfqueue_in(
         with contextlib.suppress(FaultError):
             _remove_chain(ns, chain)
         handle.lifted_at = time.monotonic()
-        if proc is not None:
-            _stop(proc)
-        group.stop_all()
-        group.remove()
+        delayer.stop()
         if f"-N {chain}" in _iptables(ns, "-S"):
             raise FaultError(f"iptables chain {chain} is still in {service.name}'s namespace.")
         _drop_mangle_table_if_ours(ns, existed)
+        prewarm()  # for the next one
         handle.undone_at = time.monotonic()
         undone()
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 @undoer("nfqueue-latency")
@@ -339,10 +428,8 @@ def _undo_nfqueue(data: dict[str, Any]) -> str:
             done.append("stopped the delayer")
         if group.remove():
             done.append(f"removed cgroup {group.path}")
-    pid = int(data.get("pid", 0))  # an entry of an earlier version
-    if pid > 1 and linux.is_alive(pid, str(data.get("start", ""))):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+    pid = int(data.get("pid", 0))
+    if linux.stop_process(pid, str(data.get("start", ""))):
         done.append(f"stopped the delayer (pid {pid})")
     if not done and not data.get("applied"):
         return "the delay was never applied: nothing to undo"

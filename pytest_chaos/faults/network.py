@@ -232,7 +232,10 @@ def _nft_fault(
     handle._pid = pid
     with (
         open_netns(pid, service.name) as ns,
-        journaled(service, "nft-table", handle.describe(), {"table": handle.table}) as undone,
+        # The table lives in the kernel only: a crash of the machine takes it along.
+        journaled(
+            service, "nft-table", handle.describe(), {"table": handle.table}, durable=False
+        ) as undone,
     ):
         try:
             ns.run(
@@ -439,7 +442,9 @@ def root_qdisc_fault(
                 f"{service.name} {interface} already has a root qdisc {before!r}; "
                 "refusing to replace it (remove it first)."
             )
-        with journaled(service, "qdisc", description, {"interface": interface}) as undone:
+        with journaled(
+            service, "qdisc", description, {"interface": interface}, durable=False
+        ) as undone:
             try:
                 yield ipr, index
             finally:

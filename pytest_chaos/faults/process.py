@@ -175,9 +175,11 @@ def kill_signal(value: int | str | _signal.Signals) -> _signal.Signals:
     return sig
 
 
-def send_signal(service: Service, sig: _signal.Signals, pid: int | None = None) -> tuple[int, str]:
+def send_signal(
+    service: Service, sig: _signal.Signals, pid: int | None = None
+) -> tuple[int, str, str]:
     """Signal the service's main process (or ``pid``, checked to be in the container);
-    return the pid and the process name."""
+    return the pid, the process name and its start time (its identity with the pid)."""
     if pid is None:
         pid = linux.main_process(service.init_pid())
     try:
@@ -188,9 +190,9 @@ def send_signal(service: Service, sig: _signal.Signals, pid: int | None = None) 
         ) from None
     try:
         # Checked after pinning: the pidfd refers to this very process from now on.
-        service.container()  # refuses a container outside the project
+        service.pinned()  # refuses a container outside the project
         linux.check_pid(pid, service.container_id)
-        name = linux.comm(pid)
+        name, started = linux.comm(pid), linux.start_time(pid)
         try:
             _signal.pidfd_send_signal(pidfd, sig)
         except PermissionError:
@@ -204,7 +206,7 @@ def send_signal(service: Service, sig: _signal.Signals, pid: int | None = None) 
             ) from None
     finally:
         os.close(pidfd)
-    return pid, name
+    return pid, name, started
 
 
 def _await_consequence(service: Service, pid: int, started_before: object) -> None:
@@ -248,7 +250,7 @@ def kill(
     policy = service.restart_policy()
     start_after_s = check_start_after(start_after, policy)
     restarts_before = service.restart_count()
-    started_before = service.state().get("StartedAt")
+    started_before = service.started_at()
     if process is None:
         chosen = linux.main_process(service.init_pid())
     else:
@@ -257,7 +259,7 @@ def kill(
     description = f"kill {service.name} {sig.name} (pid {pid})"
     signalled_at = time.time()
     with journaled(service, "kill", description, {"signal": sig.name, "pid": pid}) as undone:
-        pid, name = send_signal(service, sig, pid)
+        pid, name, started = send_signal(service, sig, pid)
         handle = KillHandle(
             kind="kill",
             target=service.name,
@@ -267,7 +269,7 @@ def kill(
             applied_at=time.monotonic(),
             start_after_s=start_after_s,
             restart_policy=policy,
-            _start=linux.start_time(pid),
+            _start=started,
         )
         try:
             yield handle

@@ -255,7 +255,10 @@ def _cgroup_change(
     restore: Sequence[tuple[Path, str]],
 ) -> Iterator[None]:
     restore_data = [[str(p), v] for p, v in restore]
-    with journaled(service, "cgroup", handle.describe(), {"restore": restore_data}) as undone:
+    # A cgroup limit lives in the kernel only: a crash of the machine takes it along.
+    with journaled(
+        service, "cgroup", handle.describe(), {"restore": restore_data}, durable=False
+    ) as undone:
         try:
             for path, value in apply:
                 _write(path, value)

@@ -28,6 +28,7 @@ from typing import Any
 from .. import timeline
 from ..errors import ConfigurationError, EnvironmentProblem
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from . import bpf_cache
 from .events import ConnectEventStruct, ProcessEventStruct, RawConnectEvent, assemble_attempts
 from .histogram import Histogram
 from .kernel import BpfSupport, bpf_support, program_source
@@ -144,15 +145,36 @@ class BpfSession:
 
     # -- BPF -----------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _compiled(self, probe: str, flags: list[str]) -> Any:
+        """The probe's program, attached: from the cache of compiled programs where it
+        is there (no compiler run), else compiled by bcc and then kept there."""
         from bcc import BPF
 
+        path = program_source(_SOURCES[probe])
+        directory = bpf_cache.cache_dir()
+        if directory is None:
+            return BPF(src_file=str(path).encode(), cflags=flags)
+        key = bpf_cache.cache_key(
+            path.read_bytes(), [*flags, self.support.kernel_source or ""], _tracefs()
+        )
+        entry = bpf_cache.lookup(directory, key)
+        if entry is not None:
+            try:
+                return bpf_cache.CachedProgram(entry)
+            except Exception:  # noqa: BLE001 - whatever is wrong with it, compile again
+                bpf_cache.forget(directory, key)  # and keep the new one below
+        bpf = BPF(src_file=str(path).encode(), cflags=flags)
+        # Keeping it is an optimisation: a cache that cannot be written costs nothing.
+        with contextlib.suppress(OSError, ValueError):
+            bpf_cache.store(directory, key, bpf_cache.extract(bpf))
+        return bpf
+
+    def _load(self) -> None:
         if self.support.kernel_source:
             os.environ["BCC_KERNEL_SOURCE"] = self.support.kernel_source
+        flags = [*_tracepoint_flags(), f"-DCHAOS_PID_MAX={_pid_max()}"]
         for probe in self.probes:
-            self._bpfs[probe] = BPF(
-                src_file=str(program_source(_SOURCES[probe])).encode(), cflags=_tracepoint_flags()
-            )
+            self._bpfs[probe] = self._compiled(probe, flags)
         keys = [struct.unpack("I", socket.inet_aton(a))[0] for a in self.scope.addresses]
         for probe in ("connect", "tcp", "traffic"):
             if probe in self._bpfs:
@@ -322,10 +344,22 @@ class BpfSession:
         self.observation = obs
 
 
+def _pid_max() -> int:
+    """The kernel's pid_max: the size of the programs' arrays indexed by thread id."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 4194304  # the most a 64-bit kernel allows
+
+
+def _tracefs() -> Path | None:
+    roots = [Path(r) for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")]
+    return next((r for r in roots if (r / "events").is_dir()), None)
+
+
 def _tracepoint_flags() -> list[str]:
     """-D flags for tracepoints, and tracepoint arguments, that only some kernels have."""
-    roots = [Path(r) for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")]
-    root = next((r for r in roots if (r / "events").is_dir()), None)
+    root = _tracefs()
     if root is None:
         return []
     flags = []

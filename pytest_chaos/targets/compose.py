@@ -5,8 +5,9 @@ returned; anything else is refused."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -64,6 +65,9 @@ class ComposeProject:
         #: Where faults on this project record themselves before applying (None: they
         #: are not crash-safe; the chaos fixture's project always has one).
         self.journal = journal
+        self._pins: dict[str, Pin] = {}
+        self._services: dict[str, Service] = {}
+        self._pins_lock = threading.Lock()
 
     def containers(self) -> list[Container]:
         """Every container of the project, running or not."""
@@ -76,26 +80,55 @@ class ComposeProject:
         return sorted({c.labels.get(SERVICE_LABEL, "") for c in self.containers()} - {""})
 
     def service(self, name: str) -> Service:
-        """The service of that name (exactly one container), or UnknownService."""
+        """The service of that name (exactly one container), or UnknownService. Found
+        through Docker once per run of its container (see :class:`Pin`)."""
         if not isinstance(name, str) or not name:
             raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
+        known = self._services.get(name)
+        if known is not None:
+            pin = self._pins.get(known.container_id)
+            if pin is not None and pin.holds():
+                return known
         found = [c for c in self.containers() if c.labels.get(SERVICE_LABEL) == name]
         if not found:
-            known = ", ".join(self.service_names()) or "none (is the project up?)"
+            names = ", ".join(self.service_names()) or "none (is the project up?)"
             raise UnknownService(
-                f"compose project {self.name!r} has no service {name!r}; its services: {known}."
+                f"compose project {self.name!r} has no service {name!r}; its services: {names}."
             )
         if len(found) > 1:
             raise UnknownService(
                 f"service {name!r} of {self.name!r} has {len(found)} containers; "
                 "faults target one container: scale it to 1."
             )
-        return Service(self, name, str(found[0].id))
+        service = Service(self, name, str(found[0].id))
+        service.remember(found[0].attrs)
+        self._services[name] = service
+        return service
 
     def all_healthy(self) -> bool:
         """True when every container runs and every health check passes."""
         containers = self.containers()
         return bool(containers) and all(_is_healthy(c.attrs) for c in containers)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What Docker said of a running container, trusted while the container's first
+    process lives: its host pid and start time name that very run of the container.
+    A restart (by Docker or by anyone) makes a new first process, so the next lookup
+    asks Docker again. Only what cannot change during one run is read from a pin:
+    the first process, when it started, the restart count, the restart policy, the
+    project label, the addresses and published ports. (Two operator actions on a
+    running container escape it until its next restart: ``docker update --restart``
+    and ``docker network connect``/``disconnect``.)"""
+
+    attrs: dict[str, Any] = field(compare=False)
+    init_pid: int
+    init_start: str
+
+    def holds(self) -> bool:
+        """Whether the run it describes is still the container's (one /proc read)."""
+        return linux.is_alive(self.init_pid, self.init_start)
 
 
 @dataclass(frozen=True)
@@ -125,15 +158,41 @@ class Service:
         return container
 
     def state(self) -> dict[str, Any]:
-        """Docker's State of the container (Running, Pid, Health, ...)."""
+        """Docker's State of the container (Running, Pid, Health, ...), asked now."""
         return dict(self.container().attrs["State"])
+
+    def pinned(self) -> dict[str, Any]:
+        """The container's attributes as of its current run (see :class:`Pin`): from
+        Docker once per run, then checked by one read of /proc. Faults resolve their
+        target through this, so applying one costs no round trip to Docker."""
+        pin = self.project._pins.get(self.container_id)
+        if pin is not None and pin.holds():
+            return pin.attrs
+        attrs = dict(self.container().attrs)  # refuses a container outside the project
+        self.remember(attrs)
+        return attrs
+
+    def remember(self, attrs: dict[str, Any]) -> None:
+        """Pin ``attrs``, Docker's answer for this container just now, if it runs."""
+        pid = int(attrs["State"].get("Pid") or 0)
+        if not attrs["State"].get("Running") or pid <= 1:
+            return
+        start = linux.start_time(pid)
+        with contextlib.suppress(UnsafeTarget):
+            if start and linux.check_pid(pid, self.container_id):
+                with self.project._pins_lock:
+                    self.project._pins[self.container_id] = Pin(attrs, pid, start)
 
     def init_pid(self) -> int:
         """The host pid of the container's first process; UnsafeTarget if stopped."""
-        pid = int(self.state().get("Pid") or 0)
+        pid = int(self.pinned()["State"].get("Pid") or 0)
         if pid <= 1:
             raise UnsafeTarget(f"service {self.name!r} is not running (its container has no pid).")
         return pid
+
+    def started_at(self) -> str:
+        """When Docker started the container's current run (its State.StartedAt)."""
+        return str(self.pinned()["State"].get("StartedAt") or "")
 
     def pids(self) -> set[int]:
         """Every process of the container now (its cgroup's members)."""
@@ -167,16 +226,16 @@ class Service:
 
     def restart_policy(self) -> str:
         """The restart policy's name: no, always, on-failure, unless-stopped."""
-        policy = self.container().attrs["HostConfig"].get("RestartPolicy") or {}
+        policy = self.pinned()["HostConfig"].get("RestartPolicy") or {}
         return str(policy.get("Name") or "no")
 
     def restart_count(self) -> int:
         """How often Docker restarted the container."""
-        return int(self.container().attrs.get("RestartCount", 0))
+        return int(self.pinned().get("RestartCount", 0))
 
     def address(self) -> str:
         """The container's IP address on its (first) compose network."""
-        networks = self.container().attrs["NetworkSettings"]["Networks"]
+        networks = self.pinned()["NetworkSettings"]["Networks"]
         for net in networks.values():
             if net.get("IPAddress"):
                 return str(net["IPAddress"])
@@ -184,7 +243,7 @@ class Service:
 
     def addresses(self) -> list[str]:
         """Every IP address of the container, one per network it is on."""
-        networks = self.container().attrs["NetworkSettings"]["Networks"]
+        networks = self.pinned()["NetworkSettings"]["Networks"]
         found = [str(n["IPAddress"]) for n in networks.values() if n.get("IPAddress")]
         if not found:
             raise UnknownService(f"service {self.name!r} has no IP address (is it running?).")
@@ -192,7 +251,7 @@ class Service:
 
     def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
         """(host, port) where ``port`` of the container is published on the host."""
-        bindings = self.container().attrs["NetworkSettings"]["Ports"].get(f"{port}/{protocol}")
+        bindings = self.pinned()["NetworkSettings"]["Ports"].get(f"{port}/{protocol}")
         if not bindings:
             raise UnknownService(f"service {self.name!r} does not publish {port}/{protocol}.")
         host = bindings[0]["HostIp"] or "127.0.0.1"

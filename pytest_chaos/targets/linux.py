@@ -9,6 +9,8 @@ process we may signal.
 from __future__ import annotations
 
 import os
+import select
+import signal
 from pathlib import Path
 
 from ..errors import UnsafeTarget
@@ -138,3 +140,29 @@ def main_process(init_pid: int, proc: Path = Path("/proc")) -> int:
             "expected exactly one service process."
         )
     return kids[0]
+
+
+def stop_process(pid: int, started: str, grace: float = 10.0) -> bool:
+    """SIGTERM the process that started at ``started`` as ``pid`` (one of ours), and
+    SIGKILL it if it still runs after ``grace`` seconds; return once it has exited.
+    False if it was not running. The pid is pinned (pidfd) before it is checked, so a
+    number reused by another process is never signalled."""
+    if pid <= 1:
+        return False
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # exited already
+        return False
+    try:
+        if not is_alive(pid, started):
+            return False
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                return True
+            if select.select([pidfd], [], [], wait)[0]:  # readable once it exited
+                return True
+        return True
+    finally:
+        os.close(pidfd)

@@ -13,9 +13,11 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ..errors import EnvironmentProblem, FaultError, PermissionProblem, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from . import nft
 
 
 @dataclass(frozen=True)
@@ -25,66 +27,97 @@ class NetNamespace:
     owner: str
 
     def run(self, argv: Sequence[str], *, input_text: str | None = None) -> str:
-        """Run ``argv`` inside this namespace (through nsenter); return its stdout."""
+        """Run ``argv`` inside this namespace; return its stdout. ``nft`` commands go
+        through libnftables where it loads (no process at all); other tools are
+        started by a thread that entered the namespace (no ``nsenter`` in between)."""
         tool = argv[0]
+        if tool == "nft" and nft.available() and nft.understood(argv[1:]):
+            return self._nft(argv[1:], input_text)
         if shutil.which(tool) is None:
             raise EnvironmentProblem(
                 f"{tool} is not installed: apt-get install nftables iproute2 iptables."
             )
-        if shutil.which("nsenter") is None:
-            raise EnvironmentProblem("nsenter is missing: apt-get install util-linux.")
-        try:
-            done = subprocess.run(
-                ["nsenter", f"--net=/proc/self/fd/{self.fd}", *argv],
-                input=input_text,
-                capture_output=True,
-                text=True,
-                pass_fds=(self.fd,),
-                timeout=15,
+
+        def run_here() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                list(argv), input=input_text, capture_output=True, text=True, timeout=15,
                 check=False,
-            )
+            )  # fmt: skip
+
+        try:
+            done = in_namespace(self, run_here)
         except subprocess.TimeoutExpired as exc:
             raise FaultError(f"{tool} in {self.owner}'s namespace did not finish in 15 s.") from exc
         if done.returncode != 0:
-            message = done.stderr.strip() or done.stdout.strip()
-            if "Operation not permitted" in message:
-                raise PermissionProblem(
-                    f"{tool} in {self.owner}'s network namespace was refused: "
-                    "run pytest as root (sudo)."
-                )
-            raise FaultError(f"{tool} failed in {self.owner}'s network namespace: {message}")
+            self._failed(tool, done.stderr.strip() or done.stdout.strip())
         return done.stdout
+
+    def _nft(self, args: Sequence[str], input_text: str | None) -> str:
+        commands, flags = nft.command_of(args, input_text)
+        outcome = in_namespace(self, lambda: nft.run(commands, flags=flags))
+        if not outcome.ok:
+            self._failed("nft", outcome.error.strip() or outcome.output.strip())
+        return outcome.output
+
+    def _failed(self, tool: str, message: str) -> None:
+        if "Operation not permitted" in message:
+            raise PermissionProblem(
+                f"{tool} in {self.owner}'s network namespace was refused: "
+                "run pytest as root (sudo)."
+            )
+        raise FaultError(f"{tool} failed in {self.owner}'s network namespace: {message}")
+
+
+T = TypeVar("T")
+
+
+def in_namespace(ns: NetNamespace, work: Callable[[], T]) -> T:
+    """``work()`` called by a short-lived thread that entered ``ns``: what it opens
+    (sockets, processes it starts) lives in that namespace. ``setns`` moves only the
+    calling thread, so pytest's own threads never move."""
+    done: dict[str, Any] = {}
+
+    def enter_and_work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(ns.fd, _CLONE_NEWNET) != 0:
+            done["refused"] = os.strerror(ctypes.get_errno())
+            return
+        try:
+            done["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            done["error"] = exc
+
+    thread = threading.Thread(target=enter_and_work, name="pytest-chaos-netns")
+    thread.start()
+    thread.join()
+    if "refused" in done:
+        raise PermissionProblem(
+            f"cannot enter {ns.owner}'s network namespace ({done['refused']}): "
+            "run pytest as root (sudo)."
+        )
+    if "error" in done:
+        raise done["error"]
+    return done["result"]  # type: ignore[no-any-return]
 
 
 _CLONE_NEWNET = 0x40000000
 
 
 def netlink_socket(ns: NetNamespace) -> socket.socket:
-    """A NETLINK_ROUTE socket that lives in ``ns``. ``setns`` moves only the calling
-    thread, so a short-lived thread enters the namespace and opens the socket there
-    (a socket keeps the namespace it was created in); pytest's threads never move,
-    and nothing forks (a forked pytest would run its finalizers twice)."""
-    return _netlink_socket_from_thread(
-        lambda libc: int(libc.setns(ns.fd, _CLONE_NEWNET)),
-        f"cannot enter {ns.owner}'s network namespace",
-    )
+    """A NETLINK_ROUTE socket that lives in ``ns`` (a socket keeps the namespace it
+    was created in); nothing forks (a forked pytest would run its finalizers twice)."""
+    return in_namespace(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
 
 
 def scratch_netlink_socket() -> socket.socket:
     """A NETLINK_ROUTE socket in a fresh, empty network namespace of our own (a
     thread unshares it and opens the socket; the namespace goes away with the
     socket). For questions to the kernel that must not touch any real interface."""
-    return _netlink_socket_from_thread(
-        lambda libc: int(libc.unshare(_CLONE_NEWNET)), "cannot make a scratch network namespace"
-    )
-
-
-def _netlink_socket_from_thread(move: Callable[[ctypes.CDLL], int], failure: str) -> socket.socket:
     made: dict[str, object] = {}
 
     def move_and_open() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
-        if move(libc) != 0:
+        if libc.unshare(_CLONE_NEWNET) != 0:
             made["error"] = os.strerror(ctypes.get_errno())
             return
         made["socket"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
@@ -94,7 +127,10 @@ def _netlink_socket_from_thread(move: Callable[[ctypes.CDLL], int], failure: str
     thread.join()
     sock = made.get("socket")
     if not isinstance(sock, socket.socket):
-        raise PermissionProblem(f"{failure} ({made.get('error')}): run pytest as root (sudo).")
+        raise PermissionProblem(
+            f"cannot make a scratch network namespace ({made.get('error')}): "
+            "run pytest as root (sudo)."
+        )
     return sock
 
 

@@ -23,31 +23,45 @@ MOMENTS = {
     "entry": """
 import pytest_chaos.journal as journal
 _write = journal._write_durably
-def _pause(path, body):
-    _write(path, body)
+def _pause(path, body, **options):
+    _write(path, body, **options)
     if path.parent.name != "runs":
         stop_here()
 journal._write_durably = _pause
 """,
-    # Just after a process of ours (stress-ng, the delayer) started in its cgroup.
+    # Just after a process of ours started: stress-ng in its cgroup; the delayer
+    # (started warm ahead of need) once it took its order and bound its queue.
     "started": """
 import subprocess
+from pytest_chaos.faults import latency
 _Popen = subprocess.Popen
 class _Pause(_Popen):
     def __init__(self, args, *a, **k):
         super().__init__(args, *a, **k)
-        if any("stress-ng" in str(x) or "delayer" in str(x) for x in args):
+        if any("stress-ng" in str(x) for x in args):
             deadline = time.monotonic() + 10
             while "pytest-chaos-" not in open(f"/proc/{self.pid}/cgroup").read():
                 assert time.monotonic() < deadline, "it did not join its cgroup"
                 time.sleep(0.01)
             stop_here()
 subprocess.Popen = _Pause
+_start = latency._Delayer.start
+def _start_then_stop(self, *args, **kwargs):
+    _start(self, *args, **kwargs)
+    stop_here()
+latency._Delayer.start = _start_then_stop
 """,
-    # In the undo, once the fault's own processes were stopped (cgroup not yet removed).
+    # In the undo, once the fault's own processes were stopped (stress-ng: its cgroup
+    # not yet removed; the delayer: the mangle table not yet dropped).
     "undo": """
 from pytest_chaos.targets.cgroup import OwnCgroup
+from pytest_chaos.faults import latency
 OwnCgroup.remove = lambda self: stop_here()
+_stop = latency._Delayer.stop
+def _stop_then_stop(self):
+    _stop(self)
+    stop_here()
+latency._Delayer.stop = _stop_then_stop
 """,
 }
 

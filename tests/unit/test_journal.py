@@ -56,6 +56,26 @@ def test_an_entry_lives_from_write_to_clear(tmp_path):
     assert journal.entries() == []
 
 
+@pytest.mark.parametrize(("durable", "fsyncs"), [(True, 3), (False, 0)])
+def test_only_an_entry_whose_fault_outlives_the_machine_is_fsynced(
+    tmp_path, monkeypatch, durable, fsyncs
+):
+    journal = Journal(tmp_path, "run1")
+    journal.write("test-fault", "first", {"name": "first"})  # the run's record, once
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    entry = journal.write("test-fault", "fault a", {"name": "a"}, durable=durable)
+    journal.clear(entry)
+    # Written: the file and its folder; cleared: the folder.
+    assert len(synced) == fsyncs
+    # Either way it is on disk as far as another process can tell, at once.
+    again = journal.write("test-fault", "fault b", {"name": "b"}, durable=durable)
+    seen = Journal(tmp_path, "run2").entries()
+    assert [(e.description, e.data["name"]) for e in seen] == [("first", "first"), ("fault b", "b")]
+    journal.clear(again)
+
+
 def test_entries_of_a_live_session_are_not_orphans(tmp_path):
     journal = Journal(tmp_path, "run1")
     journal.write("test-fault", "fault a", {"name": "a"})
