@@ -43,6 +43,8 @@ import pathlib, time
 
 def test_x(chaos):
     chaos.flag(str(pathlib.Path(__file__).parent / "raised"))
+    # In force, and marked so in the journal: the moment to be killed at.
+    (pathlib.Path(__file__).parent / "in-force").write_text("yes")
     time.sleep(60)  # the dwell kill -9 cuts short
 """
 
@@ -61,7 +63,7 @@ def _kill_9_with_the_flag_raised(pytester, *args):
 
         def raised() -> bool:
             assert proc.poll() is None, proc.stdout.read()
-            return flag.exists()
+            return (pytester.path / "in-force").exists()
 
         wait_for_recovery(raised, timeout=30, interval=0.05, transient=(), what="the user's fault")
     finally:
