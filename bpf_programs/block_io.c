@@ -18,7 +18,15 @@ BPF_ARRAY(pid_namespaces, struct pid_namespace, 8);
 BPF_HASH(sync_started, u32, u64, 65536);
 BPF_HISTOGRAM(sync_us, int, 64);
 
-static inline u32 current_in_scope(void) {
+#ifndef CHAOS_PID_MAX
+#define CHAOS_PID_MAX 4194304
+#endif
+// Each thread's verdict (1 in scope, 2 not), worked out once and kept by thread id,
+// forgotten when the thread exits (before its id can be reused): a database syncs
+// hundreds of times a second, and the namespace helpers cost a microsecond or so.
+BPF_ARRAY(verdicts, u8, CHAOS_PID_MAX);
+
+static inline u32 current_in_scope_uncached(void) {
     struct bpf_pidns_info info = {};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -29,6 +37,24 @@ static inline u32 current_in_scope(void) {
         if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)) == 0)
             return 1;
     }
+    return 0;
+}
+
+static inline u32 current_in_scope(void) {
+    int tid = (u32)bpf_get_current_pid_tgid();
+    u8 *verdict = verdicts.lookup(&tid);
+    if (!verdict)
+        return current_in_scope_uncached();
+    if (*verdict == 0)
+        *verdict = current_in_scope_uncached() ? 1 : 2;
+    return *verdict == 1;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    int tid = (u32)bpf_get_current_pid_tgid();
+    u8 *verdict = verdicts.lookup(&tid);
+    if (verdict)
+        *verdict = 0;
     return 0;
 }
 

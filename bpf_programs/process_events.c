@@ -1,7 +1,8 @@
 // Process fates: OOM victims (oom:mark_victim), fatal signals generated
 // (signal:signal_generate) and exits of whole processes (sched:sched_process_exit,
-// thread-group leaders only). Rare events: all are reported, and userspace keeps
-// those of the services under observation (their pids).
+// thread-group leaders only, of the watched pid namespaces). OOM kills and fatal
+// signals are rare: all are reported, and userspace keeps those of the services
+// under observation (their pids).
 
 #define CHAOS_SIGINT 2
 #define CHAOS_SIGABRT 6
@@ -82,10 +83,14 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     u64 id = bpf_get_current_pid_tgid();
     if ((u32)id != (u32)(id >> 32))
         return 0;  // a thread, not the process
+    // Exits are frequent on a busy host (health checks, shells): only those of the
+    // watched pid namespaces go to userspace.
+    if (!current_in_scope())
+        return 0;
     struct process_event event = {};
     event.ts_ns = bpf_ktime_get_ns();
     event.kind = PROCESS_EXIT;
-    event.in_scope = current_in_scope();
+    event.in_scope = 1;
     event.pid = args->pid;
     __builtin_memcpy(&event.comm, args->comm, sizeof(event.comm));
     process_events.perf_submit(args, &event, sizeof(event));

@@ -92,7 +92,11 @@ TRACEPOINT_PROBE(tcp, tcp_probe) {
     if ((key >> 16) != ROLE_PEER)
         return 0;
     u64 sk = (u64)args->skaddr;
-    client_sockets.update(&sk, &key);
+    // Every segment a client socket receives comes here: update only a socket not
+    // known yet (a lookup costs a fraction of an LRU update).
+    u32 *known = client_sockets.lookup(&sk);
+    if (!known || *known != key)
+        client_sockets.update(&sk, &key);
     u64 *sent = sent_at.lookup(&sk);
     if (sent) {
         u64 now = bpf_ktime_get_ns();

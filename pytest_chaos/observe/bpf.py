@@ -219,11 +219,11 @@ class BpfSession:
     def _on_process(self, _cpu: int, data: Any, _size: int) -> None:
         ev = ctypes.cast(data, ctypes.POINTER(ProcessEventStruct)).contents
         pid = int(ev.pid)
+        kind = {1: "oom_victim", 2: "signal", 3: "exit"}.get(int(ev.kind), "unknown")
         if not ev.in_scope and pid not in self._known_pids:
             self._refresh_pids()  # a process that started since the last refresh
             if pid not in self._known_pids:
                 return
-        kind = {1: "oom_victim", 2: "signal", 3: "exit"}.get(int(ev.kind), "unknown")
         self._process_events.append(
             ProcessEvent(
                 ts=ev.ts_ns / 1e9,
