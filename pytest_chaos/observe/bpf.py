@@ -18,7 +18,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,6 +106,7 @@ class BpfSession:
         self._events: list[RawConnectEvent] = []
         self._process_events: list[ProcessEvent] = []
         self._known_pids: set[int] = set()
+        self._seeded: set[int] = set()  # threads whose run-queue verdict we wrote
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._before: dict[str, Any] = {}
@@ -181,7 +181,7 @@ class BpfSession:
                 table = self._bpfs[probe][b"scope"]
                 for key in keys:
                     table[table.Key(key)] = table.Leaf(1)
-        for probe in ("process", "pages", "block"):
+        for probe in ("process", "pages", "block", "runqueue"):
             if probe in self._bpfs:
                 table = self._bpfs[probe][b"pid_namespaces"]
                 for i, (dev, ino) in enumerate(self.scope.pid_namespaces[:8]):
@@ -241,21 +241,23 @@ class BpfSession:
         self._known_pids |= pids
         tids = {int(t.name) for p in pids for t in tasks(p)}
         if "runqueue" in self._bpfs:
-            table = self._bpfs["runqueue"][b"watched"]
-            for tid in tids:
+            # Seeds: the kernel learns other threads' verdicts as they run.
+            table = self._bpfs["runqueue"][b"verdicts"]
+            for tid in tids - self._seeded:
                 table[table.Key(tid)] = table.Leaf(1)
+            self._seeded |= tids
 
     def _poll(self) -> None:
+        # No periodic work besides reading events: the kernel scopes by pid namespace
+        # (a thread's run-queue verdict, exits, pages), and the services' pids are
+        # asked for only when a signal names a pid not seen yet. This thread shares
+        # pytest's interpreter with the load generators: it must stay idle.
         buffers = [self._bpfs[p] for p in ("connect", "process") if p in self._bpfs]
-        refreshed = 0.0
         while not self._stop.is_set():
             for bpf in buffers:
-                bpf.perf_buffer_poll(timeout=50)
+                bpf.perf_buffer_poll(timeout=100)
             if not buffers:
-                self._stop.wait(0.05)
-            if time.monotonic() - refreshed > 0.2:
-                self._refresh_pids()
-                refreshed = time.monotonic()
+                self._stop.wait(0.1)
 
     def _collect(self) -> None:
         obs = TcpObservation(source="bpf")

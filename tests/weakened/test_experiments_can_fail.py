@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,21 +99,65 @@ CASES = [
 ]
 
 
+#: Cases run this many at a time, each a pytest with a stack of its own. Two: every
+#: weakened case failed for its reason 10/10 beside `stress-ng --cpu 0` (a CPU hog on
+#: both cores, README "Stability of the verdicts"), more load than one other case.
+AT_ONCE = 2
+
+
+def _run_case(
+    experiment: str, weakness: str, running: set[subprocess.Popen[str]]
+) -> tuple[int, str]:
+    """(exit code, output) of the experiment against its weakness, in a pytest of its
+    own: its own compose project, its own free ports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "pytest", f"{EXPERIMENTS}/{experiment}",
+            f"--exchange-weaken={weakness}", "-p", "no:cacheprovider", "-q", "--no-header",
+        ],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    running.add(proc)
+    try:
+        output, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # it undoes its faults and removes its stack on SIGTERM
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        running.discard(proc)
+    return proc.returncode, output
+
+
+@pytest.fixture(scope="module")
+def weakened_runs(request) -> Iterator[dict[tuple[str, str], Future[tuple[int, str]]]]:
+    """Every selected case started in the background, AT_ONCE at a time, in the
+    order pytest will ask for them; each test waits for its own. Those still running
+    when the module ends (a stop after a failure, an interruption) get SIGTERM, which
+    an inner pytest answers by undoing its faults and removing its stack."""
+    selected = [
+        (item.callspec.params["experiment"], item.callspec.params["weakness"])
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    ]
+    running: set[subprocess.Popen[str]] = set()
+    with ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="weakened") as pool:
+        runs = {case: pool.submit(_run_case, *case, running) for case in selected}
+        try:
+            yield runs
+        finally:
+            for run in runs.values():
+                run.cancel()
+            for proc in list(running):
+                proc.terminate()
+
+
 @pytest.mark.parametrize(
     ("experiment", "weakness", "reason"),
     CASES,
     ids=[f"{c[0].split('::')[1]}-{c[1]}" for c in CASES],
 )
-def test_the_experiment_fails_against_its_weakness(experiment, weakness, reason):
-    # A pytest of its own: its own compose project, its own free ports.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "pytest", f"{EXPERIMENTS}/{experiment}",
-            f"--exchange-weaken={weakness}", "-p", "no:cacheprovider", "-q", "--no-header",
-        ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+def test_the_experiment_fails_against_its_weakness(weakened_runs, experiment, weakness, reason):
+    code, output = weakened_runs[(experiment, weakness)].result()
+    assert code == pytest.ExitCode.TESTS_FAILED, output[-3000:]
     assert reason in output, f"it failed, but not for {weakness!r}:\n{output[-3000:]}"
