@@ -23,10 +23,8 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -41,7 +39,7 @@ from pytest_chaos.faults import latency as latency_mod  # noqa: E402
 from pytest_chaos.faults import network, process, resources  # noqa: E402
 from pytest_chaos.faults.network import qdisc_session, root_qdisc  # noqa: E402
 from pytest_chaos.targets.cgroup import cgroup_of  # noqa: E402
-from pytest_chaos.targets.netns import in_namespace, open_netns  # noqa: E402
+from pytest_chaos.targets.netns import open_netns  # noqa: E402
 
 #: Between two checks of whether a fault is in force, where no kernel notification
 #: says so (a qdisc, a cgroup file, a container's state): the time taken is that of
@@ -81,60 +79,81 @@ class ProcessGone:
         return bool(select.select([self.pidfd], [], [], 0)[0])
 
 
+RULE_LISTENER = """
+import ctypes, os, socket, struct, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.setns(int(sys.argv[1]), 0x40000000) == 0, "setns"
+sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+sock.bind((0, 0))
+sock.setsockopt(270, 1, 7)  # SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES
+print("ready", flush=True)
+seen = set()
+while len(seen) < 2:
+    data = sock.recv(1 << 16)
+    now = time.perf_counter()
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if kind in (0x0a06, 0x0a08) and kind not in seen:  # NFT_MSG_NEWRULE, DELRULE
+            seen.add(kind)
+            print(kind, now, flush=True)
+        offset += max(16, (length + 3) & ~3)
+"""
+
+
 class RuleChange:
     """In force when the kernel announces a new rule in the service's network
     namespace, undone when it announces one deleted: an nftables monitor socket there
     (NETLINK_NETFILTER, group NFNLGRP_NFTABLES) hears each committed change the moment
-    it is in force, whoever made it (libnftables, nft, iptables-nft). A thread blocked
-    on the socket notes when each announcement arrives, while the fault is applied."""
+    it is in force, whoever made it (libnftables, nft, iptables-nft). The listener is
+    a process of its own, blocked on the socket, noting when each announcement
+    arrives (CLOCK_MONOTONIC, perf_counter's clock): a thread of this process would
+    note it only once the applying thread let go of the interpreter."""
 
     NEW_RULE, DEL_RULE = (10 << 8) | 6, (10 << 8) | 8  # NFNL_SUBSYS_NFTABLES, NFT_MSG_*
 
     def __init__(self, service: Any, before: Callable[[], None] | None = None) -> None:
         self.service = service
         self.before = before  # called before each measurement, off the clock
+        self.proc: subprocess.Popen[str] | None = None
         self.seen: dict[int, float] = {}
-        self.arrived = threading.Condition()
-        self.sock: socket.socket | None = None
 
     def arm(self) -> None:
         if self.before is not None:
             self.before()
-        if self.sock is not None:
-            self.sock.close()
-
-        def listen() -> socket.socket:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
-            sock.bind((0, 0))
-            sock.setsockopt(270, 1, 7)  # SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES
-            return sock
-
-        with open_netns(self.service.init_pid(), self.service.name) as ns:
-            self.sock = in_namespace(ns, listen)
+        self._stop()
         self.seen = {}
-        threading.Thread(target=self._listen, args=(self.sock,), daemon=True).start()
-
-    def _listen(self, sock: socket.socket) -> None:
-        while len(self.seen) < 2:
-            try:
-                data = sock.recv(1 << 16)
-            except OSError:
-                return
-            now = time.perf_counter()
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if kind in (self.NEW_RULE, self.DEL_RULE):
-                    with self.arrived:
-                        self.seen.setdefault(kind, now)
-                        self.arrived.notify_all()
-                offset += max(16, (length + 3) & ~3)
+        with open_netns(self.service.init_pid(), self.service.name) as ns:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", RULE_LISTENER, str(ns.fd)],
+                pass_fds=(ns.fd,),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the rule listener did not start")
 
     def wait(self, kind: int, timeout: float = 60.0) -> float:
-        with self.arrived:
-            if not self.arrived.wait_for(lambda: kind in self.seen, timeout):
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        deadline = time.perf_counter() + timeout
+        while kind not in self.seen:
+            if not select.select([self.proc.stdout], [], [], deadline - time.perf_counter())[0]:
                 raise TimeoutError("no rule change was announced")
-            return self.seen[kind]
+            line = self.proc.stdout.readline().split()
+            if not line:
+                raise RuntimeError("the rule listener ended")
+            self.seen[int(line[0])] = float(line[1])
+        return self.seen[kind]
+
+    def _stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None
 
     def __call__(self) -> bool:  # not polled: measure() waits on the announcements
         raise NotImplementedError
@@ -151,6 +170,7 @@ def measure(
         t2 = time.perf_counter()
         leave(token)
         t3 = in_force.wait(RuleChange.DEL_RULE)
+        in_force._stop()
         return t1 - t0, t3 - t2
     if isinstance(in_force, ProcessGone):
         in_force.arm()  # before the clock starts: the process as it was

@@ -28,8 +28,9 @@ class NetNamespace:
 
     def run(self, argv: Sequence[str], *, input_text: str | None = None) -> str:
         """Run ``argv`` inside this namespace; return its stdout. ``nft`` commands go
-        through libnftables where it loads (no process at all); other tools are
-        started by a thread that entered the namespace (no ``nsenter`` in between)."""
+        through libnftables where it loads (no process at all: a worker thread that
+        lives in the namespace, see :func:`nft.run_in`); other tools are started by a
+        thread that entered the namespace (no ``nsenter`` in between)."""
         tool = argv[0]
         if tool == "nft" and nft.available() and nft.understood(argv[1:]):
             return self._nft(argv[1:], input_text)
@@ -54,7 +55,12 @@ class NetNamespace:
 
     def _nft(self, args: Sequence[str], input_text: str | None) -> str:
         commands, flags = nft.command_of(args, input_text)
-        outcome = in_namespace(self, lambda: nft.run(commands, flags=flags))
+        try:
+            outcome = nft.run_in(self.fd, self.inode, commands, flags=flags)
+        except PermissionError as exc:
+            raise PermissionProblem(
+                f"cannot enter {self.owner}'s network namespace ({exc}): run pytest as root (sudo)."
+            ) from None
         if not outcome.ok:
             self._failed("nft", outcome.error.strip() or outcome.output.strip())
         return outcome.output

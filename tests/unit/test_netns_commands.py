@@ -31,8 +31,7 @@ RULES = """table inet pytest_chaos_test_1 {
 """
 
 
-@pytest.fixture
-def scratch() -> Iterator[NetNamespace]:
+def _scratch_namespace(owner: str = "scratch") -> NetNamespace:
     opened: dict[str, int] = {}
 
     def unshare() -> None:
@@ -44,10 +43,16 @@ def scratch() -> Iterator[NetNamespace]:
     thread.start()
     thread.join()
     fd = opened["fd"]
+    return NetNamespace(fd, os.fstat(fd).st_ino, owner)
+
+
+@pytest.fixture
+def scratch() -> Iterator[NetNamespace]:
+    ns = _scratch_namespace()
     try:
-        yield NetNamespace(fd, os.fstat(fd).st_ino, "scratch")
+        yield ns
     finally:
-        os.close(fd)
+        os.close(ns.fd)
 
 
 @pytest.fixture(params=["libnftables", "nft command"])
@@ -79,6 +84,30 @@ def test_output_options_mean_what_they_mean_to_the_nft_command(scratch, nft_path
     assert "counter packets 0 bytes 0 drop" in stateful
     assert "counter drop" in stateless
     assert "packets" not in stateless
+
+
+def test_each_namespace_has_one_worker_that_ends_when_idle(monkeypatch):
+    monkeypatch.setattr(nft, "IDLE_S", 0.3)
+    first, second = _scratch_namespace("first"), _scratch_namespace("second")
+    try:
+        first.run(["nft", "-f", "-"], input_text=RULES)
+        worker = nft._workers[first.inode]
+        assert "pytest_chaos_test_1" in first.run(["nft", "list", "tables"])
+        assert nft._workers[first.inode] is worker  # the same thread, the same context
+        # Each namespace its own worker: the other one has no such table.
+        assert "pytest_chaos_test_1" not in second.run(["nft", "list", "tables"])
+        assert nft._workers[second.inode] is not worker
+        # Idle, it ends and leaves the registry; the next command gets a new worker.
+        deadline = time.monotonic() + 10
+        while worker.thread.is_alive():
+            assert time.monotonic() < deadline, "an idle worker should end"
+            time.sleep(0.05)
+        assert first.inode not in nft._workers
+        assert "pytest_chaos_test_1" in first.run(["nft", "list", "tables"])
+        assert nft._workers[first.inode] is not worker
+    finally:
+        os.close(first.fd)
+        os.close(second.fd)
 
 
 def test_what_the_library_path_does_not_take_goes_to_the_command():
