@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -229,19 +230,23 @@ def _drop_mangle_table_if_ours(ns: NetNamespace, existed: bool) -> bool:
 
 class _Delayer:
     """A delayer process started ahead of need (see ``delayer.py``): warm, it waits for
-    its order on a socket pair with pytest; it exits if pytest goes first."""
+    its order on a socket pair with pytest; it exits if pytest goes first. What it
+    writes to stderr (a crash's traceback) goes to an unnamed file, for the error
+    message: a pipe nobody reads could fill and stall it."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         with theirs:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pytest_chaos.faults.delayer", "--serve"],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=self.errors,
                 start_new_session=True,
             )
         self.control = ours
+        self._stopped = False
 
     def wait_warm(self, timeout: float = 30.0) -> None:
         self._expect(b"warm", timeout, "the packet delayer did not start")
@@ -259,16 +264,23 @@ class _Delayer:
             said = b""
         if said == word:
             return
-        reason = said.decode("utf-8", "replace").removeprefix("error: ")
+        reason = said.decode("utf-8", "replace").removeprefix("error: ").strip()
         if not reason:
-            self.stop()
-            reason = (self.proc.stderr.read() if self.proc.stderr else b"").decode().strip()
-        raise FaultError(f"{failure}: {reason.strip() or 'no output'}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            self.errors.seek(0)
+            last = self.errors.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+            code = self.proc.returncode
+            silent = f"it said nothing within {timeout:g} s"
+            reason = " ".join(last) or (silent if code is None else f"it exited ({code})")
+        self.stop()
+        raise FaultError(f"{failure}: {reason}")
 
     def stop(self) -> None:
         """Accept what it holds and exit (SIGKILL if it ignores that for 10 s)."""
-        if self.control.fileno() < 0:
-            return  # stopped already
+        if self._stopped:
+            return
+        self._stopped = True
         with contextlib.suppress(OSError):
             self.control.sendall(b"stop")
         with contextlib.suppress(ProcessLookupError):
@@ -280,8 +292,7 @@ class _Delayer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.control.close()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.errors.close()
 
 
 _spare_lock = threading.Lock()

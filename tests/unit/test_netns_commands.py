@@ -184,9 +184,8 @@ def test_a_warm_delayer_delays_the_packets_of_its_queue_once_ordered(scratch):
         assert 140 <= _connect_ms(scratch, 4444) < 1000
         assert delayer.proc.poll() is None
     finally:
-        delayer.proc.terminate()
-        delayer.proc.wait(10)
-        delayer.proc.stderr.close()
+        delayer.stop()
+        assert delayer.proc.returncode is not None
     # Stopped: the rule's --queue-bypass lets traffic through undelayed.
     assert _connect_ms(scratch, 4444) < 50
 
@@ -198,4 +197,21 @@ def test_a_warm_delayer_without_orders_exits_with_its_pytest():
     delayer.wait_warm()
     delayer.control.close()
     assert delayer.proc.wait(10) == 0
-    delayer.proc.stderr.close()
+    delayer.stop()
+
+
+def test_a_delayer_that_cannot_start_says_why(monkeypatch, tmp_path):
+    from pytest_chaos import FaultError
+    from pytest_chaos.faults.latency import _Delayer
+
+    # A Python that cannot import what the delayer needs: its last words are the reason.
+    broken = tmp_path / "python"
+    broken.write_text('#!/bin/sh\necho "ModuleNotFoundError: no netfilterqueue" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(broken))
+    delayer = _Delayer()
+    with pytest.raises(
+        FaultError, match="the packet delayer did not start: ModuleNotFoundError: no netfilterqueue"
+    ):
+        delayer.wait_warm(timeout=5)
+    assert delayer.proc.returncode == 1
