@@ -101,14 +101,19 @@ def run(commands: str, *, flags: int = 0) -> Outcome:
     try:
         lib.nft_ctx_buffer_output(ctx)
         lib.nft_ctx_buffer_error(ctx)
-        if flags:
-            lib.nft_ctx_output_set_flags(ctx, flags)
-        rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
-        output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode("utf-8", "replace")
-        error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode("utf-8", "replace")
-        return Outcome(rc == 0, output, error)
+        return _run_with(lib, ctx, commands, flags)
     finally:
         lib.nft_ctx_free(ctx)
+
+
+def _run_with(lib: ctypes.CDLL, ctx: int, commands: str, flags: int) -> Outcome:
+    """Run ``commands`` with a context whose output and errors are buffered (each
+    buffer is emptied as it is read)."""
+    lib.nft_ctx_output_set_flags(ctx, flags)
+    rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
+    output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode("utf-8", "replace")
+    error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode("utf-8", "replace")
+    return Outcome(rc == 0, output, error)
 
 
 # -- a worker per namespace -------------------------------------------------------------
@@ -154,11 +159,7 @@ class _Worker:
             lib.nft_ctx_buffer_output(ctx)
             lib.nft_ctx_buffer_error(ctx)
             while (job := self._next()) is not None:
-                lib.nft_ctx_output_set_flags(ctx, job.flags)
-                rc = lib.nft_run_cmd_from_buffer(ctx, job.commands.encode())
-                output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode("utf-8", "replace")
-                error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode("utf-8", "replace")
-                job.outcome = Outcome(rc == 0, output, error)
+                job.outcome = _run_with(lib, ctx, job.commands, job.flags)
                 job.done.set()
         finally:
             lib.nft_ctx_free(ctx)
