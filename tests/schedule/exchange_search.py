@@ -43,6 +43,7 @@ def test_schedule_search(chaos, exchange):
         example,
         steady=exchange.accepts_orders,
         max_examples=int(os.environ.get("SCHEDULE_MAX_EXAMPLES", "20")),
+        reproduce=int(os.environ.get("SCHEDULE_REPRODUCE", "3")),
         shrink_budget=os.environ.get("SCHEDULE_SHRINK_BUDGET", "5m"),
         seed=int(os.environ["SCHEDULE_SEED"]) if os.environ.get("SCHEDULE_SEED") else None,
         # Each run searches afresh: its figures measure a search, not a replay of the

@@ -21,12 +21,20 @@ SEARCH = "tests/schedule/exchange_search.py"
 #: nondeterminism is what the confirmation runs are for. The README gives the search's
 #: figures over several seeds.
 SEED = "20261203"
+#: Runs of the smallest failing schedule, in the search and in the replay. Shrinking
+#: stops at the edge of what still fails, so that schedule fails only some of its runs:
+#: ``pause postgres at 0s for 1s; kill redis at 0s for 0.5s`` (this seed's) failed 15
+#: of 20 runs here idle and 10 of 20 with two busy loops on both cores (measured
+#: 2026-12-03). Three runs then all hold up 1 time in 8 under load (a CI run saw it);
+#: ten all hold up 1 time in 1000 at a rate of one half.
+REPRODUCE = "10"
 
 
 def _run(tmp_path: Path, *args: str, weaken: str | None = None) -> tuple[str, dict[str, str], int]:
     xml = tmp_path / f"search-{len(list(tmp_path.iterdir()))}.xml"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXCHANGE_", "SCHEDULE_"))}
     env["SCHEDULE_SEED"] = SEED
+    env["SCHEDULE_REPRODUCE"] = REPRODUCE
     command = [
         sys.executable, "-m", "pytest", SEARCH, "-p", "no:cacheprovider", "-q", "--no-header",
         f"--junitxml={xml}", *args,
@@ -57,7 +65,7 @@ def test_the_search_finds_and_shrinks_the_combined_weakness_and_replays_it(tmp_p
     stall = next(s for s in steps if s.split()[1] == "postgres")
     assert stall.split()[0] in ("pause", "partition"), steps
     failures, runs = (int(n) for n in found["schedule_reproduced"].split("/"))
-    assert runs == 3
+    assert runs == int(REPRODUCE)
     assert failures >= 1, found["schedule_reproduced"]
 
     # The replay runs exactly that schedule, and it breaks the exchange again.
