@@ -1,0 +1,557 @@
+"""A Docker Swarm of several nodes on this one machine.
+
+Each node is a ``dockerd`` of its own, in a network namespace of its own, with its own
+data root, exec root, socket, pid file, cgroup parent and host name; the nodes' namespaces
+are joined by a bridge in a hub namespace. Nothing is added to the host's own network
+namespace: the host speaks to each engine through its unix socket. Every task a node
+runs is a process of this kernel, so the faults that act on a compose container (a
+signal by pidfd, rules in its namespace, cgroup limits) act on a task the same way.
+
+Everything is named after the run and journaled (kind ``swarm-cluster``) before it is
+made, so a cluster left by a pytest that died is torn down by the next session or by
+``pytest --chaos-cleanup``: engines, their containers, cgroups, mounts (they live in
+the engines' own mount namespaces and go with them), namespaces and files.
+
+What an engine needs inside ``ip netns exec`` (which remounts /sys): the host's cgroup
+hierarchies mounted again under a tmpfs on /sys/fs/cgroup (the same hierarchies, so
+the host sees the tasks' cgroups where it sees any container's), and a UTS namespace
+for a distinct node name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EnvironmentProblem, PermissionProblem, StackStartError
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..registry import undoer
+from . import linux
+from .cgroup import OwnCgroup, own_cgroup_path
+
+if TYPE_CHECKING:
+    import docker
+
+    from ..journal import Entry, Journal
+
+#: Where nodes keep their data (images, volumes) and their run-time files.
+STATE_DIR = Path("/var/lib/pytest-chaos/swarm")
+RUN_DIR = Path("/run/pytest-chaos/swarm")
+#: The hub's /24, inside our own namespaces only (Docker's own pools are 10/8 for
+#: overlays and 172.17-31 for bridges: no overlap).
+SUBNET = "192.168.213"
+SWARM_PORT = 2377
+#: A node with no heartbeat for about three of these is marked Down (swarmkit's
+#: grace is 3 periods; measured 3.4-3.6 s at 1 s, 13.3 s at the default 5 s).
+HEARTBEAT_S = 1.0
+
+_BOOT = r"""
+set -e
+hostname "$1"; shift
+if [ "$1" = tmpfs ]; then mount -t tmpfs -o mode=755 pytest-chaos /sys/fs/cgroup; fi
+shift
+while [ "$1" != -- ]; do
+  case "$1" in
+    mount) mkdir -p "$2"
+           if [ "$3" = cgroup2 ]; then mount -t cgroup2 none "$2"
+           else mount -t cgroup -o "$4" none "$2"; fi
+           shift 4 ;;
+    link)  ln -s "$3" "$2"; shift 3 ;;
+  esac
+done
+shift
+exec "$@"
+"""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One engine of the cluster, and everything of it that teardown must find."""
+
+    name: str
+    netns: str
+    address: str
+    run_dir: str
+    data_root: str
+    cgroup_parent: str
+    own_cgroup: str
+    pid: int = 0
+    start: str = ""
+
+    @property
+    def socket(self) -> str:
+        return f"{self.run_dir}/docker.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.run_dir) / "dockerd.log"
+
+
+@dataclass
+class LocalSwarm:
+    """``size`` engines on this machine forming one Swarm: the first ``managers`` are
+    managers (three keep a quorum when any one node is cut off or lost), the rest
+    workers. :meth:`up` brings it up, :meth:`down` removes every trace of it."""
+
+    run_id: str
+    size: int = 3
+    managers: int = 3
+    journal: Journal | None = None
+    heartbeat_s: float = HEARTBEAT_S
+    nodes: list[Node] = field(default_factory=list)
+    #: How long each part of the bring-up took, in seconds.
+    timings: dict[str, float] = field(default_factory=dict)
+    _entry: Entry | None = None
+    _clients: dict[str, docker.DockerClient] = field(default_factory=dict)
+    _engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.size <= 9:
+            raise StackStartError(f"a local swarm has 1 to 9 nodes, not {self.size}.")
+        if not 1 <= self.managers <= self.size:
+            raise StackStartError(
+                f"a swarm of {self.size} nodes has 1 to {self.size} managers, not {self.managers}."
+            )
+        tag = f"pcs-{self.run_id}"
+        self.hub = f"{tag}-hub"
+        self.nodes = [
+            Node(
+                name=f"node{i}",
+                netns=f"{tag}-node{i}",
+                address=f"{SUBNET}.{10 + i}",
+                run_dir=str(RUN_DIR / self.run_id / f"node{i}"),
+                data_root=str(STATE_DIR / self.run_id / f"node{i}"),
+                cgroup_parent=f"pytest-chaos-swarm-{self.run_id}-node{i}",
+                own_cgroup=str(own_cgroup_path(f"pytest-chaos-swarm-{self.run_id}-node{i}-engine")),
+            )
+            for i in range(1, self.size + 1)
+        ]
+
+    # -- what teardown needs --------------------------------------------------------
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "run": self.run_id,
+            "hub": self.hub,
+            "state_dir": str(STATE_DIR / self.run_id),
+            "run_dir": str(RUN_DIR / self.run_id),
+            "nodes": [asdict(n) for n in self.nodes],
+        }
+
+    def _journal(self) -> None:
+        if self.journal is None:
+            return
+        if self._entry is None:
+            self._entry = self.journal.write(
+                "swarm-cluster", f"a local swarm of {self.size} nodes", self.data()
+            )
+        else:
+            self._entry = self.journal.update(self._entry, self.data())
+
+    # -- bring-up -------------------------------------------------------------------
+
+    def up(self, *, timeout: float = 90.0) -> None:
+        """Make the namespaces, start the engines, form the swarm; on any failure,
+        remove what was made and raise."""
+        for tool in ("ip", "unshare", "dockerd"):
+            if shutil.which(tool) is None:
+                raise EnvironmentProblem(
+                    f"{tool} is not installed, and a local swarm needs it: "
+                    "apt-get install iproute2 util-linux docker.io."
+                )
+        if os.geteuid() != 0:
+            raise PermissionProblem("a local swarm starts engines of its own: run pytest as root.")
+        self._journal()
+        try:
+            with self._timed("network"):
+                self._make_network()
+            with self._timed("engines"):
+                self._start_engines(timeout)
+            with self._timed("swarm"):
+                self._form_swarm(timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        began = time.monotonic()
+        yield
+        self.timings[what] = round(time.monotonic() - began, 3)
+
+    def _make_network(self) -> None:
+        _ip("netns", "add", self.hub)
+        _ip("-n", self.hub, "link", "add", "hub", "type", "bridge")
+        _ip("-n", self.hub, "addr", "add", f"{SUBNET}.1/24", "dev", "hub")
+        _ip("-n", self.hub, "link", "set", "hub", "up")
+        for i, node in enumerate(self.nodes, start=1):
+            _ip("netns", "add", node.netns)
+            _ip("-n", self.hub, "link", "add", f"v{i}", "type", "veth",
+                "peer", "name", "eth0", "netns", node.netns)  # fmt: skip
+            _ip("-n", self.hub, "link", "set", f"v{i}", "master", "hub", "up")
+            _ip("-n", node.netns, "addr", "add", f"{node.address}/24", "dev", "eth0")
+            _ip("-n", node.netns, "link", "set", "eth0", "up")
+            _ip("-n", node.netns, "link", "set", "lo", "up")
+
+    def _start_engines(self, timeout: float) -> None:
+        mounts = _cgroup_mounts()
+        started: list[Node] = []
+        for node in self.nodes:
+            run_dir = Path(node.run_dir)
+            run_dir.mkdir(parents=True, mode=0o700)
+            Path(node.data_root).mkdir(parents=True, mode=0o700)
+            (run_dir / "daemon.json").write_text("{}\n")
+            group = OwnCgroup(node.own_cgroup)
+            group.create()
+            argv = [
+                *group.exec_prefix(),
+                "ip", "netns", "exec", node.netns,
+                "unshare", "--uts", "sh", "-c", _BOOT, "boot", node.name, *mounts, "--",
+                "dockerd",
+                f"--config-file={run_dir / 'daemon.json'}",
+                f"--data-root={node.data_root}",
+                f"--exec-root={run_dir / 'exec'}",
+                f"--pidfile={run_dir / 'dockerd.pid'}",
+                f"--host={node.url}",
+                f"--cgroup-parent=/{node.cgroup_parent}",
+                "--log-level=warn",
+            ]  # fmt: skip
+            with node.log.open("wb") as log:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            self._engines.append(proc)
+            started.append(_replace(node, pid=proc.pid, start=linux.start_time(proc.pid)))
+            self.nodes = started + self.nodes[len(started) :]
+            self._journal()
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            self._clients[node.name] = _wait_for_engine(node, deadline)
+
+    def _form_swarm(self, timeout: float) -> None:
+        first = self.client(self.nodes[0].name)
+        first.swarm.init(
+            advertise_addr=self.nodes[0].address,
+            listen_addr=f"{self.nodes[0].address}:{SWARM_PORT}",
+            dispatcher_heartbeat_period=int(self.heartbeat_s * 1e9),
+        )
+        tokens = first.swarm.attrs["JoinTokens"]
+        for i, node in enumerate(self.nodes[1:], start=2):
+            self.client(node.name).swarm.join(
+                remote_addrs=[f"{self.nodes[0].address}:{SWARM_PORT}"],
+                join_token=tokens["Manager" if i <= self.managers else "Worker"],
+                listen_addr=f"{node.address}:{SWARM_PORT}",
+                advertise_addr=node.address,
+            )
+        _poll(
+            lambda: self.ready_nodes() == {n.name for n in self.nodes},
+            timeout,
+            lambda: (
+                f"the swarm's nodes were not all ready within {timeout:g} s "
+                f"(ready: {sorted(self.ready_nodes())})"
+            ),
+        )
+
+    # -- use ------------------------------------------------------------------------
+
+    def client(self, node: str) -> docker.DockerClient:
+        """The Docker client of one node's engine."""
+        known = self._clients.get(node)
+        if known is None:
+            import docker
+
+            found = next((n for n in self.nodes if n.name == node), None)
+            if found is None:
+                raise StackStartError(
+                    f"the swarm has no node {node!r}; its nodes: "
+                    f"{', '.join(n.name for n in self.nodes)}."
+                )
+            known = self._clients[node] = docker.DockerClient(base_url=found.url, timeout=30)
+        return known
+
+    def manager(self) -> docker.DockerClient:
+        """A client of a manager that answers (the first one that does)."""
+        for node in self.nodes[: self.managers]:
+            with contextlib.suppress(Exception):
+                client = self.client(node.name)
+                if client.info().get("Swarm", {}).get("ControlAvailable"):
+                    return client
+        raise StackStartError("no manager of the local swarm answers.")
+
+    def ready_nodes(self) -> set[str]:
+        """The nodes the managers see as ready."""
+        try:
+            listed = self.manager().nodes.list()
+        except Exception:  # noqa: BLE001 - not formed yet, or no leader at this moment
+            return set()
+        return {
+            str(n.attrs["Description"]["Hostname"])
+            for n in listed
+            if n.attrs.get("Status", {}).get("State") == "ready"
+        }
+
+    def load_images(self, names: list[str], source: docker.DockerClient) -> None:
+        """Copy ``names`` from ``source`` (the host's engine) into every node, one
+        archive for all (layers they share are written once)."""
+        with self._timed("images"):
+            missing = [n for n in names if not _has_image(source, n)]
+            if missing:
+                raise StackStartError(
+                    f"the images {missing} are not on this host's engine: build them first."
+                )
+            archive = Path(self.nodes[0].run_dir).parent / "images.tar"
+            try:
+                _save(names, archive)
+                errors: list[str] = []
+
+                def load(node: Node) -> None:
+                    try:
+                        with archive.open("rb") as data:
+                            self.client(node.name).images.load(data)
+                    except Exception as exc:  # noqa: BLE001 - gathered and raised below
+                        errors.append(f"{node.name}: {exc}")
+
+                threads = [threading.Thread(target=load, args=(n,)) for n in self.nodes]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                if errors:
+                    raise StackStartError(
+                        f"images did not load into the swarm: {'; '.join(errors)}"
+                    )
+            finally:
+                archive.unlink(missing_ok=True)
+
+    # -- teardown -------------------------------------------------------------------
+
+    def down(self) -> str:
+        """Remove every trace of the cluster; say what was done."""
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()
+        said = teardown(self.data())
+        for engine in self._engines:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                engine.wait(timeout=15)
+        self._engines.clear()
+        if self.journal is not None and self._entry is not None:
+            self.journal.clear(self._entry)
+            self._entry = None
+        return said
+
+
+def _replace(node: Node, **changes: Any) -> Node:
+    return Node(**{**asdict(node), **changes})
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=15, check=False)
+    if done.returncode != 0:
+        raise StackStartError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def _cgroup_mounts() -> list[str]:
+    """The arguments of the boot script that mount the host's cgroup hierarchies again
+    (``tmpfs|none``, then ``mount DIR TYPE OPTIONS`` and ``link NAME TARGET`` each)."""
+    root = "/sys/fs/cgroup"
+    specs: list[str] = []
+    whole = "none"
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, where, kind, options, *_ = line.split()
+        if where == root and kind == "tmpfs":
+            whole = "tmpfs"
+        if kind not in ("cgroup", "cgroup2") or not (where == root or where.startswith(root + "/")):
+            continue
+        keep = [o for o in options.split(",") if o not in _MOUNT_FLAGS]
+        specs += ["mount", where, kind, ",".join(keep) or "none"]
+    if whole == "tmpfs":
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root):
+                if entry.is_symlink():
+                    specs += ["link", entry.path, os.readlink(entry.path)]
+    return [whole, *specs]
+
+
+_MOUNT_FLAGS = frozenset(
+    {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "seclabel", "nsdelegate"}
+)
+
+
+def _wait_for_engine(node: Node, deadline: float) -> docker.DockerClient:
+    import docker
+
+    made: list[docker.DockerClient] = []
+
+    def answers() -> bool:
+        if not linux.is_alive(node.pid, node.start):
+            tail = node.log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise StackStartError(
+                f"the engine of swarm {node.name} exited while starting: {' | '.join(tail)}"
+            )
+        if not Path(node.socket).exists():
+            return False
+        try:
+            # The client asks the engine its API version as it is made.
+            made.append(docker.DockerClient(base_url=node.url, timeout=30))
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+        return True
+
+    _poll(answers, deadline - time.monotonic(), lambda: f"{node.name}'s engine did not answer")
+    return made[0]
+
+
+def _poll(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise StackStartError(f"{what()}.")
+        time.sleep(0.1)  # poll interval while an engine or the swarm comes up
+
+
+def _has_image(client: docker.DockerClient, name: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(name)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def _save(names: list[str], archive: Path) -> None:
+    """One archive of several images from the host's engine (the SDK saves one)."""
+    if shutil.which("docker") is None:
+        raise EnvironmentProblem("the docker CLI is not installed: apt-get install docker.io.")
+    done = subprocess.run(
+        ["docker", "save", "-o", str(archive), *names],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise StackStartError(f"docker save {' '.join(names)} failed: {done.stderr.strip()}")
+
+
+# -- teardown, from the journal's data alone -----------------------------------------
+
+
+@undoer("swarm-cluster")
+def teardown(data: dict[str, Any]) -> str:
+    """Stop every engine of the cluster and whatever it ran, remove its cgroups,
+    namespaces and files. A process is signalled only through a pidfd, after checking
+    that it is in one of the cluster's cgroups (all named after the run)."""
+    said: list[str] = []
+    nodes = [Node(**n) for n in data.get("nodes", [])]
+    # The engines, their containerd and shims first (they live in the engines' own
+    # cgroups): nothing may start a task again while the tasks are stopped.
+    engines = sum(_kill_cgroup_tree(Path(n.own_cgroup), Path(n.own_cgroup).name) for n in nodes)
+    tasks = sum(
+        _kill_cgroup_tree(base / n.cgroup_parent, n.cgroup_parent)
+        for n in nodes
+        for base in _cgroup_roots()
+    )
+    if engines or tasks:
+        said.append(f"stopped {engines} engine process(es) and {tasks} task process(es)")
+    namespaces = [n.netns for n in nodes] + ([str(data["hub"])] if data.get("hub") else [])
+    removed = [ns for ns in namespaces if _delete_netns(ns)]
+    if removed:
+        said.append(f"removed namespaces {', '.join(removed)}")
+    for key in ("run_dir", "state_dir"):
+        path = Path(str(data.get(key, "")))
+        if data.get(key) and path.exists() and _ours(path):
+            shutil.rmtree(path, ignore_errors=True)
+            said.append(f"removed {path}")
+    return "; ".join(said) or "nothing of the swarm was left"
+
+
+def _ours(path: Path) -> bool:
+    return path.parent in (STATE_DIR, RUN_DIR) and path.name.isalnum()
+
+
+def _kill_cgroup_tree(top: Path, name: str, timeout: float = 15.0) -> int:
+    """SIGKILL every process in cgroup ``top`` and below, then remove those cgroups;
+    how many processes there were. ``name`` (the cgroup's own, unique to the run) must
+    appear in a process's /proc/<pid>/cgroup, read after its pid is pinned."""
+    if not top.is_dir():
+        return 0
+    groups = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    groups.append(top)
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while pids := {pid for g in groups for pid in _procs(g)}:
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"processes {sorted(pids)} in {top} outlived SIGKILL.")
+        for pid in pids - seen:
+            _kill_if_in(pid, name)
+        seen |= pids
+        time.sleep(0.01)  # poll interval while the killed processes exit
+    for group in groups:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+    return len(seen)
+
+
+def _procs(group: Path) -> list[int]:
+    try:
+        return [int(w) for w in (group / "cgroup.procs").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _kill_if_in(pid: int, name: str) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # exited already
+        return
+    try:
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+        if f"/{name}/" in groups or f"/{name}\n" in groups:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (ProcessLookupError, FileNotFoundError):
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _cgroup_roots() -> list[Path]:
+    roots = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, where, kind, *_ = line.split()
+        if kind in ("cgroup", "cgroup2"):
+            roots.append(Path(where))
+    return roots
+
+
+def _delete_netns(name: str) -> bool:
+    if not (Path("/run/netns") / name).exists():
+        return False
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=15, check=False)
+    return True
+
+
+def netns_names() -> list[str]:
+    """Every network namespace name of a local swarm on this machine (ours or not)."""
+    try:
+        return sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith("pcs-"))
+    except FileNotFoundError:
+        return []
+
+
+def dump(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True)
