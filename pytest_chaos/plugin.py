@@ -18,6 +18,7 @@ import pytest
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .session import CHAOS_FIXTURES, ChaosPlugin, start
 from .settings import (
+    BACKENDS,
     add_options,
     check_project,
     options_given,
@@ -41,6 +42,8 @@ MARKERS = {
     "experiment(id)": "a chaos experiment, with the guide's number as id (e.g. '01')",
     "schedule(replay=None, seed=None)": "a search of fault schedules (chaos.explore); "
     "replay= runs that one schedule instead, seed= fixes the search's draws",
+    "chaos_backends(*names)": "the backends the test applies to ('compose', 'swarm'); "
+    "unmarked: compose only. Under another --chaos-backend the test is deselected",
     "effect_optional": "the verdict stands even if a fault gives no evidence that it took "
     "effect (a test of the undo itself, not of the system)",
 }
@@ -133,6 +136,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _select_backend(config, items)
     for item in items:
         marker = item.get_closest_marker("experiment")
         if marker is None:
@@ -142,6 +146,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"{item.nodeid}: write the experiment marker as @pytest.mark.experiment('01') "
                 "with the experiment's id as its only argument."
             )
+
+
+def _select_backend(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under --chaos-backend swarm, only the chaos tests marked for it (a test that
+    uses no chaos fixture runs under any backend)."""
+    plugin = config.stash.get(PLUGIN_KEY, None)
+    backend = plugin.settings.backend if plugin is not None else "compose"
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("chaos_backends")
+        names = marker.args if marker is not None else ("compose",)
+        unknown = [n for n in names if n not in BACKENDS]
+        if unknown:
+            raise pytest.UsageError(
+                f"{item.nodeid}: chaos_backends names {unknown}; the backends are "
+                f"{', '.join(BACKENDS)}."
+            )
+        uses_chaos = bool(CHAOS_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        (keep if backend in names or not uses_chaos else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -189,6 +216,10 @@ def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
 
     plugin = request.config.stash[PLUGIN_KEY]
     settings = plugin.settings
+    if settings.backend == "swarm":
+        from .targets.swarm import start_local
+
+        return start_local(request, settings, plugin.journal)
     if settings.project:
         return attach(settings.project, plugin.journal)
     return start_with_pytest_docker(request, timeout=settings.timeout, journal=plugin.journal)

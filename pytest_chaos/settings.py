@@ -51,6 +51,18 @@ HELP_REPLAY = (
     "run this fault schedule (as the report prints it: 'pause postgres at 0s for 1.5s; "
     "kill redis at 0.5s for 0.5s') in every selected chaos.explore instead of searching"
 )
+HELP_BACKEND = (
+    "where the system under test runs: 'compose' (one Docker engine, default) or 'swarm' "
+    "(a Swarm of several engines on this machine, the stack file of ini "
+    "chaos_swarm_stack_file deployed on it; only tests marked chaos_backends('swarm') "
+    "are selected) (env CHAOS_BACKEND)"
+)
+HELP_SWARM_NODES = "how many nodes the local swarm has, 1 to 9 (env CHAOS_SWARM_NODES; default 3)"
+HELP_SWARM_STACK = (
+    "the stack file (docker stack deploy) the swarm backend deploys, relative to the "
+    "rootdir (env CHAOS_SWARM_STACK_FILE)"
+)
+BACKENDS = ("compose", "swarm")
 HELP_TIMEOUT = (
     "deadline for a service to be running and healthy again after a fault, and for the "
     "stack to start, e.g. 60s (env CHAOS_TIMEOUT; default 60s)"
@@ -62,13 +74,17 @@ class ChaosSettings:
     project: str | None
     timeout: float
     journal: Path
+    backend: str = "compose"
+    swarm_nodes: int = 3
+    swarm_stack_file: Path | None = None
 
 
 def setting(config: pytest.Config, name: str) -> tuple[str | None, str]:
     """A setting's value and where it came from: command line > environment > ini."""
-    value = config.getoption(f"--chaos-{name}")
+    flag = f"--chaos-{name.replace('_', '-')}"
+    value = config.getoption(flag)
     if value is not None:
-        return str(value), f"--chaos-{name}"
+        return str(value), flag
     env = os.environ.get(f"CHAOS_{name.upper()}")
     if env:
         return env, f"environment variable CHAOS_{name.upper()}"
@@ -90,10 +106,27 @@ def read_settings(config: pytest.Config) -> ChaosSettings:
             raise pytest.UsageError(f"{source}: {exc}") from None
     project, _ = setting(config, "project")
     journal, _ = setting(config, "journal")
+    backend, source = setting(config, "backend")
+    if backend is not None and backend not in BACKENDS:
+        raise pytest.UsageError(
+            f"{source}: the backend is one of {', '.join(BACKENDS)}, not {backend!r}."
+        )
+    nodes_text, source = setting(config, "swarm_nodes")
+    nodes = 3
+    if nodes_text is not None:
+        if not nodes_text.isdigit() or not 1 <= int(nodes_text) <= 9:
+            raise pytest.UsageError(
+                f"{source}: a local swarm has 1 to 9 nodes, not {nodes_text!r}."
+            )
+        nodes = int(nodes_text)
+    stack, _ = setting(config, "swarm_stack_file")
     return ChaosSettings(
         project=project,
         timeout=timeout,
         journal=Path(journal) if journal else default_journal(),
+        backend=backend or "compose",
+        swarm_nodes=nodes,
+        swarm_stack_file=Path(config.rootpath, stack) if stack else None,
     )
 
 
@@ -108,8 +141,9 @@ def options_given(config: pytest.Config) -> bool:
     """Whether any --chaos-* option (or its environment variable) was given; the ini
     alone does not count: it is the project's configuration, not a request."""
     if any(
-        config.getoption(f"--chaos-{name}") is not None or os.environ.get(f"CHAOS_{name.upper()}")
-        for name in ("project", "timeout", "journal")
+        config.getoption(f"--chaos-{name.replace('_', '-')}") is not None
+        or os.environ.get(f"CHAOS_{name.upper()}")
+        for name in ("project", "timeout", "journal", "backend", "swarm_nodes", "swarm_stack_file")
     ):
         return True
     if config.getoption("--chaos-replay") is not None:
@@ -187,7 +221,13 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-junit-strict", action="store_true", default=False, help=HELP_JUNIT_STRICT
     )
+    group.addoption("--chaos-backend", default=None, metavar="NAME", help=HELP_BACKEND)
+    group.addoption("--chaos-swarm-nodes", default=None, metavar="N", help=HELP_SWARM_NODES)
+    group.addoption("--chaos-swarm-stack-file", default=None, metavar="PATH", help=HELP_SWARM_STACK)
     parser.addini("chaos_project", HELP_PROJECT, default=None)
+    parser.addini("chaos_backend", HELP_BACKEND, default=None)
+    parser.addini("chaos_swarm_nodes", HELP_SWARM_NODES, default=None)
+    parser.addini("chaos_swarm_stack_file", HELP_SWARM_STACK, default=None)
     parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
     parser.addini("chaos_journal", HELP_JOURNAL, default=None)
     parser.addini("chaos_summary_columns", HELP_COLUMNS, type="linelist", default=[])

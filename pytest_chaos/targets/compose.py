@@ -54,6 +54,9 @@ def docker_client() -> docker.DockerClient:
 class ComposeProject:
     """A running compose project, by name."""
 
+    #: What the project is, in messages.
+    kind = "compose project"
+
     def __init__(
         self,
         name: str,
@@ -145,17 +148,24 @@ class Service:
         import docker.errors
 
         try:
-            container = self.project.client.containers.get(self.container_id)
+            container = self.engine().containers.get(self.container_id)
         except docker.errors.NotFound:
             raise UnknownService(
                 f"the container of service {self.name!r} ({self.container_id[:12]}) was removed."
             ) from None
-        if container.labels.get(PROJECT_LABEL) != self.project.name:
+        if container.labels.get(self.project_label) != self.project.name:
             raise ForeignTarget(
-                f"container {self.container_id[:12]} is not part of compose project "
+                f"container {self.container_id[:12]} is not part of {self.project.kind} "
                 f"{self.project.name!r}; refusing to touch it."
             )
         return container
+
+    #: The label naming the project a container belongs to.
+    project_label = PROJECT_LABEL
+
+    def engine(self) -> docker.DockerClient:
+        """The Docker engine that runs the container."""
+        return self.project.client
 
     def state(self) -> dict[str, Any]:
         """Docker's State of the container (Running, Pid, Health, ...), asked now."""
@@ -268,7 +278,7 @@ class Service:
         import datetime as dt
 
         self.container()  # refuses a container outside the project
-        stream = self.project.client.events(
+        stream = self.engine().events(
             since=dt.datetime.fromtimestamp(since, dt.timezone.utc),
             until=dt.datetime.fromtimestamp(until or time.time(), dt.timezone.utc),
             filters={"container": self.container_id, "type": "container"},

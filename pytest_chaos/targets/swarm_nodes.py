@@ -305,15 +305,10 @@ class LocalSwarm:
             if n.attrs.get("Status", {}).get("State") == "ready"
         }
 
-    def load_images(self, names: list[str], source: docker.DockerClient) -> None:
-        """Copy ``names`` from ``source`` (the host's engine) into every node, one
-        archive for all (layers they share are written once)."""
+    def load_images(self, names: list[str]) -> None:
+        """Copy ``names`` from this host's engine into every node, in one archive for
+        all (layers they share are written once)."""
         with self._timed("images"):
-            missing = [n for n in names if not _has_image(source, n)]
-            if missing:
-                raise StackStartError(
-                    f"the images {missing} are not on this host's engine: build them first."
-                )
             archive = Path(self.nodes[0].run_dir).parent / "images.tar"
             try:
                 _save(names, archive)
@@ -424,16 +419,6 @@ def _poll(check: Callable[[], bool], timeout: float, what: Callable[[], str]) ->
         if time.monotonic() > deadline:
             raise StackStartError(f"{what()}.")
         time.sleep(0.1)  # poll interval while an engine or the swarm comes up
-
-
-def _has_image(client: docker.DockerClient, name: str) -> bool:
-    from docker.errors import ImageNotFound
-
-    try:
-        client.images.get(name)
-    except ImageNotFound:
-        return False
-    return True
 
 
 def _save(names: list[str], archive: Path) -> None:

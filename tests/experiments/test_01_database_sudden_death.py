@@ -20,6 +20,7 @@ RECOVERY_LIMIT_S = 60.0
 
 pytestmark = [
     pytest.mark.experiment("01"),
+    pytest.mark.chaos_backends("compose", "swarm"),
     pytest.mark.database,
     pytest.mark.root,
     pytest.mark.slow,

@@ -1,0 +1,458 @@
+"""Services of a stack deployed on a Docker Swarm (``docker stack deploy``), resolved to
+their tasks: a service's name is its name in the stack file; it stands for one running
+task (the lowest slot), whose container runs on whichever node Swarm put it. The task's
+processes, namespace and cgroups are this kernel's, so every fault of the compose
+backend acts on a task the same way; what differs is who brings a service back (Swarm
+replaces a dead task with a new one, maybe elsewhere) and how the host reaches a
+published port (a relay on loopback, see :class:`Relay`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RecoveryTimeout, StackStartError, UnknownService
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..observe.recovery import wait_for_recovery
+from .compose import ComposeProject, Service, _is_healthy
+from .netns import NetNamespace, in_namespace
+
+if TYPE_CHECKING:
+    import docker
+    import pytest
+    from docker.models.containers import Container
+
+    from ..journal import Journal
+    from ..settings import ChaosSettings
+    from .swarm_nodes import LocalSwarm
+
+STACK_LABEL = "com.docker.stack.namespace"
+TASK_SERVICE_LABEL = "com.docker.swarm.service.name"
+TASK_SLOT_LABEL = "com.docker.swarm.task.name"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One running task of a service: its slot, node and container."""
+
+    service: str
+    slot: int
+    node: str
+    container_id: str
+
+
+class SwarmProject(ComposeProject):
+    """A stack on a Swarm, by name."""
+
+    kind = "swarm stack"
+
+    def __init__(self, name: str, cluster: LocalSwarm, journal: Journal | None = None) -> None:
+        super().__init__(name, client=cluster.manager(), journal=journal)
+        self.cluster = cluster
+        self._relays: dict[tuple[str, int, str], Relay] = {}
+        self._relays_lock = threading.Lock()
+        self._node_names: dict[str, str] = {}
+
+    @property
+    def manager(self) -> docker.DockerClient:
+        return self.cluster.manager()
+
+    def containers(self) -> list[Container]:
+        """Every task container of the stack on every node, running or not."""
+        found: list[Container] = []
+        for node in self.cluster.nodes:
+            with contextlib.suppress(Exception):  # a node cut off or lost: not listed
+                found += self.cluster.client(node.name).containers.list(
+                    all=True, filters={"label": f"{STACK_LABEL}={self.name}"}
+                )
+        return found
+
+    def service_names(self) -> list[str]:
+        prefix = f"{self.name}_"
+        return sorted(
+            s.name[len(prefix) :]
+            for s in self.manager.services.list(filters={"label": f"{STACK_LABEL}={self.name}"})
+            if s.name.startswith(prefix)
+        )
+
+    def _swarm_service(self, name: str) -> Any:
+        full = f"{self.name}_{name}"
+        # The name filter matches prefixes: the exact one is picked.
+        found = [s for s in self.manager.services.list(filters={"name": full}) if s.name == full]
+        if not found:
+            names = ", ".join(self.service_names()) or "none (is the stack deployed?)"
+            raise UnknownService(
+                f"swarm stack {self.name!r} has no service {name!r}; its services: {names}."
+            )
+        return found[0]
+
+    def node_name(self, node_id: str) -> str:
+        known = self._node_names.get(node_id)
+        if known is None:
+            for node in self.manager.nodes.list():
+                self._node_names[str(node.id)] = str(node.attrs["Description"]["Hostname"])
+            known = self._node_names.get(node_id, node_id)
+        return known
+
+    def tasks(self, name: str) -> list[Task]:
+        """The service's running tasks, by slot (global services: by node)."""
+        found = []
+        for task in self._swarm_service(name).tasks(filters={"desired-state": "running"}):
+            status = task.get("Status", {})
+            container = (status.get("ContainerStatus") or {}).get("ContainerID")
+            if status.get("State") != "running" or not container:
+                continue
+            found.append(
+                Task(name, int(task.get("Slot") or 0), self.node_name(task["NodeID"]), container)
+            )
+        return sorted(found, key=lambda t: (t.slot, t.node))
+
+    def service(self, name: str) -> SwarmService:
+        """The service's lowest-slot running task, or UnknownService."""
+        if not isinstance(name, str) or not name:
+            raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
+        known = self._services.get(name)
+        if isinstance(known, SwarmService):
+            pin = self._pins.get(known.container_id)
+            if pin is not None and pin.holds():
+                return known
+        tasks = self.tasks(name)
+        if not tasks:
+            raise UnknownService(
+                f"service {name!r} of swarm stack {self.name!r} has no running task now."
+            )
+        task = tasks[0]
+        service = SwarmService(self, name, task.container_id, task.node)
+        service.remember(dict(service.container().attrs))
+        self._services[name] = service
+        return service
+
+    def converged(self, name: str) -> bool:
+        """Whether the service runs as many healthy tasks as it should."""
+        spec = self._swarm_service(name).attrs["Spec"]
+        tasks = self.tasks(name)
+        mode = spec.get("Mode", {})
+        if "Replicated" in mode:
+            want = int(mode["Replicated"].get("Replicas", 1))
+        else:
+            want = len(self.cluster.ready_nodes())
+        if len(tasks) < want:
+            return False
+        for task in tasks:
+            try:
+                attrs = self.cluster.client(task.node).containers.get(task.container_id).attrs
+            except Exception:  # noqa: BLE001 - its node does not answer
+                return False
+            if not _is_healthy(attrs):
+                return False
+        return True
+
+    def all_healthy(self) -> bool:
+        try:
+            names = self.service_names()
+            return bool(names) and all(self.converged(n) for n in names)
+        except Exception:  # noqa: BLE001 - asked while a manager is being elected
+            return False
+
+    def relay(self, name: str, port: int, protocol: str) -> tuple[str, int]:
+        key = (name, port, protocol)
+        with self._relays_lock:
+            relay = self._relays.get(key)
+            if relay is None:
+                relay = self._relays[key] = Relay(
+                    lambda: self._published_address(name, port, protocol), self.cluster.hub
+                )
+        return "127.0.0.1", relay.port
+
+    def _published_address(self, name: str, port: int, protocol: str) -> tuple[str, int]:
+        service = self.service(name)
+        bindings = service.pinned()["NetworkSettings"]["Ports"].get(f"{port}/{protocol}")
+        if not bindings:
+            raise UnknownService(f"service {name!r} does not publish {port}/{protocol}.")
+        address = next(n.address for n in self.cluster.nodes if n.name == service.node)
+        return address, int(bindings[0]["HostPort"])
+
+    def close(self) -> None:
+        for relay in self._relays.values():
+            relay.close()
+        self._relays.clear()
+
+
+@dataclass(frozen=True)
+class SwarmService(Service):
+    """A service of a swarm stack, as one of its running tasks (on ``node``)."""
+
+    node: str = ""
+    project_label = STACK_LABEL
+
+    @property
+    def swarm(self) -> SwarmProject:
+        if not isinstance(self.project, SwarmProject):
+            raise TypeError("a swarm service belongs to a swarm stack")
+        return self.project
+
+    def engine(self) -> docker.DockerClient:
+        return self.swarm.cluster.client(self.node)
+
+    def restart_policy(self) -> str:
+        """Swarm's restart condition (any, on-failure, none): Swarm, not the
+        container's engine, replaces a task that ends."""
+        spec = self.swarm._swarm_service(self.name).attrs["Spec"]["TaskTemplate"]
+        return str((spec.get("RestartPolicy") or {}).get("Condition") or "any")
+
+    def restart_count(self) -> int:
+        """How many tasks of this service ended so far (Swarm keeps a few per slot)."""
+        tasks = self.swarm._swarm_service(self.name).tasks()
+        return sum(t.get("DesiredState") == "shutdown" for t in tasks)
+
+    def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
+        """Where the host reaches ``port`` of the service: a relay on loopback to the
+        node that runs its task now (it follows the task to another node)."""
+        self.swarm._published_address(self.name, port, protocol)  # refuses a port not published
+        return self.swarm.relay(self.name, port, protocol)
+
+    def is_healthy(self) -> bool:
+        return self.swarm.converged(self.name)
+
+    def ensure_running_and_healthy(
+        self,
+        *,
+        timeout: float,
+        restarts_before: int | None = None,
+        start_after: float = 5.0,
+        probed_after: float | None = None,
+    ) -> str:
+        """Wait until the service runs as many healthy tasks as it should again. Swarm
+        replaces a task that ended; if none came after ``start_after`` seconds (its
+        restart condition is none), the service is updated with force, which starts
+        its tasks afresh. Returns "pytest-chaos" (it forced the update), "swarm" (a new
+        task replaced this one) or "still-running"."""
+        from .. import signals
+
+        if signals.lifting():
+            signals.defer(
+                lambda: (
+                    f"{self.name} is healthy again, brought back by "
+                    + self.ensure_running_and_healthy(
+                        timeout=timeout, restarts_before=restarts_before, start_after=start_after
+                    )
+                )
+            )
+            return f"awaited after {signals.lifted_after()}"
+        began = time.monotonic()
+        forced = False
+
+        def check() -> bool:
+            nonlocal forced
+            if self.swarm.converged(self.name):
+                return True
+            if (
+                not forced
+                and time.monotonic() - began > start_after
+                and not self.swarm.tasks(self.name)
+            ):
+                self.swarm._swarm_service(self.name).force_update()
+                forced = True
+            return False
+
+        try:
+            wait_for_recovery(
+                check, timeout=timeout, interval=0.1, what=f"service {self.name!r}",
+                on_timeline=False,
+            )  # fmt: skip
+        except RecoveryTimeout as exc:
+            raise RecoveryTimeout(f"{exc} Its tasks now: {self.swarm.tasks(self.name)}") from None
+        if forced:
+            return "pytest-chaos"
+        current = self.swarm.tasks(self.name)
+        if all(t.container_id != self.container_id for t in current):
+            return "swarm"
+        return "still-running"
+
+
+class Relay:
+    """A TCP port on 127.0.0.1 in pytest's namespace whose connections are carried to
+    ``target()`` (resolved per connection: it follows a task that moved) from a thread
+    that entered the swarm's hub namespace: no route or address is added to the host's
+    own namespace, and traffic goes only to loopback and to namespaces of the swarm."""
+
+    def __init__(self, target: Any, hub: str) -> None:
+        self._target = target
+        path = f"/run/netns/{hub}"
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._hub = NetNamespace(fd, os.fstat(fd).st_ino, "the swarm's hub")
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._closed = False
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="pytest-chaos-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._carry, args=(client,), name="pytest-chaos-relay", daemon=True
+            ).start()
+
+    def _carry(self, client: socket.socket) -> None:
+        try:
+            address = self._target()
+            upstream = in_namespace(
+                self._hub, lambda: socket.create_connection(address, timeout=2.0)
+            )
+        except Exception:  # noqa: BLE001 - no task, or its node cut off: the client sees a reset
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            client.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._open |= {client, upstream}
+        back = threading.Thread(
+            target=_pump, args=(upstream, client), name="pytest-chaos-relay", daemon=True
+        )
+        back.start()
+        _pump(client, upstream)
+        back.join()
+        with self._lock:
+            self._open -= {client, upstream}
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        os.close(self._hub.fd)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+# -- the stack on a local swarm ----------------------------------------------------------
+
+
+def deploy(
+    cluster: LocalSwarm,
+    stack_file: Path,
+    name: str,
+    *,
+    timeout: float,
+    journal: Journal | None = None,
+    env: dict[str, str] | None = None,
+) -> SwarmProject:
+    """Deploy ``stack_file`` as stack ``name`` and wait until every service converged."""
+    done = subprocess.run(
+        ["docker", "stack", "deploy", "--compose-file", str(stack_file),
+         "--resolve-image", "never", name],
+        env={**os.environ, **(env or {}), "DOCKER_HOST": cluster.nodes[0].url},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise StackStartError(
+            f"docker stack deploy of {stack_file} failed: {done.stderr.strip()[-2000:]}"
+        )
+    project = SwarmProject(name, cluster, journal)
+    began = time.monotonic()
+    # The images the stack names that this host's engine has (built here, or pulled):
+    # copied to every node; the nodes pull any other themselves.
+    from .compose import docker_client
+
+    host = docker_client()
+    try:
+        wanted = {
+            str(s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]).split("@")[0]
+            for s in project.manager.services.list(filters={"label": f"{STACK_LABEL}={name}"})
+        }
+        local = sorted(i for i in wanted if _has_image(host, i))
+    finally:
+        host.close()
+    if local:
+        cluster.load_images(local)
+    deadline = time.monotonic() + timeout
+    while not project.all_healthy():
+        if time.monotonic() > deadline:
+            states = {
+                n: [f"{t.node}:{t.container_id[:12]}" for t in project.tasks(n)]
+                for n in project.service_names()
+            }
+            raise StackStartError(
+                f"swarm stack {name!r} was not healthy within {timeout:g} s (running tasks: "
+                f"{states})."
+            )
+        time.sleep(0.25)  # poll interval while the stack converges
+    cluster.timings["stack"] = round(time.monotonic() - began, 3)
+    return project
+
+
+def _has_image(client: docker.DockerClient, name: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(name)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def start_local(
+    request: pytest.FixtureRequest, settings: ChaosSettings, journal: Journal
+) -> SwarmProject:
+    """The ``chaos_project`` of ``--chaos-backend swarm``: a local swarm of
+    ``settings.swarm_nodes`` engines (three managers when there are three or more, so a
+    node may be cut off or lost without losing the quorum), the stack file deployed
+    on it; both torn down when the session ends."""
+    from .swarm_nodes import LocalSwarm
+
+    stack = settings.swarm_stack_file
+    if stack is None:
+        raise StackStartError(
+            "--chaos-backend swarm deploys a stack file: name it with the ini option "
+            "chaos_swarm_stack_file or --chaos-swarm-stack-file."
+        )
+    if not stack.is_file():
+        raise StackStartError(f"the swarm stack file {stack} does not exist.")
+    size = settings.swarm_nodes
+    cluster = LocalSwarm(journal.run_id, size=size, managers=3 if size >= 3 else 1, journal=journal)
+    made: list[SwarmProject] = []
+
+    def down() -> None:
+        for project in made:
+            project.close()
+        cluster.down()
+
+    request.addfinalizer(down)
+    began = time.monotonic()
+    cluster.up(timeout=settings.timeout)
+    made.append(
+        deploy(cluster, stack, f"chaos{journal.run_id}", timeout=settings.timeout, journal=journal)
+    )
+    cluster.timings["total"] = round(time.monotonic() - began, 3)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in cluster.timings.items())
+        reporter.write_line(f"pytest-chaos: a local swarm of {size} nodes, stack deployed: {parts}")
+    return made[0]
