@@ -337,11 +337,11 @@ def stop(
     wait until it is healthy."""
     grace_s = parse_duration(grace, name="grace")
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
-    container = service.container()
+    service.container()  # refuses a container outside the project
     with journaled(service, "stop", f"stop {service.name}", {}) as undone:
         handle = StopHandle(kind="stop", target=service.name, _service=service)
         try:
-            container.stop(timeout=max(1, round(grace_s)))
+            service.stop(grace_s)
             handle.applied_at = time.monotonic()
             handle.exit_code = int(service.state().get("ExitCode", -1))
             yield handle
@@ -355,9 +355,7 @@ def stop(
 
 
 def _start_if_stopped(service: Service) -> None:
-    state = service.state()
-    if not state.get("Running") and not state.get("Restarting"):
-        service.container().start()
+    service.start_if_stopped()
 
 
 # -- cascade -----------------------------------------------------------------------------

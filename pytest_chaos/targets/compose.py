@@ -304,6 +304,17 @@ class Service:
             return f"(logs unavailable: {exc})"
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
+    def stop(self, grace: float) -> None:
+        """Stop it as an operator would: SIGTERM, then SIGKILL after ``grace`` seconds
+        (Docker's restart policy leaves a stopped container alone)."""
+        self.container().stop(timeout=max(1, round(grace)))
+
+    def start_if_stopped(self) -> None:
+        """Start the container if it is neither running nor about to restart."""
+        state = self.state()
+        if not state.get("Running") and not state.get("Restarting"):
+            self.container().start()
+
     def ensure_running_and_healthy(
         self,
         *,

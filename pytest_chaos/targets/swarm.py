@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RecoveryTimeout, StackStartError, UnknownService
+from ..errors import ConfigurationError, RecoveryTimeout, StackStartError, UnknownService
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
 from .compose import ComposeProject, Service, _is_healthy
@@ -59,6 +59,10 @@ class SwarmProject(ComposeProject):
         self._relays: dict[tuple[str, int, str], Relay] = {}
         self._relays_lock = threading.Lock()
         self._node_names: dict[str, str] = {}
+        #: Replicas of services stopped (scaled to 0), to scale them back to.
+        self._scaled: dict[str, int] = {}
+        #: Every task id seen per service: their count only grows as tasks are replaced.
+        self._seen_tasks: dict[str, set[str]] = {}
 
     @property
     def manager(self) -> docker.DockerClient:
@@ -134,6 +138,17 @@ class SwarmProject(ComposeProject):
         self._services[name] = service
         return service
 
+    def running_containers(self, name: str) -> list[str]:
+        """The ids of the service's containers that run now, on every node that
+        answers (a task Swarm shut down may still be stopping)."""
+        label = f"{TASK_SERVICE_LABEL}={self.name}_{name}"
+        found: list[str] = []
+        for node in self.cluster.nodes:
+            with contextlib.suppress(Exception):  # a node cut off or lost: not counted
+                listed = self.cluster.client(node.name).containers.list(filters={"label": label})
+                found += [str(c.id) for c in listed]
+        return found
+
     def converged(self, name: str) -> bool:
         """Whether the service runs as many healthy tasks as it should."""
         spec = self._swarm_service(name).attrs["Spec"]
@@ -208,9 +223,51 @@ class SwarmService(Service):
         return str((spec.get("RestartPolicy") or {}).get("Condition") or "any")
 
     def restart_count(self) -> int:
-        """How many tasks of this service ended so far (Swarm keeps a few per slot)."""
+        """How many tasks of this service were replaced, as far as this session saw
+        (every task id it was shown, less the service's running ones): Swarm keeps a
+        few old tasks per slot only, so its own list cannot count past that."""
         tasks = self.swarm._swarm_service(self.name).tasks()
-        return sum(t.get("DesiredState") == "shutdown" for t in tasks)
+        seen = self.swarm._seen_tasks.setdefault(self.name, set())
+        seen.update(str(t["ID"]) for t in tasks)
+        running = sum(t.get("DesiredState") == "running" for t in tasks)
+        return max(0, len(seen) - int(running))
+
+    def state(self) -> dict[str, Any]:
+        """The task container's State; a container Swarm removed is not running."""
+        try:
+            return super().state()
+        except UnknownService:
+            return {"Running": False, "Status": "removed"}
+
+    def stop(self, grace: float) -> None:
+        """Stop the service as a Swarm operator would: scale it to no task (stopping a
+        task's container would only make Swarm start another one)."""
+        from docker.types import ServiceMode
+
+        service = self.swarm._swarm_service(self.name)
+        mode = service.attrs["Spec"].get("Mode", {})
+        if "Replicated" not in mode:
+            raise ConfigurationError(
+                f"service {self.name!r} is global: it cannot be scaled to no task; kill its "
+                "tasks, or cut off or lose a node, instead."
+            )
+        self.swarm._scaled.setdefault(self.name, int(mode["Replicated"].get("Replicas", 1)))
+        service.update(
+            mode=ServiceMode("replicated", replicas=0),
+            stop_grace_period=int(max(grace, 0.0) * 1e9),
+        )
+        began = time.monotonic()
+        while self.swarm.running_containers(self.name):
+            if time.monotonic() - began > grace + 30:
+                raise RecoveryTimeout(f"service {self.name!r} still runs tasks after its stop.")
+            time.sleep(0.05)  # poll interval while Swarm stops the tasks
+
+    def start_if_stopped(self) -> None:
+        """Scale the service back to what it ran before :meth:`stop`; a task that
+        ended is Swarm's to replace, never started by hand."""
+        replicas = self.swarm._scaled.pop(self.name, None)
+        if replicas is not None:
+            self.swarm._swarm_service(self.name).scale(replicas)
 
     def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
         """Where the host reaches ``port`` of the service: a relay on loopback to the

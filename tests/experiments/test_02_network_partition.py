@@ -17,6 +17,7 @@ from pytest_chaos import wait_for_recovery
 
 pytestmark = [
     pytest.mark.experiment("02"),
+    pytest.mark.chaos_backends("compose", "swarm"),
     pytest.mark.network,
     pytest.mark.bpf,
     pytest.mark.root,

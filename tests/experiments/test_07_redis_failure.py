@@ -18,6 +18,7 @@ from pytest_chaos import wait_for_recovery
 
 pytestmark = [
     pytest.mark.experiment("07"),
+    pytest.mark.chaos_backends("compose", "swarm"),
     pytest.mark.cache,
     pytest.mark.bpf,
     pytest.mark.root,

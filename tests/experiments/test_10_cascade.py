@@ -16,6 +16,7 @@ from pytest_chaos import wait_for_recovery
 
 pytestmark = [
     pytest.mark.experiment("10"),
+    pytest.mark.chaos_backends("compose", "swarm"),
     pytest.mark.cascade,
     pytest.mark.bpf,
     pytest.mark.root,
