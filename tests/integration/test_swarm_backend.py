@@ -1,0 +1,41 @@
+"""The experiments, unchanged, against the exchange deployed on a local three-node
+Swarm (--chaos-backend swarm), in a pytest of its own: those that pass there pass, the
+compose-only ones are deselected, and the cluster leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_chaos.targets import swarm_nodes
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_swarm_experiments_pass_on_a_local_swarm_and_leave_nothing_behind(tmp_path):
+    before = swarm_nodes.netns_names()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/experiments", "--chaos-backend=swarm",
+         "-p", "no:cacheprovider", "-q", "--no-header",
+         f"--junitxml={tmp_path / 'swarm.xml'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == pytest.ExitCode.OK, output[-4000:]
+    # 01 (two tests), 02, 07 and 10.
+    assert "5 passed" in output, output[-2000:]
+    assert "deselected" in output, output[-2000:]
+    assert "pytest-chaos: a local swarm of 3 nodes, stack deployed" in output
+    # Nothing of the cluster is left: namespaces, engines' folders, cgroups.
+    assert swarm_nodes.netns_names() == before
+    assert not any(swarm_nodes.RUN_DIR.iterdir())
+    assert not any(swarm_nodes.STATE_DIR.iterdir())
+    left = [p for root in swarm_nodes._cgroup_roots() for p in root.glob("pytest-chaos-swarm-*")]
+    assert left == []

@@ -1,0 +1,97 @@
+"""--chaos-backend: which tests a backend selects, and the usage errors of its settings
+(nothing is started: the swarm itself is tested in tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+
+TESTS = """
+import pytest
+
+def test_plain():
+    pass
+
+def test_compose_only(chaos):
+    pass
+
+@pytest.mark.chaos_backends("compose", "swarm")
+def test_both(chaos):
+    pass
+
+@pytest.mark.chaos_backends("swarm")
+def test_swarm_only(chaos_project):
+    pass
+"""
+
+
+def _collected(result: pytest.RunResult) -> list[str]:
+    return sorted(line.split("::")[1] for line in result.outlines if "::" in line)
+
+
+def test_swarm_selects_the_chaos_tests_marked_for_it_and_those_using_no_chaos_fixture(pytester):
+    pytester.makepyfile(TESTS)
+    swarm = pytester.runpytest_subprocess("--collect-only", "-q", "--chaos-backend=swarm")
+    assert _collected(swarm) == ["test_both", "test_plain", "test_swarm_only"]
+    swarm.stdout.fnmatch_lines(["*1 deselected*"])
+    compose = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert _collected(compose) == ["test_both", "test_compose_only", "test_plain"]
+
+
+def test_the_backend_comes_from_the_environment_too(pytester, monkeypatch):
+    pytester.makepyfile(TESTS)
+    monkeypatch.setenv("CHAOS_BACKEND", "swarm")
+    result = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert "test_compose_only" not in _collected(result)
+
+
+def test_an_unknown_backend_is_a_usage_error_naming_its_source(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("--chaos-backend=kubernetes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--chaos-backend: the backend is one of compose, swarm, not 'kubernetes'.*"]
+    )
+
+
+def test_a_bad_node_count_in_the_ini_is_a_usage_error_naming_the_ini(pytester):
+    pytester.makeini("[pytest]\nchaos_swarm_nodes = 12\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*ini option chaos_swarm_nodes: a local swarm has 1 to 9 nodes, not '12'.*"]
+    )
+
+
+def test_a_marker_naming_an_unknown_backend_is_a_usage_error(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.chaos_backends("kubernetes")
+        def test_x(chaos):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*chaos_backends names ?'kubernetes'?; the backends are compose, swarm."]
+    )
+
+
+def test_the_swarm_backend_without_a_stack_file_says_how_to_name_one(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.chaos_backends("swarm")
+        def test_x(chaos_project):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-backend=swarm")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*--chaos-backend swarm deploys a stack file: name it with the ini option "
+         "chaos_swarm_stack_file or --chaos-swarm-stack-file.*"]
+    )  # fmt: skip
+    assert "Traceback" not in result.stdout.str()
