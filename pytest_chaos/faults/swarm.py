@@ -1,8 +1,299 @@
-"""Faults of a multi-node Docker Swarm. Importing this module registers the undo of a
-local swarm left behind by a pytest that died (journal kind ``swarm-cluster``)."""
+"""Faults of a node of a multi-node Docker Swarm (``--chaos-backend swarm``):
+
+- ``chaos.partition_node(node)``: cut the node off from the other nodes (their control
+  plane, gossip and overlay traffic alike); clients still reach it, so a task it keeps
+  running after Swarm replaced it elsewhere serves beside its replacement: a split
+  brain. Undo: the rules go, and Swarm converges.
+- ``chaos.freeze_node(node)``: the node hangs, engine and tasks together (cgroup
+  freezer): to its peers it is lost. Undo: it thaws.
+
+Both are journaled like every fault; importing this module also registers the undo
+of a local swarm left behind by a pytest that died (journal kind ``swarm-cluster``).
+"""
 
 from __future__ import annotations
 
-from ..targets import swarm_nodes
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["swarm_nodes"]
+from ..errors import ConfigurationError, FaultError, UnsafeTarget
+from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..registry import fault, undoer
+from ..targets import swarm_nodes
+from ..targets.netns import NetNamespace
+from .base import Effect, FaultHandle, journaled_in
+
+if TYPE_CHECKING:
+    from ..chaos import Chaos
+    from ..targets.swarm_nodes import LocalSwarm, Node
+
+__all__ = ["freeze_node", "partition_node", "swarm_nodes"]
+
+
+def _cluster(chaos: Chaos) -> LocalSwarm:
+    cluster = getattr(chaos.project, "cluster", None)
+    if cluster is None:
+        raise ConfigurationError(
+            "node faults act on a swarm's nodes: run with --chaos-backend swarm."
+        )
+    return cluster  # type: ignore[no-any-return]
+
+
+def _node(cluster: LocalSwarm, name: object) -> Node:
+    found = next((n for n in cluster.nodes if n.name == name), None)
+    if found is None:
+        raise ConfigurationError(
+            f"the swarm has no node {name!r}; "
+            f"its nodes: {', '.join(n.name for n in cluster.nodes)}."
+        )
+    return found
+
+
+@contextmanager
+def _node_netns(netns: str) -> Iterator[NetNamespace]:
+    """A node's network namespace, by its name; never the host's or pytest's own."""
+    try:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UnsafeTarget(f"the node's network namespace {netns} is gone.") from None
+    try:
+        inode = os.fstat(fd).st_ino
+        if inode == os.stat("/proc/self/ns/net").st_ino:
+            raise UnsafeTarget(f"refusing to change pytest's own network namespace ({netns}).")
+        yield NetNamespace(fd, inode, netns)
+    finally:
+        os.close(fd)
+
+
+# -- partition ---------------------------------------------------------------------------
+
+
+@dataclass
+class NodePartitionHandle(FaultHandle):
+    """A node cut off from its peers: which, and the packets the rules dropped."""
+
+    netns: str = ""
+    table: str = ""
+    peers: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"partition node {self.target} from {', '.join(self.peers)}"
+
+    def dropped(self) -> int:
+        with _node_netns(self.netns) as ns:
+            data = json.loads(ns.run(["nft", "-j", "list", "table", "inet", self.table]))
+        return sum(
+            int(expr["counter"].get("packets", 0))
+            for item in data.get("nftables", [])
+            for expr in item.get("rule", {}).get("expr", [])
+            if "counter" in expr
+        )
+
+    def measure_effect(self) -> Effect:
+        packets = self.dropped()
+        if packets:
+            return Effect(True, f"{packets} packet(s) between {self.target} and its peers dropped")
+        return Effect(False, f"no packet between {self.target} and its peers was dropped")
+
+    def figures(self) -> dict[str, float | int | str]:
+        out = super().figures()
+        with contextlib.suppress(Exception):
+            out["node_packets_dropped"] = self.dropped()
+        return out
+
+
+def _partition_rules(table: str, peers: list[str]) -> str:
+    addresses = ", ".join(peers)
+    return (
+        f"table inet {table} {{\n"
+        "  chain input { type filter hook input priority -300; policy accept;\n"
+        f"    ip saddr {{ {addresses} }} counter drop\n  }}\n"
+        "  chain output { type filter hook output priority -300; policy accept;\n"
+        f"    ip daddr {{ {addresses} }} counter drop\n  }}\n"
+        "}\n"
+    )
+
+
+@contextmanager
+def partition_node(
+    cluster: LocalSwarm, node: str, *, journal: Any = None, peers: list[str] | None = None
+) -> Iterator[NodePartitionHandle]:
+    """Drop every packet between ``node`` and the other nodes (or ``peers``), in the
+    node's own network namespace."""
+    target = _node(cluster, node)
+    others = [n for n in cluster.nodes if n.name != node]
+    if peers is not None:
+        others = [_node(cluster, p) for p in peers if p != node]
+    if not others:
+        raise ConfigurationError(f"node {node!r} has no peer to be cut off from.")
+    table = f"pytest_chaos_node_{cluster.run_id}_{target.name}"
+    handle = NodePartitionHandle(
+        kind="partition_node",
+        target=node,
+        netns=target.netns,
+        table=table,
+        peers=tuple(n.name for n in others),
+    )
+    data = {"netns": target.netns, "table": table}
+    rules = _partition_rules(table, [n.address for n in others])
+    entry = journaled_in(journal, "swarm-node-partition", handle.describe(), data, durable=False)
+    with entry as undone, _node_netns(target.netns) as ns:
+        try:
+            cluster.unavailable.add(node)
+            ns.run(["nft", "-f", "-"], input_text=rules)
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            handle.keep_effect()
+            _delete_table(ns, table)
+            cluster.unavailable.discard(node)
+            handle.lifted_at = handle.undone_at = time.monotonic()
+            undone()
+
+
+def _delete_table(ns: NetNamespace, table: str) -> bool:
+    if f"table inet {table}" not in ns.run(["nft", "list", "tables"]):
+        return False
+    ns.run(["nft", "delete", "table", "inet", table])
+    return True
+
+
+@undoer("swarm-node-partition")
+def _undo_partition(data: dict[str, Any]) -> str:
+    try:
+        with _node_netns(str(data["netns"])) as ns:
+            removed = _delete_table(ns, str(data["table"]))
+    except UnsafeTarget:
+        return "the node's namespace is gone, and its rules with it"
+    return f"removed nft table {data['table']}" if removed else "the table was already gone"
+
+
+# -- freeze ------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeFreezeHandle(FaultHandle):
+    """A node hung: its engine and its tasks frozen."""
+
+    groups: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"freeze node {self.target}"
+
+    def measure_effect(self) -> Effect:
+        frozen = [g for g in self.groups if _is_frozen(Path(g))]
+        if frozen and len(frozen) == len(self.groups):
+            return Effect(True, f"its engine and tasks are frozen ({len(frozen)} cgroups)")
+        return Effect(False, f"{len(self.groups) - len(frozen)} of its cgroups are not frozen")
+
+
+def _freezable(node: Node) -> list[Path]:
+    """The cgroups that hold everything of the node: its engine's own (freezable
+    through ``cgroup.freeze`` in the unified hierarchy) and its tasks' parent in the
+    v1 freezer hierarchy (or the unified one)."""
+    groups: list[Path] = []
+    for base in swarm_nodes._cgroup_roots():
+        for path in (Path(node.own_cgroup), base / node.cgroup_parent):
+            if path.is_relative_to(base) and path.is_dir() and _freeze_file(path) is not None:
+                groups.append(path)
+    return sorted(set(groups))
+
+
+def _freeze_file(group: Path) -> Path | None:
+    for name in ("cgroup.freeze", "freezer.state"):
+        if (group / name).exists():
+            return group / name
+    return None
+
+
+def _set_frozen(group: Path, frozen: bool) -> None:
+    file = _freeze_file(group)
+    if file is None:
+        return
+    if file.name == "cgroup.freeze":
+        file.write_text("1" if frozen else "0")
+    else:
+        file.write_text("FROZEN" if frozen else "THAWED")
+
+
+def _is_frozen(group: Path) -> bool:
+    file = _freeze_file(group)
+    if file is None:
+        return False
+    if file.name == "cgroup.freeze":
+        events = (group / "cgroup.events").read_text()
+        return "frozen 1" in events
+    return file.read_text().strip() == "FROZEN"
+
+
+@contextmanager
+def freeze_node(
+    cluster: LocalSwarm, node: str, *, journal: Any = None
+) -> Iterator[NodeFreezeHandle]:
+    """Freeze everything ``node`` runs (its engine, containerd, shims and tasks): to its
+    peers the node is lost, as a machine that hangs. Undo: thaw."""
+    target = _node(cluster, node)
+    groups = _freezable(target)
+    if not groups:
+        raise FaultError(f"node {node!r} has no cgroup that can be frozen.")
+    handle = NodeFreezeHandle(kind="freeze_node", target=node, groups=tuple(map(str, groups)))
+    data = {"groups": [str(g) for g in groups]}
+    with journaled_in(
+        journal, "swarm-node-freeze", handle.describe(), data, durable=False
+    ) as undone:
+        try:
+            cluster.unavailable.add(node)
+            for group in groups:
+                _set_frozen(group, True)
+            deadline = time.monotonic() + 10
+            while not all(_is_frozen(g) for g in groups):
+                if time.monotonic() > deadline:
+                    raise FaultError(f"node {node!r} did not freeze within 10 s.")
+                time.sleep(0.01)  # poll interval while the kernel freezes the tasks
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            handle.keep_effect()
+            for group in groups:
+                with contextlib.suppress(OSError):
+                    _set_frozen(group, False)
+            cluster.unavailable.discard(node)
+            handle.lifted_at = handle.undone_at = time.monotonic()
+            undone()
+
+
+@undoer("swarm-node-freeze")
+def _undo_freeze(data: dict[str, Any]) -> str:
+    thawed = []
+    for group in map(Path, data.get("groups", [])):
+        if group.is_dir():
+            with contextlib.suppress(OSError):
+                _set_frozen(group, False)
+                thawed.append(str(group))
+    return f"thawed {', '.join(thawed)}" if thawed else "the node's cgroups are gone"
+
+
+# -- chaos.<fault> -----------------------------------------------------------------------
+
+
+@fault("partition_node")
+def _chaos_partition_node(
+    chaos: Chaos, node: str, *, peers: list[str] | None = None
+) -> AbstractContextManager[NodePartitionHandle]:
+    """Cut swarm node ``node`` off from the other nodes (or from ``peers`` only)."""
+    cluster = _cluster(chaos)
+    return partition_node(cluster, node, journal=chaos.project.journal, peers=peers)
+
+
+@fault("freeze_node")
+def _chaos_freeze_node(chaos: Chaos, node: str) -> AbstractContextManager[NodeFreezeHandle]:
+    """Freeze swarm node ``node``, engine and tasks: to its peers it is lost."""
+    cluster = _cluster(chaos)
+    return freeze_node(cluster, node, journal=chaos.project.journal)

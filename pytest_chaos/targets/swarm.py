@@ -72,6 +72,8 @@ class SwarmProject(ComposeProject):
         """Every task container of the stack on every node, running or not."""
         found: list[Container] = []
         for node in self.cluster.nodes:
+            if node.name in self.cluster.unavailable:
+                continue
             with contextlib.suppress(Exception):  # a node cut off or lost: not listed
                 found += self.cluster.client(node.name).containers.list(
                     all=True, filters={"label": f"{STACK_LABEL}={self.name}"}
@@ -123,11 +125,14 @@ class SwarmProject(ComposeProject):
         if not isinstance(name, str) or not name:
             raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
         known = self._services.get(name)
-        if isinstance(known, SwarmService):
+        if isinstance(known, SwarmService) and known.node not in self.cluster.unavailable:
             pin = self._pins.get(known.container_id)
             if pin is not None and pin.holds():
                 return known
-        tasks = self.tasks(name)
+        # A task on a node cut off or frozen may still run (or seem to, to the
+        # managers, until they mark the node down): one elsewhere is preferred.
+        everywhere = self.tasks(name)
+        tasks = [t for t in everywhere if t.node not in self.cluster.unavailable] or everywhere
         if not tasks:
             raise UnknownService(
                 f"service {name!r} of swarm stack {self.name!r} has no running task now."
@@ -144,6 +149,8 @@ class SwarmProject(ComposeProject):
         label = f"{TASK_SERVICE_LABEL}={self.name}_{name}"
         found: list[str] = []
         for node in self.cluster.nodes:
+            if node.name in self.cluster.unavailable:
+                continue
             with contextlib.suppress(Exception):  # a node cut off or lost: not counted
                 listed = self.cluster.client(node.name).containers.list(filters={"label": label})
                 found += [str(c.id) for c in listed]
@@ -161,6 +168,8 @@ class SwarmProject(ComposeProject):
         if len(tasks) < want:
             return False
         for task in tasks:
+            if task.node in self.cluster.unavailable:
+                return False
             try:
                 attrs = self.cluster.client(task.node).containers.get(task.container_id).attrs
             except Exception:  # noqa: BLE001 - its node does not answer
@@ -348,9 +357,29 @@ class Relay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._closed = False
-        self._open: set[socket.socket] = set()
+        self._last: tuple[str, int] | None = None
+        #: Each open connection: the client's socket, the upstream's, where it goes.
+        self._open: set[tuple[socket.socket, socket.socket, tuple[str, int]]] = set()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         threading.Thread(target=self._accept, name="pytest-chaos-relay", daemon=True).start()
+        threading.Thread(target=self._follow, name="pytest-chaos-relay", daemon=True).start()
+
+    def _follow(self) -> None:
+        """Every half second, where the service's task is now: when it moved (Swarm
+        replaced it on another node), kept-alive connections to the old place close."""
+        while not self._stop.wait(0.5):
+            address = None
+            with contextlib.suppress(Exception):  # no task now, or no manager answers
+                address = self._target()
+            if address is not None:
+                self._moved_to(address)
+
+    def _moved_to(self, address: tuple[str, int]) -> None:
+        with self._lock:
+            last, self._last = self._last, address
+        if last is not None and last != address:
+            self._close_to(last)
 
     def _accept(self) -> None:
         while not self._closed:
@@ -365,6 +394,9 @@ class Relay:
     def _carry(self, client: socket.socket) -> None:
         try:
             address = self._target()
+            # The task moved: connections to where it was are closed, as a load
+            # balancer drops a backend that left (clients reconnect, and reach it).
+            self._moved_to(address)
             upstream = in_namespace(
                 self._hub, lambda: socket.create_connection(address, timeout=2.0)
             )
@@ -374,8 +406,9 @@ class Relay:
             client.close()
             return
         upstream.settimeout(None)
+        pair = (client, upstream, address)
         with self._lock:
-            self._open |= {client, upstream}
+            self._open.add(pair)
         back = threading.Thread(
             target=_pump, args=(upstream, client), name="pytest-chaos-relay", daemon=True
         )
@@ -383,17 +416,28 @@ class Relay:
         _pump(client, upstream)
         back.join()
         with self._lock:
-            self._open -= {client, upstream}
+            self._open.discard(pair)
         client.close()
         upstream.close()
 
+    def _close_to(self, address: tuple[str, int] | None) -> None:
+        with self._lock:
+            pairs = [p for p in self._open if p[2] == address]
+        for client, upstream, _ in pairs:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self._closed = True
+        self._stop.set()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
-            for sock in self._open:
+            pairs = list(self._open)
+        for client, upstream, _ in pairs:
+            for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
         os.close(self._hub.fd)

@@ -120,6 +120,9 @@ class LocalSwarm:
     _clients: dict[str, docker.DockerClient] = field(default_factory=dict)
     _engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _answerer: NameAnswerer | None = None
+    #: Nodes a fault cut off or froze now: their engines are not asked (a frozen
+    #: engine would not answer before the client's timeout).
+    unavailable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= 9:
@@ -293,6 +296,8 @@ class LocalSwarm:
     def manager(self) -> docker.DockerClient:
         """A client of a manager that answers (the first one that does)."""
         for node in self.nodes[: self.managers]:
+            if node.name in self.unavailable:
+                continue
             with contextlib.suppress(Exception):
                 client = self.client(node.name)
                 if client.info().get("Swarm", {}).get("ControlAvailable"):
