@@ -5,6 +5,7 @@ compose-only ones are deselected, and the cluster leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,28 @@ def test_the_swarm_experiments_pass_on_a_local_swarm_and_leave_nothing_behind(tm
     assert not any(swarm_nodes.STATE_DIR.iterdir())
     left = [p for root in swarm_nodes._cgroup_roots() for p in root.glob("pytest-chaos-swarm-*")]
     assert left == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_an_interrupted_swarm_run_lifts_its_node_fault_and_tears_the_swarm_down(sig):
+    before = swarm_nodes.netns_names()
+    with subprocess.Popen(
+        [sys.executable, "-m", "pytest", "tests/experiments", "--chaos-backend=swarm",
+         "-k", "node_partition", "-p", "no:cacheprovider", "--chaos-live-interval=0.5"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as inner:  # fmt: skip
+        assert inner.stdout is not None
+        seen = []
+        for line in inner.stdout:
+            seen.append(line)
+            if "chaos: partition node" in line:
+                break
+        else:
+            pytest.fail("the node was never cut off:\n" + "".join(seen[-40:]))
+        inner.send_signal(sig)
+        rest = inner.stdout.read()
+        code = inner.wait(timeout=300)
+    assert code == pytest.ExitCode.INTERRUPTED, rest[-3000:]
+    assert swarm_nodes.netns_names() == before
+    assert not any(swarm_nodes.RUN_DIR.iterdir())
+    assert not any(swarm_nodes.STATE_DIR.iterdir())
