@@ -349,6 +349,23 @@ class Service:
                 )
             )
             return f"awaited after {signals.lifted_after()}"
+        return self._bring_back(
+            timeout=timeout,
+            restarts_before=restarts_before,
+            start_after=start_after,
+            probed_after=probed_after,
+        )
+
+    def _bring_back(
+        self,
+        *,
+        timeout: float,
+        restarts_before: int | None,
+        start_after: float,
+        probed_after: float | None,
+    ) -> str:
+        """The wait of :meth:`ensure_running_and_healthy`, once no interruption puts
+        it off."""
         began = time.monotonic()
         started_by_us = False
 

@@ -287,31 +287,19 @@ class SwarmService(Service):
     def is_healthy(self) -> bool:
         return self.swarm.converged(self.name)
 
-    def ensure_running_and_healthy(
+    def _bring_back(
         self,
         *,
         timeout: float,
-        restarts_before: int | None = None,
-        start_after: float = 5.0,
-        probed_after: float | None = None,
+        restarts_before: int | None,
+        start_after: float,
+        probed_after: float | None,
     ) -> str:
         """Wait until the service runs as many healthy tasks as it should again. Swarm
         replaces a task that ended; if none came after ``start_after`` seconds (its
         restart condition is none), the service is updated with force, which starts
         its tasks afresh. Returns "pytest-chaos" (it forced the update), "swarm" (a new
         task replaced this one) or "still-running"."""
-        from .. import signals
-
-        if signals.lifting():
-            signals.defer(
-                lambda: (
-                    f"{self.name} is healthy again, brought back by "
-                    + self.ensure_running_and_healthy(
-                        timeout=timeout, restarts_before=restarts_before, start_after=start_after
-                    )
-                )
-            )
-            return f"awaited after {signals.lifted_after()}"
         began = time.monotonic()
         forced = False
 

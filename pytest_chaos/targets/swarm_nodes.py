@@ -352,14 +352,17 @@ class LocalSwarm:
             with contextlib.suppress(Exception):
                 client.close()
         self._clients.clear()
+        # The engines are our children: killed and reaped first, so that no zombie of
+        # theirs keeps their cgroups from being removed (the pid is ours until reaped).
+        for engine in self._engines:
+            engine.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                engine.wait(timeout=15)
+        self._engines.clear()
         said = teardown(self.data())
         if self._answerer is not None:
             self._answerer.close()
             self._answerer = None
-        for engine in self._engines:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                engine.wait(timeout=15)
-        self._engines.clear()
         if self.journal is not None and self._entry is not None:
             self.journal.clear(self._entry)
             self._entry = None
@@ -565,8 +568,16 @@ def _kill_cgroup_tree(top: Path, name: str, timeout: float = 15.0) -> int:
         seen |= pids
         time.sleep(0.01)  # poll interval while the killed processes exit
     for group in groups:
-        with contextlib.suppress(OSError):
-            group.rmdir()
+        # A killed process not reaped yet (a zombie) keeps its cgroup busy a moment.
+        while group.exists():
+            try:
+                group.rmdir()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise EnvironmentProblem(
+                        f"{group} stayed busy after its processes died."
+                    ) from None
+                time.sleep(0.01)  # poll interval while the zombies are reaped
     return len(seen)
 
 

@@ -5,13 +5,11 @@ down with them."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from swarm_owner import kill_9_once_in_force
 
 from pytest_chaos import wait_for_recovery
 from pytest_chaos.faults.swarm import _is_frozen, freeze_node, partition_node
@@ -97,16 +95,7 @@ with partition_node(cluster, "node2", journal=journal):
 
 def test_node_faults_and_their_swarm_are_undone_by_the_journal_after_kill_9(tmp_path):
     run_id = new_run_id()
-    with subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(tmp_path), run_id],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as owner:  # fmt: skip
-        try:
-            assert owner.stdout is not None
-            line = owner.stdout.readline()
-            assert line == "in force\n", owner.stderr.read() if owner.stderr else ""
-        finally:
-            owner.send_signal(signal.SIGKILL)
+    kill_9_once_in_force(OWNER, tmp_path, run_id, "in force")
     kinds = sorted(e.kind for e in Journal(tmp_path, new_run_id()).entries())
     assert kinds == ["swarm-cluster", "swarm-node-freeze", "swarm-node-partition"]
     replayed = Journal(tmp_path, new_run_id()).replay()

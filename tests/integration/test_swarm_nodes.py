@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from swarm_owner import kill_9_once_in_force
 
 from pytest_chaos.journal import Journal, new_run_id
 from pytest_chaos.targets import linux, swarm_nodes
@@ -136,17 +135,11 @@ time.sleep(600)
 
 def test_a_swarm_left_by_a_killed_pytest_is_torn_down_by_the_journal(tmp_path):
     run_id = new_run_id()
-    with subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(tmp_path), run_id],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as owner:  # fmt: skip
-        try:
-            assert owner.stdout is not None
-            line = owner.stdout.readline()
-            assert line == "up\n", owner.stderr.read() if owner.stderr else ""
-            assert _traces(run_id), "the swarm left no trace to find"
-        finally:
-            owner.send_signal(signal.SIGKILL)
+
+    def some_trace_left() -> None:
+        assert _traces(run_id), "the swarm left no trace to find"
+
+    kill_9_once_in_force(OWNER, tmp_path, run_id, "up", before=some_trace_left)
     # Its engines outlive it (they are in their own session and cgroup).
     assert any(t.startswith("process") for t in _traces(run_id))
     replayed = Journal(tmp_path, new_run_id()).replay()
