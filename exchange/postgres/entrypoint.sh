@@ -33,6 +33,16 @@ CREATE DATABASE "$POSTGRES_DB" OWNER "$POSTGRES_USER";
 SQL
 fi
 
+# pg_stat_statements: per-statement counters in shared memory, current at once (the
+# cumulative statistics of pg_stat_database reach it up to 10 s late from a backend
+# that went idle, PGSTAT_IDLE_INTERVAL). Created once per cluster, old volumes too.
+if [ ! -e "$PGDATA/.statements-extension" ]; then
+  as_postgres postgres --single -D "$PGDATA" "$POSTGRES_DB" >/dev/null <<SQL
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+SQL
+  touch "$PGDATA/.statements-extension"
+fi
+
 delay=${POSTGRES_RESTART_DELAY_S:-3}
 child=""
 stopping=""
@@ -42,7 +52,8 @@ stopping=""
 trap 'stopping=1; [ -n "$child" ] && kill -INT "$child" 2>/dev/null' TERM INT
 
 while :; do
-  setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" "$@" &
+  setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" \
+    -c shared_preload_libraries=pg_stat_statements "$@" &
   child=$!
   status=0
   wait "$child" || status=$?
