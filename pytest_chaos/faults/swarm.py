@@ -4,10 +4,12 @@
   plane, gossip and overlay traffic alike); clients still reach it, so a task it keeps
   running after Swarm replaced it elsewhere serves beside its replacement: a split
   brain. Undo: the rules go, and Swarm converges.
+- ``chaos.crash_node(node)``: the node loses its power: its engine, containerd and
+  tasks are killed together. Undo: it boots again and rejoins the swarm.
 - ``chaos.freeze_node(node)``: the node hangs, engine and tasks together (cgroup
   freezer): to its peers it is lost. Undo: it thaws.
 
-Both are journaled like every fault; importing this module also registers the undo
+Each is journaled like every fault; importing this module also registers the undo
 of a local swarm left behind by a pytest that died (journal kind ``swarm-cluster``).
 """
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from ..chaos import Chaos
     from ..targets.swarm_nodes import LocalSwarm, Node
 
-__all__ = ["freeze_node", "partition_node", "swarm_nodes"]
+__all__ = ["crash_node", "freeze_node", "partition_node", "swarm_nodes"]
 
 
 def _cluster(chaos: Chaos) -> LocalSwarm:
@@ -44,16 +46,6 @@ def _cluster(chaos: Chaos) -> LocalSwarm:
             "node faults act on a swarm's nodes: run with --chaos-backend swarm."
         )
     return cluster  # type: ignore[no-any-return]
-
-
-def _node(cluster: LocalSwarm, name: object) -> Node:
-    found = next((n for n in cluster.nodes if n.name == name), None)
-    if found is None:
-        raise ConfigurationError(
-            f"the swarm has no node {name!r}; "
-            f"its nodes: {', '.join(n.name for n in cluster.nodes)}."
-        )
-    return found
 
 
 @contextmanager
@@ -127,10 +119,10 @@ def partition_node(
 ) -> Iterator[NodePartitionHandle]:
     """Drop every packet between ``node`` and the other nodes (or ``peers``), in the
     node's own network namespace."""
-    target = _node(cluster, node)
+    target = cluster.node(node)
     others = [n for n in cluster.nodes if n.name != node]
     if peers is not None:
-        others = [_node(cluster, p) for p in peers if p != node]
+        others = [cluster.node(p) for p in peers if p != node]
     if not others:
         raise ConfigurationError(f"node {node!r} has no peer to be cut off from.")
     table = f"pytest_chaos_node_{cluster.run_id}_{target.name}"
@@ -239,7 +231,7 @@ def freeze_node(
 ) -> Iterator[NodeFreezeHandle]:
     """Freeze everything ``node`` runs (its engine, containerd, shims and tasks): to its
     peers the node is lost, as a machine that hangs. Undo: thaw."""
-    target = _node(cluster, node)
+    target = cluster.node(node)
     groups = _freezable(target)
     if not groups:
         raise FaultError(f"node {node!r} has no cgroup that can be frozen.")
@@ -280,6 +272,72 @@ def _undo_freeze(data: dict[str, Any]) -> str:
     return f"thawed {', '.join(thawed)}" if thawed else "the node's cgroups are gone"
 
 
+# -- crash -------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeCrashHandle(FaultHandle):
+    """A node lost: every process of it killed (``processes``), booted again by the undo."""
+
+    processes: int = 0
+    #: The engine that was killed: its pid and start time (its identity).
+    engine_pid: int = 0
+    _engine_start: str = ""
+
+    def describe(self) -> str:
+        return f"crash node {self.target}"
+
+    def measure_effect(self) -> Effect:
+        from ..targets import linux
+
+        if self.processes and not linux.is_alive(self.engine_pid, self._engine_start):
+            return Effect(
+                True, f"{self.processes} process(es) killed, engine pid {self.engine_pid} gone"
+            )
+        return Effect(False, f"engine pid {self.engine_pid} still runs")
+
+    def figures(self) -> dict[str, float | int | str]:
+        return {**super().figures(), "node_processes_killed": self.processes}
+
+
+@contextmanager
+def crash_node(
+    cluster: LocalSwarm, node: str, *, journal: Any = None, boot_timeout: float = 90.0
+) -> Iterator[NodeCrashHandle]:
+    """Lose ``node`` as a machine that loses its power: its engine, containerd, shims
+    and tasks are killed together; its disk and swarm membership stay. Undo: its
+    engine boots again and rejoins the swarm, and Swarm reconciles its tasks."""
+    target = cluster.node(node)
+    if target.pid == 0:
+        raise ConfigurationError(f"node {node!r} has no engine running: is the swarm up?")
+    handle = NodeCrashHandle(
+        kind="crash_node", target=node, engine_pid=target.pid, _engine_start=target.start
+    )
+    # The cluster's own entry tears it all down after a kill -9: a node crashed then
+    # goes with it. This entry says the node was down, for the journal's report.
+    data = {"netns": target.netns, "run": cluster.run_id}
+    with journaled_in(journal, "swarm-node-crash", handle.describe(), data) as undone:
+        try:
+            handle.processes = cluster.crash(node)
+            handle.applied_at = time.monotonic()
+            yield handle
+        finally:
+            handle.keep_effect()
+            handle.lifted_at = time.monotonic()
+            cluster.boot(node, timeout=boot_timeout)
+            handle.undone_at = time.monotonic()
+            handle.restored_by = "pytest-chaos"
+            undone()
+
+
+@undoer("swarm-node-crash")
+def _undo_crash(data: dict[str, Any]) -> str:
+    return (
+        f"nothing to boot: node namespace {data.get('netns')} goes with its swarm, which "
+        "its own journal entry tears down"
+    )
+
+
 # -- chaos.<fault> -----------------------------------------------------------------------
 
 
@@ -297,3 +355,11 @@ def _chaos_freeze_node(chaos: Chaos, node: str) -> AbstractContextManager[NodeFr
     """Freeze swarm node ``node``, engine and tasks: to its peers it is lost."""
     cluster = _cluster(chaos)
     return freeze_node(cluster, node, journal=chaos.project.journal)
+
+
+@fault("crash_node")
+def _chaos_crash_node(chaos: Chaos, node: str) -> AbstractContextManager[NodeCrashHandle]:
+    """Lose swarm node ``node``: its engine and tasks killed at once (a power cut); the
+    undo boots it again and it rejoins the swarm."""
+    cluster = _cluster(chaos)
+    return crash_node(cluster, node, journal=chaos.project.journal, boot_timeout=chaos.timeout)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EnvironmentProblem, PermissionProblem, StackStartError
+from ..errors import ConfigurationError, EnvironmentProblem, PermissionProblem, StackStartError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import undoer
 from . import linux
@@ -118,7 +118,7 @@ class LocalSwarm:
     timings: dict[str, float] = field(default_factory=dict)
     _entry: Entry | None = None
     _clients: dict[str, docker.DockerClient] = field(default_factory=dict)
-    _engines: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _engines: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _answerer: NameAnswerer | None = None
     #: Nodes a fault cut off or froze now: their engines are not asked (a frozen
     #: engine would not answer before the client's timeout).
@@ -215,42 +215,97 @@ class LocalSwarm:
 
     def _start_engines(self, timeout: float) -> None:
         mounts = _cgroup_mounts()
-        started: list[Node] = []
         for node in self.nodes:
-            run_dir = Path(node.run_dir)
-            run_dir.mkdir(parents=True, mode=0o700)
+            Path(node.run_dir).mkdir(parents=True, mode=0o700)
             Path(node.data_root).mkdir(parents=True, mode=0o700)
-            (run_dir / "daemon.json").write_text("{}\n")
-            group = OwnCgroup(node.own_cgroup)
-            group.create()
-            argv = [
-                *group.exec_prefix(),
-                "ip", "netns", "exec", node.netns,
-                "unshare", "--uts", "sh", "-c", _BOOT, "boot", node.name, *mounts, "--",
-                "dockerd",
-                f"--config-file={run_dir / 'daemon.json'}",
-                f"--data-root={node.data_root}",
-                f"--exec-root={run_dir / 'exec'}",
-                f"--pidfile={run_dir / 'dockerd.pid'}",
-                f"--host={node.url}",
-                f"--cgroup-parent=/{node.cgroup_parent}",
-                "--log-level=warn",
-                # Names Docker's embedded DNS does not know go here, and get "no such
-                # name" at once (see NameAnswerer).
-                f"--dns={SUBNET}.1",
-            ]  # fmt: skip
-            with node.log.open("wb") as log:
-                proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
-            self._engines.append(proc)
-            started.append(_replace(node, pid=proc.pid, start=linux.start_time(proc.pid)))
-            self.nodes = started + self.nodes[len(started) :]
-            self._journal()
+            (Path(node.run_dir) / "daemon.json").write_text("{}\n")
+            self._start_engine(node, mounts)
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             self._clients[node.name] = _wait_for_engine(node, deadline)
+
+    def _start_engine(self, node: Node, mounts: list[str]) -> Node:
+        """Start ``node``'s dockerd in its namespace and cgroup (its folders exist);
+        the node, with the engine's pid, is journaled before this returns."""
+        run_dir = Path(node.run_dir)
+        group = OwnCgroup(node.own_cgroup)
+        group.create()
+        argv = [
+            *group.exec_prefix(),
+            "ip", "netns", "exec", node.netns,
+            "unshare", "--uts", "sh", "-c", _BOOT, "boot", node.name, *mounts, "--",
+            "dockerd",
+            f"--config-file={run_dir / 'daemon.json'}",
+            f"--data-root={node.data_root}",
+            f"--exec-root={run_dir / 'exec'}",
+            f"--pidfile={run_dir / 'dockerd.pid'}",
+            f"--host={node.url}",
+            f"--cgroup-parent=/{node.cgroup_parent}",
+            "--log-level=warn",
+            # Names Docker's embedded DNS does not know go here, and get "no such
+            # name" at once (see NameAnswerer).
+            f"--dns={SUBNET}.1",
+        ]  # fmt: skip
+        with node.log.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._engines[node.name] = proc
+        started = _replace(node, pid=proc.pid, start=linux.start_time(proc.pid))
+        self.nodes = [started if n.name == node.name else n for n in self.nodes]
+        self._journal()
+        return started
+
+    def crash(self, name: str) -> int:
+        """Lose node ``name`` as a machine loses its power: every process of it (engine,
+        containerd, shims, tasks) is killed at once; its namespace, disk and swarm
+        membership stay. How many processes were killed."""
+        node = self.node(name)
+        self.unavailable.add(name)
+        client = self._clients.pop(name, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        groups = [Path(node.own_cgroup)] + [b / node.cgroup_parent for b in _cgroup_roots()]
+        # Counted before: containerd dies with the engine (its parent-death signal).
+        below = [d for g in groups if g.is_dir() for d in g.rglob("*") if d.is_dir()]
+        running = {p for g in groups + below for p in _procs(g)}
+        engine = self._engines.pop(name, None)
+        if engine is not None:
+            engine.kill()
+        _kill_cgroup_tree(Path(node.own_cgroup), Path(node.own_cgroup).name)
+        if engine is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                engine.wait(timeout=15)
+        for base in _cgroup_roots():
+            _kill_cgroup_tree(base / node.cgroup_parent, node.cgroup_parent)
+        return len(running)
+
+    def boot(self, name: str, *, timeout: float = 90.0) -> None:
+        """Start node ``name``'s engine again after :meth:`crash`, and wait until it
+        answers: it rejoins the swarm by itself (its membership is on its disk). Its
+        run folder is emptied first, as a reboot empties /run: the sockets and state
+        the killed engine and containerd left there would stop them starting."""
+        node = self.node(name)
+        shutil.rmtree(Path(node.run_dir) / "exec", ignore_errors=True)
+        (Path(node.run_dir) / "dockerd.pid").unlink(missing_ok=True)
+        node = self._start_engine(node, _cgroup_mounts())
+        client = _wait_for_engine(node, time.monotonic() + timeout)
+        stale = self._clients.pop(name, None)
+        if stale is not None:
+            stale.close()
+        self._clients[name] = client
+        self.unavailable.discard(name)
+
+    def node(self, name: str) -> Node:
+        found = next((n for n in self.nodes if n.name == name), None)
+        if found is None:
+            raise ConfigurationError(
+                f"the swarm has no node {name!r}; "
+                f"its nodes: {', '.join(n.name for n in self.nodes)}."
+            )
+        return found
 
     def _form_swarm(self, timeout: float) -> None:
         first = self.client(self.nodes[0].name)
@@ -354,7 +409,7 @@ class LocalSwarm:
         self._clients.clear()
         # The engines are our children: killed and reaped first, so that no zombie of
         # theirs keeps their cgroups from being removed (the pid is ours until reaped).
-        for engine in self._engines:
+        for engine in self._engines.values():
             engine.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 engine.wait(timeout=15)
@@ -481,17 +536,27 @@ def _wait_for_engine(node: Node, deadline: float) -> docker.DockerClient:
             raise StackStartError(
                 f"the engine of swarm {node.name} exited while starting: {' | '.join(tail)}"
             )
-        if not Path(node.socket).exists():
+        if not _pings(node.socket):
             return False
-        try:
-            # The client asks the engine its API version as it is made.
-            made.append(docker.DockerClient(base_url=node.url, timeout=30))
-        except Exception:  # noqa: BLE001 - not listening yet
-            return False
+        # The client asks the engine its API version as it is made (a client whose
+        # making failed could not be closed: hence the ping first).
+        made.append(docker.DockerClient(base_url=node.url, timeout=30))
         return True
 
     _poll(answers, deadline - time.monotonic(), lambda: f"{node.name}'s engine did not answer")
     return made[0]
+
+
+def _pings(path: str) -> bool:
+    """Whether the engine listening on unix socket ``path`` answers its API's ping."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64).split(b"\r\n", 1)[0]
+    except OSError:
+        return False
 
 
 def _poll(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:

@@ -1,5 +1,6 @@
 """Node faults on a local three-node Swarm: a frozen node is lost to its peers and back
-when thawed; a node cut off is Down and Ready again after the heal; both are undone
+when thawed; a node cut off is Down and Ready again after the heal; a crashed node is
+Down, and rejoins once its engine booted again; each is undone
 by the journal after kill -9 of the pytest that applied them, and the cluster torn
 down with them."""
 
@@ -12,7 +13,7 @@ import pytest
 from swarm_owner import kill_9_once_in_force
 
 from pytest_chaos import wait_for_recovery
-from pytest_chaos.faults.swarm import _is_frozen, freeze_node, partition_node
+from pytest_chaos.faults.swarm import _is_frozen, crash_node, freeze_node, partition_node
 from pytest_chaos.journal import Journal, new_run_id
 from pytest_chaos.targets import swarm_nodes
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
@@ -71,6 +72,34 @@ def test_a_node_cut_off_is_down_and_ready_again_after_the_heal(cluster, record_p
         assert "pytest_chaos_node" not in ns.run(["nft", "list", "tables"])
 
 
+def test_a_crashed_node_is_lost_and_rejoins_once_booted(cluster, record_property):
+    engine = cluster.node("node3").pid
+    with crash_node(cluster, "node3") as crashed:
+        assert crashed.effect().took, crashed.effect()
+        assert crashed.processes >= 2  # dockerd and its containerd at least
+        assert not Path(f"/proc/{engine}").exists()
+        down = wait_for_recovery(
+            lambda: "node3" not in _ready(cluster), timeout=60, interval=0.1,
+            what="node3 marked down",
+        )  # fmt: skip
+    booted = cluster.node("node3").pid
+    assert booted != engine
+    assert Path(f"/proc/{booted}").exists()
+    ready = wait_for_recovery(
+        lambda: _ready(cluster) == {"node1", "node2", "node3"}, timeout=60, interval=0.1,
+        what="node3 ready again",
+    )  # fmt: skip
+    # The engine that booted is the one the journal knows: a kill -9 now would still
+    # tear the whole cluster down.
+    entry = next(e for e in cluster.journal.entries() if e.kind == "swarm-cluster")
+    journaled = entry.data["nodes"][2]
+    assert (journaled["name"], journaled["pid"]) == ("node3", booted)
+    record_property("node_down_after_crash_s", round(down.recovery_time_s, 3))
+    record_property("node_ready_after_boot_s", round(ready.recovery_time_s, 3))
+    record_property("node_boot_s", round(crashed.undone_at - crashed.lifted_at, 3))
+    assert cluster.unavailable == set()
+
+
 def swarm_nodes_netns(cluster: LocalSwarm, node: str):
     from pytest_chaos.faults.swarm import _node_netns
 
@@ -80,7 +109,7 @@ def swarm_nodes_netns(cluster: LocalSwarm, node: str):
 OWNER = """
 import sys, time
 from pathlib import Path
-from pytest_chaos.faults.swarm import freeze_node, partition_node
+from pytest_chaos.faults.swarm import crash_node, freeze_node, partition_node
 from pytest_chaos.journal import Journal
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
 journal = Journal(Path(sys.argv[1]), sys.argv[2])
@@ -88,8 +117,9 @@ cluster = LocalSwarm(sys.argv[2], size=3, journal=journal)
 cluster.up()
 with partition_node(cluster, "node2", journal=journal):
     with freeze_node(cluster, "node3", journal=journal):
-        print("in force", flush=True)
-        time.sleep(600)
+        with crash_node(cluster, "node1", journal=journal):
+            print("in force", flush=True)
+            time.sleep(600)
 """
 
 
@@ -97,7 +127,9 @@ def test_node_faults_and_their_swarm_are_undone_by_the_journal_after_kill_9(tmp_
     run_id = new_run_id()
     kill_9_once_in_force(OWNER, tmp_path, run_id, "in force")
     kinds = sorted(e.kind for e in Journal(tmp_path, new_run_id()).entries())
-    assert kinds == ["swarm-cluster", "swarm-node-freeze", "swarm-node-partition"]
+    assert kinds == [
+        "swarm-cluster", "swarm-node-crash", "swarm-node-freeze", "swarm-node-partition"
+    ]  # fmt: skip
     replayed = Journal(tmp_path, new_run_id()).replay()
     outcomes = {r.entry.kind: (r.outcome, r.error) for r in replayed}
     assert all(error is None for _, error in outcomes.values()), outcomes
