@@ -131,7 +131,8 @@ class SwarmProject(ComposeProject):
                 return known
         # A task on a node cut off or frozen may still run (or seem to, to the
         # managers, until they mark the node down): one elsewhere is preferred.
-        everywhere = self.tasks(name)
+        # A crashed node's tasks are gone, whatever the managers still say.
+        everywhere = [t for t in self.tasks(name) if t.node not in self.cluster.crashed]
         tasks = [t for t in everywhere if t.node not in self.cluster.unavailable] or everywhere
         if not tasks:
             raise UnknownService(

@@ -34,7 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, EnvironmentProblem, PermissionProblem, StackStartError
+from ..errors import (
+    ConfigurationError,
+    EnvironmentProblem,
+    PermissionProblem,
+    StackStartError,
+    UnknownService,
+)
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import undoer
 from . import linux
@@ -123,6 +129,8 @@ class LocalSwarm:
     #: Nodes a fault cut off or froze now: their engines are not asked (a frozen
     #: engine would not answer before the client's timeout).
     unavailable: set[str] = field(default_factory=set)
+    #: Nodes crashed now (:meth:`crash`): no engine listens there.
+    crashed: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= 9:
@@ -263,6 +271,7 @@ class LocalSwarm:
         membership stay. How many processes were killed."""
         node = self.node(name)
         self.unavailable.add(name)
+        self.crashed.add(name)
         client = self._clients.pop(name, None)
         if client is not None:
             with contextlib.suppress(Exception):
@@ -296,6 +305,7 @@ class LocalSwarm:
         if stale is not None:
             stale.close()
         self._clients[name] = client
+        self.crashed.discard(name)
         self.unavailable.discard(name)
 
     def node(self, name: str) -> Node:
@@ -334,7 +344,10 @@ class LocalSwarm:
     # -- use ------------------------------------------------------------------------
 
     def client(self, node: str) -> docker.DockerClient:
-        """The Docker client of one node's engine."""
+        """The Docker client of one node's engine (UnknownService while the node is
+        crashed: a client would only meet a socket nobody listens on)."""
+        if node in self.crashed:
+            raise UnknownService(f"swarm node {node!r} is down (crashed): no engine answers.")
         known = self._clients.get(node)
         if known is None:
             import docker
@@ -370,6 +383,14 @@ class LocalSwarm:
             for n in listed
             if n.attrs.get("Status", {}).get("State") == "ready"
         }
+
+    def leader(self) -> str | None:
+        """The node whose manager leads the swarm's Raft now (None: no leader now)."""
+        with contextlib.suppress(Exception):  # no manager answers, or an election
+            for listed in self.manager().nodes.list():
+                if (listed.attrs.get("ManagerStatus") or {}).get("Leader"):
+                    return str(listed.attrs["Description"]["Hostname"])
+        return None
 
     def load_images(self, names: list[str]) -> None:
         """Copy ``names`` from this host's engine into every node, in one archive for
