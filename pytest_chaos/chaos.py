@@ -90,8 +90,16 @@ class Chaos:
         return self._project
 
     def service(self, name: str) -> Service:
-        """The project's service of that name (UnknownService lists the ones there are)."""
+        """The project's service of that name (UnknownService lists the ones there are),
+        or one task of it: ``web.2`` (replica or Swarm slot 2), ``web@node2`` (its
+        Swarm task on node2). A fault given ``"web.*"`` acts on every task of it, one
+        fault each, and returns their handles as a list."""
         return self.project.service(name)
+
+    def tasks(self, name: str) -> list[str]:
+        """The name of each task (container) of service ``name`` now, as
+        :meth:`service` and every fault take them: ``["web.1", "web.2"]``."""
+        return self.project.task_names(name)
 
     # -- faults --------------------------------------------------------------------------
 
@@ -200,7 +208,12 @@ class Chaos:
         return out
 
     def undo(self, handle: object) -> None:
-        """Undo one fault now (faults applied after it stay)."""
+        """Undo one fault now (faults applied after it stay); a list of handles (a
+        fault applied to every task, ``"web.*"``) is undone newest first."""
+        if isinstance(handle, list):
+            for each in reversed(handle):
+                self.undo(each)
+            return
         for i, applied in enumerate(self._applied):
             if applied.handle is handle:
                 del self._applied[i]

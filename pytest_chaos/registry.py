@@ -138,12 +138,45 @@ def bound(kind: FaultKind, chaos: Session) -> Callable[..., Any]:
     """``chaos.<name>``: the builder with the session bound, applying through
     ``chaos.inject``; its signature and docstring are the builder's, less ``chaos``."""
 
+    signature = inspect.signature(kind.build)
+
     @functools.wraps(kind.build)
     def apply(*args: Any, **kwargs: Any) -> Any:
-        return chaos.inject(kind.build(chaos, *args, **kwargs))
+        every = _every_task(signature, chaos, args, kwargs)
+        if every is None:
+            return chaos.inject(kind.build(chaos, *args, **kwargs))
+        # One fault per task; all are built (their arguments checked) before the
+        # first is applied, so a bad argument changes nothing.
+        built = [kind.build(*call.args, **call.kwargs) for call in every]
+        return [chaos.inject(fault) for fault in built]
 
-    signature = inspect.signature(kind.build)
     apply.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=list(signature.parameters.values())[1:]
     )
     return apply
+
+
+EVERY_TASK = ".*"
+
+
+def _every_task(
+    signature: inspect.Signature, chaos: Session, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[inspect.BoundArguments] | None:
+    """A fault's call once per task when its ``service`` argument is ``"<name>.*"``
+    (every task of the service: each replica, or each Swarm task), else None."""
+    if "service" not in signature.parameters:
+        return None
+    try:
+        call = signature.bind(chaos, *args, **kwargs)
+    except TypeError:
+        return None  # the builder itself reports the bad call
+    service = call.arguments.get("service")
+    if not (isinstance(service, str) and service.endswith(EVERY_TASK)):
+        return None
+    names = chaos.project.task_names(service[: -len(EVERY_TASK)])  # type: ignore[attr-defined]
+    calls = []
+    for name in names:
+        each = signature.bind(chaos, *args, **kwargs)
+        each.arguments["service"] = name
+        calls.append(each)
+    return calls

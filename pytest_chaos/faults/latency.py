@@ -140,7 +140,7 @@ def latency(
         )
     handle = LatencyHandle(
         kind="latency",
-        target=service.name,
+        target=service.label,
         delay_s=delay_s,
         jitter_s=jitter_s,
         peers=addresses,

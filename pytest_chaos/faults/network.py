@@ -288,7 +288,7 @@ def partition(
     addresses = _peer_addresses(peers)
     handle = NetworkHandle(
         kind="partition",
-        target=service.name,
+        target=service.label,
         table=_table_name(service),
         peers=addresses,
         mode=mode,
@@ -313,7 +313,7 @@ def loss(
     addresses = _peer_addresses(peers)
     handle = NetworkHandle(
         kind="loss",
-        target=service.name,
+        target=service.label,
         table=_table_name(service),
         peers=addresses,
         mode="drop",
@@ -409,7 +409,7 @@ def bandwidth(
     if burst < 1600:
         raise ConfigurationError(f"burst must be at least one packet (1600 bytes), got {burst}.")
     handle = BandwidthHandle(
-        kind="bandwidth", target=service.name, rate_bps=bits, interface=interface
+        kind="bandwidth", target=service.label, rate_bps=bits, interface=interface
     )
     handle._pid = service.init_pid()
     with root_qdisc_fault(service, interface, handle.describe(), handle) as (ipr, index):

@@ -122,7 +122,7 @@ def max_connections(
     # Restore what ALTER SYSTEM had set, or remove our setting if it had set nothing.
     previous = before if sourcefile.endswith("postgresql.auto.conf") else None
     handle = MaxConnectionsHandle(
-        kind="max_connections", target=service.name, value=value, previous=before
+        kind="max_connections", target=service.label, value=value, previous=before
     )
     data = {"previous": previous, "value": value}
     with journaled(service, "pg-max-connections", handle.describe(), data) as undone:
@@ -172,7 +172,7 @@ def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[Hog
     journal = service.project.journal
     name = f"pytest_chaos_hog_{journal.run_id if journal else 'norun'}"
     handle = HogHandle(
-        kind="connection_hog", target=service.name, connections=connections, application_name=name
+        kind="connection_hog", target=service.label, connections=connections, application_name=name
     )
     with journaled(service, "pg-hog", handle.describe(), {"application_name": name}) as undone:
         try:

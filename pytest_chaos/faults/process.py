@@ -256,13 +256,13 @@ def kill(
     else:
         chosen = linux.top_process_named(service.pids(), process)
     pid = linux.check_pid(chosen, service.container_id)
-    description = f"kill {service.name} {sig.name} (pid {pid})"
+    description = f"kill {service.label} {sig.name} (pid {pid})"
     signalled_at = time.time()
     with journaled(service, "kill", description, {"signal": sig.name, "pid": pid}) as undone:
         pid, name, started = send_signal(service, sig, pid)
         handle = KillHandle(
             kind="kill",
-            target=service.name,
+            target=service.label,
             signal=sig.name,
             pid=pid,
             process=name,
@@ -307,8 +307,8 @@ def pause(service: Service, *, recovery_timeout: float | str = 60.0) -> Iterator
     container = service.container()
     if container.attrs["State"].get("Paused"):
         raise FaultError(f"service {service.name!r} is already paused; unpause it first.")
-    with journaled(service, "pause", f"pause {service.name}", {}) as undone:
-        handle = PauseHandle(kind="pause", target=service.name, _service=service)
+    with journaled(service, "pause", f"pause {service.label}", {}) as undone:
+        handle = PauseHandle(kind="pause", target=service.label, _service=service)
         try:
             container.pause()
             handle.applied_at = time.monotonic()
@@ -338,8 +338,8 @@ def stop(
     grace_s = parse_duration(grace, name="grace")
     timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
     service.container()  # refuses a container outside the project
-    with journaled(service, "stop", f"stop {service.name}", {}) as undone:
-        handle = StopHandle(kind="stop", target=service.name, _service=service)
+    with journaled(service, "stop", f"stop {service.label}", {}) as undone:
+        handle = StopHandle(kind="stop", target=service.label, _service=service)
         try:
             service.stop(grace_s)
             handle.applied_at = time.monotonic()

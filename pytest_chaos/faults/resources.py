@@ -319,7 +319,7 @@ def memory_cap(
         )
     handle = MemoryHandle(
         kind="memory",
-        target=service.name,
+        target=service.label,
         limit_bytes=limit_bytes,
         limit_before=_as_int(before),
         usage_at_start=usage,
@@ -461,7 +461,7 @@ def cpu_quota(service: Service, cpus: float, *, period_us: int = 100_000) -> Ite
         max_file = cg.path("cpu", "cpu.max")
         apply = [(max_file, f"{quota} {period_us}")]
         restore = [(max_file, max_file.read_text().strip())]
-    handle = CpuHandle(kind="cpu", target=service.name, cpus=cpus, cgroup_version=cg.version)
+    handle = CpuHandle(kind="cpu", target=service.label, cpus=cpus, cgroup_version=cg.version)
     handle._stat_file = cg.path("cpu", "cpu.stat")
     handle._before = _stat_counters(handle._stat_file)
     with _cgroup_change(service, handle, apply, restore):
@@ -534,7 +534,7 @@ def io_throttle(
         restore.append(
             (file, previous or device + " " + " ".join(f"{k}=max" for k in _V2_KEYS.values()))
         )
-    handle = IoHandle(kind="io", target=service.name, device=device, limits=values)
+    handle = IoHandle(kind="io", target=service.label, device=device, limits=values)
     if cg.version == 1:
         handle._stat_file = cg.path("blkio", "blkio.throttle.io_service_bytes")
     else:
@@ -592,7 +592,7 @@ def io_contention(
     group = OwnCgroup(own_cgroup_path(name))
     handle = ContentionHandle(
         kind="io-contention",
-        target=service.name,
+        target=service.label,
         workers=workers,
         directory=str(directory),
         _group=group,

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
 
 
 def docker_client() -> docker.DockerClient:
@@ -83,8 +84,9 @@ class ComposeProject:
         return sorted({c.labels.get(SERVICE_LABEL, "") for c in self.containers()} - {""})
 
     def service(self, name: str) -> Service:
-        """The service of that name (exactly one container), or UnknownService. Found
-        through Docker once per run of its container (see :class:`Pin`)."""
+        """The service of that name (exactly one container), or one container of it by
+        its number (``web.2``); else UnknownService. Found through Docker once per run
+        of its container (see :class:`Pin`)."""
         if not isinstance(name, str) or not name:
             raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
         known = self._services.get(name)
@@ -92,26 +94,57 @@ class ComposeProject:
             pin = self._pins.get(known.container_id)
             if pin is not None and pin.holds():
                 return known
-        found = [c for c in self.containers() if c.labels.get(SERVICE_LABEL) == name]
+        containers = self.containers()
+        service, number = name, None
+        if not any(c.labels.get(SERVICE_LABEL) == name for c in containers):
+            service, number = split_task(name)
+        found = [c for c in containers if c.labels.get(SERVICE_LABEL) == service]
         if not found:
             names = ", ".join(self.service_names()) or "none (is the project up?)"
             raise UnknownService(
                 f"compose project {self.name!r} has no service {name!r}; its services: {names}."
             )
+        if number is not None:
+            found = [c for c in found if c.labels.get(NUMBER_LABEL) == str(number)]
+            if not found:
+                raise UnknownService(
+                    f"service {service!r} of {self.name!r} has no container {number}; its "
+                    f"containers: {', '.join(self.task_names(service))}."
+                )
         if len(found) > 1:
             raise UnknownService(
-                f"service {name!r} of {self.name!r} has {len(found)} containers; "
-                "faults target one container: scale it to 1."
+                f"service {name!r} of {self.name!r} has {len(found)} containers: name one "
+                f"({', '.join(self.task_names(name))}), or every one with {name + '.*'!r}."
             )
-        service = Service(self, name, str(found[0].id))
-        service.remember(found[0].attrs)
-        self._services[name] = service
-        return service
+        made = Service(self, service, str(found[0].id), name if number is not None else "")
+        made.remember(found[0].attrs)
+        self._services[name] = made
+        return made
+
+    def task_names(self, name: str) -> list[str]:
+        """A name for each container of service ``name`` (``web.1``, ``web.2``...; the
+        service's own name when it has one container), what ``service()`` takes."""
+        numbers = sorted(
+            int(c.labels.get(NUMBER_LABEL) or 0)
+            for c in self.containers()
+            if c.labels.get(SERVICE_LABEL) == name
+        )
+        if not numbers:
+            self.service(name)  # raises UnknownService, naming the services there are
+        return [name] if len(numbers) == 1 else [f"{name}.{n}" for n in numbers]
 
     def all_healthy(self) -> bool:
         """True when every container runs and every health check passes."""
         containers = self.containers()
         return bool(containers) and all(_is_healthy(c.attrs) for c in containers)
+
+
+def split_task(name: str) -> tuple[str, int | None]:
+    """``web.2`` -> ("web", 2); a name without a number after its last dot as it is."""
+    base, dot, number = name.rpartition(".")
+    if dot and base and number.isdigit():
+        return base, int(number)
+    return name, None
 
 
 @dataclass(frozen=True)
@@ -142,6 +175,14 @@ class Service:
     project: ComposeProject
     name: str
     container_id: str
+    #: The name it was asked by when that names one of several containers or tasks
+    #: ("web.2": replica or slot 2), else "".
+    task: str = ""
+
+    @property
+    def label(self) -> str:
+        """How reports name it: the service, or the one task of it (``web.2``)."""
+        return self.task or self.name
 
     def container(self) -> Container:
         """The container now, refused if it left the project."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, RecoveryTimeout, StackStartError, UnknownService
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
-from .compose import ComposeProject, Service, _is_healthy
+from .compose import ComposeProject, Service, _is_healthy, split_task
 from .netns import NetNamespace, in_namespace
 
 if TYPE_CHECKING:
@@ -121,7 +121,8 @@ class SwarmProject(ComposeProject):
         return sorted(found, key=lambda t: (t.slot, t.node))
 
     def service(self, name: str) -> SwarmService:
-        """The service's lowest-slot running task, or UnknownService."""
+        """The service's lowest-slot running task; one task of it by slot
+        (``trading-api.2``) or by node (``trading-api@node2``); else UnknownService."""
         if not isinstance(name, str) or not name:
             raise UnknownService(f"a service name is a non-empty string, not {name!r}.")
         known = self._services.get(name)
@@ -129,20 +130,56 @@ class SwarmProject(ComposeProject):
             pin = self._pins.get(known.container_id)
             if pin is not None and pin.holds():
                 return known
+        service, slot, node = self._task_of(name)
+        # A crashed node's tasks are gone, whatever the managers still say.
+        everywhere = [
+            t
+            for t in self.tasks(service)
+            if t.node not in self.cluster.crashed
+            and (slot is None or t.slot == slot)
+            and (node is None or t.node == node)
+        ]
         # A task on a node cut off or frozen may still run (or seem to, to the
         # managers, until they mark the node down): one elsewhere is preferred.
-        # A crashed node's tasks are gone, whatever the managers still say.
-        everywhere = [t for t in self.tasks(name) if t.node not in self.cluster.crashed]
         tasks = [t for t in everywhere if t.node not in self.cluster.unavailable] or everywhere
         if not tasks:
+            which = "" if name == service else f" {name!r}"
             raise UnknownService(
-                f"service {name!r} of swarm stack {self.name!r} has no running task now."
+                f"service {service!r} of swarm stack {self.name!r} has no running task{which} "
+                f"now; its tasks: {', '.join(self.task_names(service)) or 'none'}."
             )
         task = tasks[0]
-        service = SwarmService(self, name, task.container_id, task.node)
-        service.remember(dict(service.container().attrs))
-        self._services[name] = service
-        return service
+        made = SwarmService(
+            self, service, task.container_id, "" if name == service else name, task.node
+        )
+        made.remember(dict(made.container().attrs))
+        self._services[name] = made
+        return made
+
+    def _task_of(self, name: str) -> tuple[str, int | None, str | None]:
+        """(service, slot, node) of a task's name: ``api``, ``api.2``, ``api@node2``."""
+        known = self.service_names()
+        if name in known:
+            return name, None, None
+        base, at, node = name.rpartition("@")
+        if at and base in known:
+            self.cluster.node(node)  # refuses a node the swarm does not have
+            return base, None, node
+        base, slot = split_task(name)
+        if slot is not None and base in known:
+            return base, slot, None
+        self._swarm_service(name)  # raises UnknownService, naming the services there are
+        return name, None, None
+
+    def task_names(self, name: str) -> list[str]:
+        """A name for each running task of service ``name``, what ``service()`` takes:
+        ``api.1``, ``api.2``... (a global service's: ``api@node1``...)."""
+        global_ = "Global" in self._swarm_service(name).attrs["Spec"].get("Mode", {})
+        return [
+            f"{name}@{t.node}" if global_ else f"{name}.{t.slot}"
+            for t in self.tasks(name)
+            if t.node not in self.cluster.crashed
+        ]
 
     def running_containers(self, name: str) -> list[str]:
         """The ids of the service's containers that run now, on every node that
@@ -254,6 +291,11 @@ class SwarmService(Service):
         task's container would only make Swarm start another one)."""
         from docker.types import ServiceMode
 
+        if self.task:
+            raise ConfigurationError(
+                f"{self.task!r} is one task of service {self.name!r}: Swarm would start "
+                f"another in its place. Stop the service ({self.name!r}), or kill the task."
+            )
         service = self.swarm._swarm_service(self.name)
         mode = service.attrs["Spec"].get("Mode", {})
         if "Replicated" not in mode:
