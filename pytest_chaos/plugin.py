@@ -216,6 +216,10 @@ def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
 
     plugin = request.config.stash[PLUGIN_KEY]
     settings = plugin.settings
+    if settings.backend == "swarm" and settings.swarm_manager:
+        from .targets.swarm_attach import attach as attach_swarm
+
+        return attach_swarm(request, settings, plugin.journal)
     if settings.backend == "swarm":
         from .targets.swarm import start_local
 

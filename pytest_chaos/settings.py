@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,21 @@ HELP_SWARM_STACK = (
     "the stack file (docker stack deploy) the swarm backend deploys, relative to the "
     "rootdir (env CHAOS_SWARM_STACK_FILE)"
 )
+HELP_SWARM_MANAGER = (
+    "attach the swarm backend to a running swarm instead of starting one: the Docker API "
+    "of one of its managers, e.g. tcp://10.0.0.5:2376 (DOCKER_TLS_VERIFY and "
+    "DOCKER_CERT_PATH apply) or unix:///run/docker.sock (env CHAOS_SWARM_MANAGER)"
+)
+HELP_SWARM_STACK_NAME = (
+    "with --chaos-swarm-manager: the deployed stack the experiments run against; it is "
+    "neither deployed nor removed by pytest-chaos (env CHAOS_SWARM_STACK)"
+)
+HELP_SWARM_ENGINE = (
+    "with --chaos-swarm-manager: NODE=URL, the Docker API of that node's own engine, "
+    "through which faults find its tasks (repeat per node; ini chaos_swarm_engines, one "
+    "per line). Faults act through the kernel: a node's tasks are reachable when pytest "
+    "runs on that node's machine"
+)
 BACKENDS = ("compose", "swarm")
 HELP_TIMEOUT = (
     "deadline for a service to be running and healthy again after a fault, and for the "
@@ -77,6 +92,10 @@ class ChaosSettings:
     backend: str = "compose"
     swarm_nodes: int = 3
     swarm_stack_file: Path | None = None
+    #: Attached swarm: a manager's Docker API, the stack, each node's engine API.
+    swarm_manager: str | None = None
+    swarm_stack: str | None = None
+    swarm_engines: dict[str, str] = field(default_factory=dict)
 
 
 def setting(config: pytest.Config, name: str) -> tuple[str | None, str]:
@@ -120,6 +139,24 @@ def read_settings(config: pytest.Config) -> ChaosSettings:
             )
         nodes = int(nodes_text)
     stack, _ = setting(config, "swarm_stack_file")
+    manager, manager_source = setting(config, "swarm_manager")
+    stack_name, stack_source = setting(config, "swarm_stack")
+    engines = _engines(config)
+    if manager is not None:
+        if (backend or "compose") != "swarm":
+            raise pytest.UsageError(
+                f"{manager_source} attaches the swarm backend: add --chaos-backend swarm."
+            )
+        if not stack_name:
+            raise pytest.UsageError(
+                f"{manager_source}: name the deployed stack to run against with "
+                "--chaos-swarm-stack NAME."
+            )
+    elif stack_name or engines:
+        what = stack_source or "--chaos-swarm-engine"
+        raise pytest.UsageError(
+            f"{what} applies to an attached swarm: add --chaos-swarm-manager URL."
+        )
     return ChaosSettings(
         project=project,
         timeout=timeout,
@@ -127,7 +164,28 @@ def read_settings(config: pytest.Config) -> ChaosSettings:
         backend=backend or "compose",
         swarm_nodes=nodes,
         swarm_stack_file=Path(config.rootpath, stack) if stack else None,
+        swarm_manager=manager,
+        swarm_stack=stack_name,
+        swarm_engines=engines,
     )
+
+
+def _engines(config: pytest.Config) -> dict[str, str]:
+    """--chaos-swarm-engine NODE=URL (repeated), else the ini's lines."""
+    given = config.getoption("--chaos-swarm-engine") or []
+    source = "--chaos-swarm-engine"
+    if not given:
+        given = list(config.getini("chaos_swarm_engines"))
+        source = "ini option chaos_swarm_engines"
+    engines: dict[str, str] = {}
+    for spec in given:
+        node, eq, url = str(spec).partition("=")
+        if not (eq and node.strip() and "://" in url):
+            raise pytest.UsageError(
+                f"{source}: {spec!r} is not NODE=URL (e.g. node2=tcp://10.0.0.6:2376)."
+            )
+        engines[node.strip()] = url.strip()
+    return engines
 
 
 def default_journal() -> Path:
@@ -143,8 +201,11 @@ def options_given(config: pytest.Config) -> bool:
     if any(
         config.getoption(f"--chaos-{name.replace('_', '-')}") is not None
         or os.environ.get(f"CHAOS_{name.upper()}")
-        for name in ("project", "timeout", "journal", "backend", "swarm_nodes", "swarm_stack_file")
-    ):
+        for name in (
+            "project", "timeout", "journal", "backend", "swarm_nodes", "swarm_stack_file",
+            "swarm_manager", "swarm_stack", "swarm_engine",
+        )
+    ):  # fmt: skip
         return True
     if config.getoption("--chaos-replay") is not None:
         return True
@@ -224,10 +285,19 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--chaos-backend", default=None, metavar="NAME", help=HELP_BACKEND)
     group.addoption("--chaos-swarm-nodes", default=None, metavar="N", help=HELP_SWARM_NODES)
     group.addoption("--chaos-swarm-stack-file", default=None, metavar="PATH", help=HELP_SWARM_STACK)
+    group.addoption("--chaos-swarm-manager", default=None, metavar="URL", help=HELP_SWARM_MANAGER)
+    group.addoption("--chaos-swarm-stack", default=None, metavar="NAME", help=HELP_SWARM_STACK_NAME)
+    group.addoption(
+        "--chaos-swarm-engine", action="append", default=None, metavar="NODE=URL",
+        help=HELP_SWARM_ENGINE,
+    )  # fmt: skip
     parser.addini("chaos_project", HELP_PROJECT, default=None)
     parser.addini("chaos_backend", HELP_BACKEND, default=None)
     parser.addini("chaos_swarm_nodes", HELP_SWARM_NODES, default=None)
     parser.addini("chaos_swarm_stack_file", HELP_SWARM_STACK, default=None)
+    parser.addini("chaos_swarm_manager", HELP_SWARM_MANAGER, default=None)
+    parser.addini("chaos_swarm_stack", HELP_SWARM_STACK_NAME, default=None)
+    parser.addini("chaos_swarm_engines", HELP_SWARM_ENGINE, type="linelist", default=[])
     parser.addini("chaos_timeout", HELP_TIMEOUT, default=None)
     parser.addini("chaos_journal", HELP_JOURNAL, default=None)
     parser.addini("chaos_summary_columns", HELP_COLUMNS, type="linelist", default=[])

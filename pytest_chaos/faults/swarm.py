@@ -40,12 +40,19 @@ __all__ = ["crash_node", "freeze_node", "partition_node", "swarm_nodes"]
 
 
 def _cluster(chaos: Chaos) -> LocalSwarm:
+    from ..targets.swarm_nodes import LocalSwarm
+
     cluster = getattr(chaos.project, "cluster", None)
     if cluster is None:
         raise ConfigurationError(
             "node faults act on a swarm's nodes: run with --chaos-backend swarm."
         )
-    return cluster  # type: ignore[no-any-return]
+    if not isinstance(cluster, LocalSwarm):
+        raise ConfigurationError(
+            "node faults act on the nodes of a local swarm (their namespaces and cgroups "
+            "are this machine's); the nodes of an attached swarm are machines of their own."
+        )
+    return cluster
 
 
 @contextmanager

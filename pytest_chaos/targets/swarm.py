@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from ..journal import Journal
     from ..settings import ChaosSettings
+    from .swarm_attach import AttachedSwarm
     from .swarm_nodes import LocalSwarm
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -53,7 +54,9 @@ class SwarmProject(ComposeProject):
 
     kind = "swarm stack"
 
-    def __init__(self, name: str, cluster: LocalSwarm, journal: Journal | None = None) -> None:
+    def __init__(
+        self, name: str, cluster: LocalSwarm | AttachedSwarm, journal: Journal | None = None
+    ) -> None:
         super().__init__(name, client=cluster.manager(), journal=journal)
         self.cluster = cluster
         self._relays: dict[tuple[str, int, str], Relay] = {}
@@ -209,7 +212,13 @@ class SwarmProject(ComposeProject):
             if task.node in self.cluster.unavailable:
                 return False
             try:
-                attrs = self.cluster.client(task.node).containers.get(task.container_id).attrs
+                engine = self.cluster.client(task.node)
+            except UnknownService:
+                # An attached swarm's node whose engine was not given: the managers'
+                # "running" stands (Swarm holds a task in "starting" until it is healthy).
+                continue
+            try:
+                attrs = engine.containers.get(task.container_id).attrs
             except Exception:  # noqa: BLE001 - its node does not answer
                 return False
             if not _is_healthy(attrs):
@@ -224,6 +233,8 @@ class SwarmProject(ComposeProject):
             return False
 
     def relay(self, name: str, port: int, protocol: str) -> tuple[str, int]:
+        if self.cluster.hub is None:  # an attached swarm: its nodes' addresses are reachable
+            return self._published_address(name, port, protocol)
         key = (name, port, protocol)
         with self._relays_lock:
             relay = self._relays.get(key)
@@ -262,6 +273,24 @@ class SwarmService(Service):
 
     def engine(self) -> docker.DockerClient:
         return self.swarm.cluster.client(self.node)
+
+    def init_pid(self) -> int:
+        """The task's first process, as this machine's kernel shows it; a task of an
+        attached swarm on another machine is refused naming its node."""
+        pid = super().init_pid()
+        if self.swarm.cluster.hub is None:
+            from ..errors import UnsafeTarget
+            from . import linux
+
+            try:
+                linux.check_pid(pid, self.container_id)
+            except UnsafeTarget:
+                raise ConfigurationError(
+                    f"task {self.label!r} runs on swarm node {self.node!r}, whose processes "
+                    "this machine's kernel does not show: faults act through the kernel, "
+                    "so run pytest (as root) on that node's machine to act on its tasks."
+                ) from None
+        return pid
 
     def restart_policy(self) -> str:
         """Swarm's restart condition (any, on-failure, none): Swarm, not the

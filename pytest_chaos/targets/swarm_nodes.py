@@ -108,8 +108,47 @@ class Node:
         return Path(self.run_dir) / "dockerd.log"
 
 
+class ClusterView:
+    """What every swarm backend answers from its managers: which nodes are ready, which
+    one leads, a node by name. Subclasses give ``nodes`` and ``manager()``."""
+
+    nodes: list[Any]
+
+    def manager(self) -> docker.DockerClient:
+        raise NotImplementedError
+
+    def ready_nodes(self) -> set[str]:
+        """The nodes the managers see as ready."""
+        try:
+            listed = self.manager().nodes.list()
+        except Exception:  # noqa: BLE001 - not formed yet, or no leader at this moment
+            return set()
+        return {
+            str(n.attrs["Description"]["Hostname"])
+            for n in listed
+            if n.attrs.get("Status", {}).get("State") == "ready"
+        }
+
+    def leader(self) -> str | None:
+        """The node whose manager leads the swarm's Raft now (None: no leader now)."""
+        with contextlib.suppress(Exception):  # no manager answers, or an election
+            for listed in self.manager().nodes.list():
+                if (listed.attrs.get("ManagerStatus") or {}).get("Leader"):
+                    return str(listed.attrs["Description"]["Hostname"])
+        return None
+
+    def node(self, name: str) -> Any:
+        found = next((n for n in self.nodes if n.name == name), None)
+        if found is None:
+            raise ConfigurationError(
+                f"the swarm has no node {name!r}; "
+                f"its nodes: {', '.join(n.name for n in self.nodes)}."
+            )
+        return found
+
+
 @dataclass
-class LocalSwarm:
+class LocalSwarm(ClusterView):
     """``size`` engines on this machine forming one Swarm: the first ``managers`` are
     managers (three keep a quorum when any one node is cut off or lost), the rest
     workers. :meth:`up` brings it up, :meth:`down` removes every trace of it."""
@@ -308,15 +347,6 @@ class LocalSwarm:
         self.crashed.discard(name)
         self.unavailable.discard(name)
 
-    def node(self, name: str) -> Node:
-        found = next((n for n in self.nodes if n.name == name), None)
-        if found is None:
-            raise ConfigurationError(
-                f"the swarm has no node {name!r}; "
-                f"its nodes: {', '.join(n.name for n in self.nodes)}."
-            )
-        return found
-
     def _form_swarm(self, timeout: float) -> None:
         first = self.client(self.nodes[0].name)
         first.swarm.init(
@@ -371,26 +401,6 @@ class LocalSwarm:
                 if client.info().get("Swarm", {}).get("ControlAvailable"):
                     return client
         raise StackStartError("no manager of the local swarm answers.")
-
-    def ready_nodes(self) -> set[str]:
-        """The nodes the managers see as ready."""
-        try:
-            listed = self.manager().nodes.list()
-        except Exception:  # noqa: BLE001 - not formed yet, or no leader at this moment
-            return set()
-        return {
-            str(n.attrs["Description"]["Hostname"])
-            for n in listed
-            if n.attrs.get("Status", {}).get("State") == "ready"
-        }
-
-    def leader(self) -> str | None:
-        """The node whose manager leads the swarm's Raft now (None: no leader now)."""
-        with contextlib.suppress(Exception):  # no manager answers, or an election
-            for listed in self.manager().nodes.list():
-                if (listed.attrs.get("ManagerStatus") or {}).get("Leader"):
-                    return str(listed.attrs["Description"]["Hostname"])
-        return None
 
     def load_images(self, names: list[str]) -> None:
         """Copy ``names`` from this host's engine into every node, in one archive for

@@ -95,3 +95,25 @@ def test_the_swarm_backend_without_a_stack_file_says_how_to_name_one(pytester):
          "chaos_swarm_stack_file or --chaos-swarm-stack-file.*"]
     )  # fmt: skip
     assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--chaos-swarm-manager=tcp://10.0.0.5:2376"],
+         "*--chaos-swarm-manager attaches the swarm backend: add --chaos-backend swarm.*"),
+        (["--chaos-backend=swarm", "--chaos-swarm-manager=tcp://10.0.0.5:2376"],
+         "*--chaos-swarm-manager: name the deployed stack*--chaos-swarm-stack NAME.*"),
+        (["--chaos-backend=swarm", "--chaos-swarm-stack=shop"],
+         "*--chaos-swarm-stack applies to an attached swarm: add --chaos-swarm-manager URL.*"),
+        (["--chaos-backend=swarm", "--chaos-swarm-manager=unix:///x", "--chaos-swarm-stack=s",
+          "--chaos-swarm-engine=node2"],
+         "*--chaos-swarm-engine: 'node2' is not NODE=URL (e.g. node2=tcp://10.0.0.6:2376).*"),
+    ],
+    ids=["without-swarm", "without-stack", "stack-alone", "bad-engine"],
+)  # fmt: skip
+def test_attaching_a_swarm_checks_its_settings_before_anything(pytester, args, message):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
