@@ -4,6 +4,8 @@
   plane, gossip and overlay traffic alike); clients still reach it, so a task it keeps
   running after Swarm replaced it elsewhere serves beside its replacement: a split
   brain. Undo: the rules go, and Swarm converges.
+- ``chaos.split_cluster(group)``: the nodes of ``group`` cut off from all the others:
+  the cluster in two parts, each whole within itself.
 - ``chaos.crash_node(node)``: the node loses its power: its engine, containerd and
   tasks are killed together. Undo: it boots again and rejoins the swarm.
 - ``chaos.freeze_node(node)``: the node hangs, engine and tasks together (cgroup
@@ -20,8 +22,8 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from ..chaos import Chaos
     from ..targets.swarm_nodes import LocalSwarm, Node
 
-__all__ = ["crash_node", "freeze_node", "partition_node", "swarm_nodes"]
+__all__ = ["crash_node", "freeze_node", "partition_node", "split_cluster", "swarm_nodes"]
 
 
 def _cluster(chaos: Chaos) -> LocalSwarm:
@@ -172,6 +174,58 @@ def _undo_partition(data: dict[str, Any]) -> str:
     except UnsafeTarget:
         return "the node's namespace is gone, and its rules with it"
     return f"removed nft table {data['table']}" if removed else "the table was already gone"
+
+
+@dataclass
+class SplitHandle(FaultHandle):
+    """The cluster split in two: each node of ``group`` cut off from each of ``rest``."""
+
+    group: tuple[str, ...] = ()
+    rest: tuple[str, ...] = ()
+    parts: list[NodePartitionHandle] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"split the swarm: {', '.join(self.group)} | {', '.join(self.rest)}"
+
+    def measure_effect(self) -> Effect:
+        dropped = [p.dropped() for p in self.parts]
+        if all(dropped):
+            return Effect(True, f"{sum(dropped)} packet(s) between the two sides dropped")
+        quiet = [p.target for p, n in zip(self.parts, dropped, strict=True) if not n]
+        return Effect(False, f"no packet dropped between {', '.join(quiet)} and the other side")
+
+
+@contextmanager
+def split_cluster(
+    cluster: LocalSwarm, group: list[str], *, journal: Any = None
+) -> Iterator[SplitHandle]:
+    """Split the swarm in two: every node of ``group`` is cut off from every node not
+    in it (each side still talks within itself). The side with the managers' majority
+    carries on; the other cannot."""
+    if isinstance(group, str) or not group:
+        raise ConfigurationError(
+            f"split_cluster takes a non-empty list of node names, not {group!r}."
+        )
+    names = [cluster.node(n).name for n in group]
+    rest = [n.name for n in cluster.nodes if n.name not in names]
+    if not rest:
+        raise ConfigurationError("split_cluster: every node is in the group; nothing to split.")
+    handle = SplitHandle(
+        kind="split_cluster", target=" | ".join((", ".join(names), ", ".join(rest))),
+        group=tuple(names), rest=tuple(rest),
+    )  # fmt: skip
+    with ExitStack() as stack:
+        for name in names:
+            handle.parts.append(
+                stack.enter_context(partition_node(cluster, name, journal=journal, peers=rest))
+            )
+        handle.applied_at = time.monotonic()
+        try:
+            yield handle
+        finally:
+            handle.keep_effect()
+            stack.close()
+            handle.lifted_at = handle.undone_at = time.monotonic()
 
 
 # -- freeze ------------------------------------------------------------------------------
@@ -355,6 +409,13 @@ def _chaos_partition_node(
     """Cut swarm node ``node`` off from the other nodes (or from ``peers`` only)."""
     cluster = _cluster(chaos)
     return partition_node(cluster, node, journal=chaos.project.journal, peers=peers)
+
+
+@fault("split_cluster")
+def _chaos_split_cluster(chaos: Chaos, group: list[str]) -> AbstractContextManager[SplitHandle]:
+    """Split the swarm in two: the nodes of ``group`` from all the others."""
+    cluster = _cluster(chaos)
+    return split_cluster(cluster, group, journal=chaos.project.journal)
 
 
 @fault("freeze_node")

@@ -31,8 +31,7 @@ if TYPE_CHECKING:
 
     from ..journal import Journal
     from ..settings import ChaosSettings
-    from .swarm_attach import AttachedSwarm
-    from .swarm_nodes import LocalSwarm
+    from .swarm_nodes import ClusterView, LocalSwarm
 
 STACK_LABEL = "com.docker.stack.namespace"
 TASK_SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -54,9 +53,7 @@ class SwarmProject(ComposeProject):
 
     kind = "swarm stack"
 
-    def __init__(
-        self, name: str, cluster: LocalSwarm | AttachedSwarm, journal: Journal | None = None
-    ) -> None:
+    def __init__(self, name: str, cluster: ClusterView, journal: Journal | None = None) -> None:
         super().__init__(name, client=cluster.manager(), journal=journal)
         self.cluster = cluster
         self._relays: dict[tuple[str, int, str], Relay] = {}

@@ -113,8 +113,16 @@ class ClusterView:
     one leads, a node by name. Subclasses give ``nodes`` and ``manager()``."""
 
     nodes: list[Any]
+    #: The namespace joining a local swarm's nodes (None: their addresses are reachable).
+    hub: str | None
+    #: Nodes a fault cut off, froze or crashed now, and those crashed.
+    unavailable: set[str]
+    crashed: set[str]
 
     def manager(self) -> docker.DockerClient:
+        raise NotImplementedError
+
+    def client(self, node: str) -> docker.DockerClient:
         raise NotImplementedError
 
     def ready_nodes(self) -> set[str]:
@@ -170,6 +178,8 @@ class LocalSwarm(ClusterView):
     unavailable: set[str] = field(default_factory=set)
     #: Nodes crashed now (:meth:`crash`): no engine listens there.
     crashed: set[str] = field(default_factory=set)
+    #: The hub namespace's name (set from the run id).
+    hub: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         if not 1 <= self.size <= 9:

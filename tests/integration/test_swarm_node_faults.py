@@ -13,7 +13,13 @@ import pytest
 from swarm_owner import kill_9_once_in_force
 
 from pytest_chaos import wait_for_recovery
-from pytest_chaos.faults.swarm import _is_frozen, crash_node, freeze_node, partition_node
+from pytest_chaos.faults.swarm import (
+    _is_frozen,
+    crash_node,
+    freeze_node,
+    partition_node,
+    split_cluster,
+)
 from pytest_chaos.journal import Journal, new_run_id
 from pytest_chaos.targets import swarm_nodes
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
@@ -98,6 +104,32 @@ def test_a_crashed_node_is_lost_and_rejoins_once_booted(cluster, record_property
     record_property("node_ready_after_boot_s", round(ready.recovery_time_s, 3))
     record_property("node_boot_s", round(crashed.undone_at - crashed.lifted_at, 3))
     assert cluster.unavailable == set()
+
+
+def test_a_cluster_split_in_two_carries_on_on_the_majority_side(tmp_path, record_property):
+    journal = Journal(tmp_path, new_run_id())
+    four = LocalSwarm(journal.run_id, size=4, managers=3, journal=journal)
+    try:
+        four.up()
+        # node1 (a manager) and node4 (a worker) against node2 and node3, the
+        # managers' majority.
+        with split_cluster(four, ["node1", "node4"], journal=journal) as split:
+            assert [p.target for p in split.parts] == ["node1", "node4"]
+            assert all(p.peers == ("node2", "node3") for p in split.parts)
+            majority = wait_for_recovery(
+                lambda: four.ready_nodes() == {"node2", "node3"}, timeout=90, interval=0.2,
+                what="the majority side seeing node1 and node4 down",
+            )  # fmt: skip
+            assert split.effect().took, split.effect()
+        healed = wait_for_recovery(
+            lambda: four.ready_nodes() == {"node1", "node2", "node3", "node4"}, timeout=90,
+            interval=0.2, what="all four nodes ready after the heal",
+        )  # fmt: skip
+        assert [e.kind for e in journal.entries()] == ["swarm-cluster"]
+    finally:
+        four.down()
+    record_property("split_minority_down_s", round(majority.recovery_time_s, 3))
+    record_property("split_all_ready_after_heal_s", round(healed.recovery_time_s, 3))
 
 
 def swarm_nodes_netns(cluster: LocalSwarm, node: str):
