@@ -229,15 +229,13 @@ class SwarmProject(ComposeProject):
         except Exception:  # noqa: BLE001 - asked while a manager is being elected
             return False
 
-    def relay(self, name: str, port: int, protocol: str) -> tuple[str, int]:
-        if self.cluster.hub is None:  # an attached swarm: its nodes' addresses are reachable
-            return self._published_address(name, port, protocol)
+    def relay(self, name: str, port: int, protocol: str, hub: str) -> tuple[str, int]:
         key = (name, port, protocol)
         with self._relays_lock:
             relay = self._relays.get(key)
             if relay is None:
                 relay = self._relays[key] = Relay(
-                    lambda: self._published_address(name, port, protocol), self.cluster.hub
+                    lambda: self._published_address(name, port, protocol), hub
                 )
         return "127.0.0.1", relay.port
 
@@ -350,8 +348,11 @@ class SwarmService(Service):
     def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
         """Where the host reaches ``port`` of the service: a relay on loopback to the
         node that runs its task now (it follows the task to another node)."""
-        self.swarm._published_address(self.name, port, protocol)  # refuses a port not published
-        return self.swarm.relay(self.name, port, protocol)
+        address = self.swarm._published_address(self.name, port, protocol)  # or refused
+        hub = self.swarm.cluster.hub
+        if hub is None:  # an attached swarm: its nodes' addresses are reachable
+            return address
+        return self.swarm.relay(self.name, port, protocol, hub)
 
     def is_healthy(self) -> bool:
         return self.swarm.converged(self.name)

@@ -7,11 +7,9 @@ a local one made by this module, standing in for one made by somebody else."""
 from __future__ import annotations
 
 import pytest
-from test_swarm_nodes import TINY, _tiny_image
+from test_swarm_nodes import deploy_sleepers
 
-from pytest_chaos import wait_for_recovery
 from pytest_chaos.journal import Journal, new_run_id
-from pytest_chaos.targets.swarm import STACK_LABEL, SwarmProject
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -53,27 +51,8 @@ def swarm(tmp_path_factory):
     cluster = LocalSwarm(journal.run_id, size=3, journal=journal)
     try:
         cluster.up()
-        for node in cluster.nodes:
-            cluster.client(node.name).api.import_image_from_data(
-                _tiny_image(), repository=TINY.split(":")[0], tag="1"
-            )
-        from docker.types import EndpointSpec, RestartPolicy, ServiceMode
-
-        stack = f"theirs{journal.run_id}"
-        cluster.manager().services.create(
-            TINY, ["/sleep", "3600"], name=f"{stack}_sleeper",
-            mode=ServiceMode("replicated", replicas=3),
-            endpoint_spec=EndpointSpec(mode="dnsrr"),
-            restart_policy=RestartPolicy(condition="any", delay=0),
-            # One task per node, so that node3 has one.
-            maxreplicas=1,
-            labels={STACK_LABEL: stack}, container_labels={STACK_LABEL: stack},
-        )  # fmt: skip
-        project = SwarmProject(stack, cluster)
-        wait_for_recovery(
-            lambda: project.converged("sleeper"), timeout=60, interval=0.2,
-            what="three sleeper tasks running",
-        )  # fmt: skip
+        # One task per node, so that node3 has one.
+        project = deploy_sleepers(cluster, f"theirs{journal.run_id}", maxreplicas=1)
         yield cluster, project
     finally:
         cluster.down()

@@ -75,6 +75,33 @@ def _tiny_image() -> bytes:
     return buffer.getvalue()
 
 
+def deploy_sleepers(cluster: LocalSwarm, stack: str, **options):
+    """A stack ``stack`` of one service, ``sleeper``: three replicas of the tiny image
+    on ``cluster`` (extra service ``options`` go to the SDK), once they all run."""
+    from docker.types import EndpointSpec, RestartPolicy, ServiceMode
+
+    from pytest_chaos import wait_for_recovery
+    from pytest_chaos.targets.swarm import STACK_LABEL, SwarmProject
+
+    for node in cluster.nodes:
+        cluster.client(node.name).api.import_image_from_data(
+            _tiny_image(), repository=TINY.split(":")[0], tag="1"
+        )
+    cluster.manager().services.create(
+        TINY, ["/sleep", "3600"], name=f"{stack}_sleeper",
+        mode=ServiceMode("replicated", replicas=3),
+        endpoint_spec=EndpointSpec(mode="dnsrr"),
+        restart_policy=RestartPolicy(condition="any", delay=0),
+        labels={STACK_LABEL: stack}, container_labels={STACK_LABEL: stack}, **options,
+    )  # fmt: skip
+    project = SwarmProject(stack, cluster, cluster.journal)
+    wait_for_recovery(
+        lambda: project.converged("sleeper"), timeout=60, interval=0.2,
+        what="three sleeper tasks running",
+    )  # fmt: skip
+    return project
+
+
 def test_three_engines_form_a_swarm_whose_tasks_are_ours_and_leave_nothing_behind(
     tmp_path, record_property
 ):

@@ -8,14 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_swarm_nodes import TINY, _tiny_image
+from test_swarm_nodes import deploy_sleepers
 
-from pytest_chaos import wait_for_recovery
 from pytest_chaos.chaos import Chaos
 from pytest_chaos.errors import ChaosError, ConfigurationError, UnknownService
 from pytest_chaos.journal import Journal, new_run_id
 from pytest_chaos.targets import linux
-from pytest_chaos.targets.swarm import STACK_LABEL, SwarmProject
+from pytest_chaos.targets.swarm import SwarmProject
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -27,25 +26,7 @@ def project(tmp_path_factory):
     cluster = LocalSwarm(journal.run_id, size=3, journal=journal)
     try:
         cluster.up()
-        for node in cluster.nodes:
-            cluster.client(node.name).api.import_image_from_data(
-                _tiny_image(), repository=TINY.split(":")[0], tag="1"
-            )
-        from docker.types import EndpointSpec, RestartPolicy, ServiceMode
-
-        stack = f"tasks{journal.run_id}"
-        cluster.manager().services.create(
-            TINY, ["/sleep", "3600"], name=f"{stack}_sleeper",
-            mode=ServiceMode("replicated", replicas=3),
-            endpoint_spec=EndpointSpec(mode="dnsrr"),
-            restart_policy=RestartPolicy(condition="any", delay=0),
-            labels={STACK_LABEL: stack}, container_labels={STACK_LABEL: stack},
-        )  # fmt: skip
-        made = SwarmProject(stack, cluster, journal)
-        wait_for_recovery(
-            lambda: made.converged("sleeper"), timeout=60, interval=0.2,
-            what="three sleeper tasks running",
-        )  # fmt: skip
+        made = deploy_sleepers(cluster, f"tasks{journal.run_id}")
         yield made
     finally:
         cluster.down()
