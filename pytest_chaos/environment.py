@@ -16,6 +16,7 @@ from .errors import ChaosError
 class Environment:
     root: bool
     docker: str  # "docker 20.10.24 (API 1.41)" or why it is not reachable
+    engine: str  # which engine, and whether its pids are this kernel's (see targets.engine)
     cgroup: str  # "v1 (hybrid)", "v2", or why it is unknown
     bpf: str  # "bcc loads programs" or why not
     bpf_ok: bool
@@ -25,6 +26,7 @@ class Environment:
     def header_lines(self) -> list[str]:
         return [
             f"pytest-chaos: backend {self.docker}; root {'yes' if self.root else 'no'}",
+            f"pytest-chaos: {self.engine}",
             f"pytest-chaos: kernel {os.uname().release}: cgroup {self.cgroup}; "
             f"BPF {self.bpf}; netem {self.netem}",
         ]
@@ -37,9 +39,11 @@ def environment() -> Environment:
     root = os.geteuid() == 0
     support = bpf_support()
     netem_ok, netem = _netem(root)
+    docker, engine = _docker()
     return Environment(
         root=root,
-        docker=_docker(),
+        docker=docker,
+        engine=engine,
         cgroup=_cgroup(),
         bpf="available (bcc)" if support.available else f"unavailable: {support.reason}",
         bpf_ok=support.available,
@@ -48,16 +52,22 @@ def environment() -> Environment:
     )
 
 
-def _docker() -> str:
+def _docker() -> tuple[str, str]:
+    """The Docker version, and which engine it is (whether its pids are ours)."""
     from .targets.compose import docker_client
+    from .targets.engine import engine_url, identify
 
     try:
         client = docker_client()
     except ChaosError as exc:
-        return f"Docker unreachable: {exc}"
+        return f"Docker unreachable: {exc}", f"engine {engine_url()}: unreachable"
     with contextlib.closing(client):
         version = client.version()
-    return f"docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})"
+        try:
+            engine = identify(client).describe()
+        except ChaosError as exc:
+            engine = f"engine {engine_url()}: {exc}"
+    return f"docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})", engine
 
 
 def _cgroup() -> str:

@@ -5,12 +5,14 @@ and what to do about it. The tree:
     ├── ConfigurationError          bad arguments to a fault or helper (also ValueError)
     │   └── UnknownFault            chaos.<name> names no registered fault (also AttributeError)
     ├── EnvironmentProblem          the machine cannot do what was asked
-    │   ├── DockerUnavailable       no Docker daemon to talk to
-    │   └── PermissionProblem       root (or a capability) is needed
+    │   ├── DockerUnavailable       no Docker daemon to talk to (or not the one named)
+    │   ├── PermissionProblem       root (or a capability) is needed
+    │   └── RemoteEngine            the engine's pids are not this kernel's (dind, a VM...)
     ├── TargetError                 the target cannot be resolved or is not ours
     │   ├── UnknownService          no such service in the compose project
     │   ├── ForeignTarget           the container belongs to another project
     │   └── UnsafeTarget            a pid or namespace that must never be touched
+    │       └── TargetStopped       the container has no running process to act on
     ├── FaultError                  applying or undoing a fault failed
     │   ├── FaultVanished           a fault was gone before its undo (someone removed it)
     │   └── UndoFailed              one or more undos failed (all were attempted)
@@ -47,6 +49,12 @@ class PermissionProblem(EnvironmentProblem, PermissionError):
     """The operation needs privileges this process does not have."""
 
 
+class RemoteEngine(EnvironmentProblem):
+    """The Docker engine does not run its containers on this kernel and pid namespace
+    (an engine in a container, a VM or on another machine): faults that act through
+    the kernel cannot reach them, and its pids would name other processes here."""
+
+
 class TargetError(ChaosError):
     """A target could not be resolved to something safe to act on."""
 
@@ -61,6 +69,11 @@ class ForeignTarget(TargetError):
 
 class UnsafeTarget(TargetError):
     """A pid or namespace that pytest-chaos refuses to touch."""
+
+
+class TargetStopped(UnsafeTarget):
+    """The container is not running: it has no process, namespace or cgroup to act
+    on (and whatever a fault put there went with them)."""
 
 
 class FaultError(ChaosError):

@@ -89,30 +89,39 @@ class FaultHandle:
 
 
 def journaled_service(data: dict[str, Any]) -> Service:
-    """The service a journal entry names (it may since have stopped or gone)."""
+    """The service a journal entry names (it may since have stopped or gone), on the
+    engine the entry was written against: DockerUnavailable, and nothing undone, when
+    that engine cannot be reached (another engine is never asked)."""
     from ..targets.compose import ComposeProject, Service
+    from ..targets.engine import client_for
 
-    project = ComposeProject(str(data["project"]))
+    engine_id = data.get("engine_id")
+    client, url = client_for(
+        str(engine_id) if engine_id else None, str(data.get("engine_url") or "") or None
+    )
+    project = ComposeProject(str(data["project"]), client=client, url=url)
     return Service(project, str(data["service"]), str(data["container_id"]))
 
 
 def running_pid(service: Service) -> int | None:
-    """The container's first process, or None when it is stopped or removed (its
-    namespaces, and whatever a fault put in them, went with it)."""
-    from ..errors import UnknownService, UnsafeTarget
+    """The container's first process (proved to be its process on this kernel), or
+    None when the container is stopped or removed (its namespaces, and whatever a
+    fault put in them, went with it). Anything short of that proof raises."""
+    from ..errors import TargetStopped, UnknownService
 
     try:
         return service.init_pid()
-    except (UnknownService, UnsafeTarget):
+    except (UnknownService, TargetStopped):
         return None
 
 
 def target_data(service: Service) -> dict[str, Any]:
-    """What a journal undo needs to find ``service`` again."""
+    """What a journal undo needs to find ``service`` again, on the same engine."""
     return {
         "project": service.project.name,
         "service": service.name,
         "container_id": service.container_id,
+        **service.project.engine_record(),
     }
 
 

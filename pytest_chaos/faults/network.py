@@ -350,22 +350,23 @@ def sweep_tables(client: Any, dead_runs: Mapping[str, Collection[str]]) -> list[
     journal's, are left alone. Returns a line per table removed, per table left
     alone, and per container skipped (e.g. one on the host's network)."""
     from ..targets.compose import PROJECT_LABEL, SERVICE_LABEL
+    from ..targets.engine import prove
 
     said = []
     projects = sorted({p for touched in dead_runs.values() for p in touched})
     for project in projects:
         containers = client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"})
         for container in containers:
-            pid = int(container.attrs["State"].get("Pid") or 0)
             name = f"{project}/{container.labels.get(SERVICE_LABEL, container.name)}"
-            if pid <= 1:
-                continue
             try:
+                # Only a pid proved to be the container's here (not a remote engine's
+                # number, which names another process on this machine).
+                pid = prove(container.attrs)
                 with open_netns(pid, name) as ns:
                     said += _sweep_namespace(ns, name, project, dead_runs)
             except ChaosError as exc:
-                # Not ours to enter (the host's namespace, a process gone meanwhile):
-                # nothing of ours can be there.
+                # Not ours to enter (the host's namespace, a process gone meanwhile, a
+                # pid not proved the container's): nothing we may touch is there.
                 said.append(f"skipped {name}: {exc}")
     return said
 

@@ -21,7 +21,7 @@ from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets.compose import Service
-from .base import Effect, FaultHandle, journaled, journaled_service, running_pid
+from .base import Effect, FaultHandle, journaled, journaled_service
 
 if TYPE_CHECKING:
     import psycopg
@@ -201,7 +201,7 @@ def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[Hog
 @undoer("pg-hog")
 def _undo_hog(data: dict[str, Any]) -> str:
     service = journaled_service(data)
-    if running_pid(service) is None:
+    if not service.state().get("Running"):  # asked of the entry's own engine
         return "PostgreSQL is not running; its connections are gone"
     name = str(data["application_name"])
     if not re.fullmatch(r"pytest_chaos_hog_[0-9a-z]+", name):

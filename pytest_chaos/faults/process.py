@@ -190,8 +190,7 @@ def send_signal(
         ) from None
     try:
         # Checked after pinning: the pidfd refers to this very process from now on.
-        service.pinned()  # refuses a container outside the project
-        linux.check_pid(pid, service.container_id)
+        service.own_pid(pid)  # the engine's pids are ours, and this one is the container's
         name, started = linux.comm(pid), linux.start_time(pid)
         try:
             _signal.pidfd_send_signal(pidfd, sig)
@@ -255,7 +254,7 @@ def kill(
         chosen = linux.main_process(service.init_pid())
     else:
         chosen = linux.top_process_named(service.pids(), process)
-    pid = linux.check_pid(chosen, service.container_id)
+    pid = service.own_pid(chosen)
     description = f"kill {service.label} {sig.name} (pid {pid})"
     signalled_at = time.time()
     with journaled(service, "kill", description, {"signal": sig.name, "pid": pid}) as undone:
@@ -278,7 +277,7 @@ def kill(
             if sig in _STOPPING:
                 # If it died meanwhile, the health wait below brings it back.
                 with contextlib.suppress(UnsafeTarget):
-                    os.kill(linux.check_pid(pid, service.container_id), _signal.SIGCONT)
+                    os.kill(service.own_pid(pid), _signal.SIGCONT)
             elif process is None and not signals.lifting():
                 # The main process: let Docker see the container stop first.
                 _await_consequence(service, pid, started_before)
@@ -424,7 +423,7 @@ def _undo_kill(data: dict[str, Any]) -> str:
         return "its container is gone; nothing to undo"
     if parse_signal(str(data["signal"])) in _STOPPING:
         with contextlib.suppress(UnsafeTarget):
-            os.kill(linux.check_pid(int(data["pid"]), service.container_id), _signal.SIGCONT)
+            os.kill(service.own_pid(int(data["pid"])), _signal.SIGCONT)
     _start_if_stopped(service)
     return f"{service.name} is {service.ensure_running_and_healthy(timeout=60.0)}".replace(
         "still-running", "running"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, EnvironmentProblem, FaultError
+from ..errors import ConfigurationError, EnvironmentProblem, FaultError, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets import linux
@@ -488,13 +488,41 @@ _V2_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "writ
 
 
 def data_path(service: Service) -> str:
-    """Where the service keeps its data on the host: its first volume or bind mount,
-    else Docker's own data root."""
-    mounts = service.container().attrs.get("Mounts") or []
-    for mount in mounts:
-        if mount.get("Source"):
-            return str(mount["Source"])
-    return str(service.project.client.info().get("DockerRootDir", "/var/lib/docker"))
+    """Where the service keeps its data, as a path of this machine: its first volume
+    or bind mount, else Docker's own data root. The engine names these paths in its
+    own mount namespace; each is used only once it is proved to be, here, the very
+    directory the container has mounted (the same file seen through the container's
+    own root), never by its name alone: a remote engine's volume path names some
+    other directory here."""
+    pid = service.init_pid()
+    for mount in service.pinned().get("Mounts") or []:
+        source, inside = mount.get("Source"), mount.get("Destination")
+        if not source or not inside:
+            continue
+        if _same_file(str(source), f"/proc/{pid}/root{inside}"):
+            return str(source)
+        raise UnsafeTarget(
+            f"the engine says {service.label}'s {inside} is {source}, but {source} on this "
+            "machine is not the directory the container has mounted there (the engine's "
+            "paths are not this machine's): pass path= a directory of this machine."
+        )
+    root = str(service.project.client.info().get("DockerRootDir", "/var/lib/docker"))
+    # The container's runtime (its parent, a containerd shim) sees the engine's paths.
+    if _same_file(root, f"/proc/{linux.parent(pid)}/root{root}"):
+        return root
+    raise UnsafeTarget(
+        f"{service.label} has no volume, and the engine's data root {root} is not this "
+        "machine's directory of that name: pass path= a directory of this machine."
+    )
+
+
+def _same_file(ours: str, theirs: str) -> bool:
+    """Whether two paths name one file (device and inode), as far as both exist."""
+    try:
+        a, b = os.stat(ours), os.stat(theirs)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 @contextmanager
@@ -584,6 +612,9 @@ def io_contention(
     stress = shutil.which("stress-ng")
     if stress is None:
         raise EnvironmentProblem("stress-ng is not installed: apt-get install stress-ng.")
+    # The contention is on this machine's disks: the service's only if its engine
+    # runs it here (refused in one sentence otherwise, even with a path given).
+    service.init_pid()
     base = Path(path or data_path(service))
     parent = base if base.is_dir() else base.parent
     journal = service.project.journal

@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    ChaosError,
     DockerUnavailable,
     ForeignTarget,
     RecoveryTimeout,
+    TargetStopped,
     UnknownService,
     UnsafeTarget,
 )
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
 from . import linux
+from .engine import Engine, engine_url, identify, judge, proof_error
 
 if TYPE_CHECKING:
     import docker
@@ -32,12 +35,17 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 
 
-def docker_client() -> docker.DockerClient:
+def docker_client(url: str | None = None) -> docker.DockerClient:
+    """A client of the engine at ``url`` (default: DOCKER_HOST, else the local socket;
+    the docker CLI's TLS variables apply), checked to answer."""
+    import os
+
     import docker
     from docker.errors import DockerException
 
+    environment = dict(os.environ) if url is None else {**os.environ, "DOCKER_HOST": url}
     try:
-        client = docker.from_env(timeout=30)
+        client = docker.from_env(timeout=30, environment=environment)
         client.ping()
     except DockerException as exc:
         if "Permission denied" in str(exc):
@@ -63,15 +71,32 @@ class ComposeProject:
         name: str,
         client: docker.DockerClient | None = None,
         journal: Journal | None = None,
+        url: str | None = None,
     ) -> None:
         self.name = name
-        self.client = client if client is not None else docker_client()
+        self.client = client if client is not None else docker_client(url)
+        #: Where the engine is reached (for messages and the journal).
+        self.url = url or engine_url()
+        self._engine: Engine | None = None
         #: Where faults on this project record themselves before applying (None: they
         #: are not crash-safe; the chaos fixture's project always has one).
         self.journal = journal
         self._pins: dict[str, Pin] = {}
         self._services: dict[str, Service] = {}
         self._pins_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the project runs on, and whether its pids are this kernel's
+        (asked once: see :mod:`.engine`)."""
+        if self._engine is None:
+            self._engine = identify(self.client, self.url)
+        return self._engine
+
+    def engine_record(self) -> dict[str, str]:
+        """What a journal entry records of the engine, so that only that engine is
+        asked to undo it."""
+        return {"engine_id": self.engine.id, "engine_url": self.url}
 
     def containers(self) -> list[Container]:
         """Every container of the project, running or not."""
@@ -224,22 +249,62 @@ class Service:
         return attrs
 
     def remember(self, attrs: dict[str, Any]) -> None:
-        """Pin ``attrs``, Docker's answer for this container just now, if it runs."""
+        """Pin ``attrs``, Docker's answer for this container just now, if its first
+        process is proved to be the container's on this kernel (see :mod:`.engine`)."""
         pid = int(attrs["State"].get("Pid") or 0)
-        if not attrs["State"].get("Running") or pid <= 1:
+        if proof_error(attrs) is not None:
             return
         start = linux.start_time(pid)
-        with contextlib.suppress(UnsafeTarget):
-            if start and linux.check_pid(pid, self.container_id):
-                with self.project._pins_lock:
-                    self.project._pins[self.container_id] = Pin(attrs, pid, start)
+        if start:
+            with self.project._pins_lock:
+                self.project._pins[self.container_id] = Pin(attrs, pid, start)
 
     def init_pid(self) -> int:
-        """The host pid of the container's first process; UnsafeTarget if stopped."""
-        pid = int(self.pinned()["State"].get("Pid") or 0)
-        if pid <= 1:
-            raise UnsafeTarget(f"service {self.name!r} is not running (its container has no pid).")
-        return pid
+        """The pid of the container's first process on this kernel, proved to be that
+        process right now: the one gate every fault and probe that acts through the
+        kernel (signals, namespaces, cgroups, paths) passes. TargetStopped when it is
+        not running; RemoteEngine on an engine whose pids are not this kernel's;
+        UnsafeTarget when the pid could not be proved the container's."""
+        self.require_this_kernel()
+        attrs = self.pinned()
+        pid = int(attrs["State"].get("Pid") or 0)
+        if pid <= 1 or not attrs["State"].get("Running"):
+            raise TargetStopped(
+                f"service {self.label!r} is not running (its container has no process)."
+            )
+        pin = self.project._pins.get(self.container_id)
+        if pin is not None and pin.init_pid == pid and pin.holds():
+            return pid
+        raise self.unproved()
+
+    def require_this_kernel(self) -> None:
+        """Refuse, in one sentence, when the engine's pids are known not to be ours."""
+        engine = self.project.engine
+        if engine.local is False:
+            raise engine.refusal(f"act on {self.label!r} through this machine's kernel")
+
+    def unproved(self) -> ChaosError:
+        """The error for a running container whose pid was not proved its process
+        here: asked again, a container that restarted meanwhile is only unsafe to act
+        on now; one whose engine's pids are another namespace's refuses the engine."""
+        verdict = judge(self.engine(), self.container_id)
+        if verdict is not None:
+            self.project.engine.learn(*verdict)
+        if self.project.engine.local is False:
+            return self.project.engine.refusal(
+                f"act on {self.label!r} through this machine's kernel"
+            )
+        reason = proof_error(self.container().attrs) or "it restarted while being checked"
+        return UnsafeTarget(
+            f"service {self.label!r}: its container's first process could not be proved to "
+            f"be the one the engine reported ({reason}); try again once it runs steadily."
+        )
+
+    def own_pid(self, pid: int) -> int:
+        """``pid``, once proved a process of this container on this kernel (its engine
+        is this kernel's, and the pid's cgroup names the container)."""
+        self.init_pid()
+        return linux.check_pid(pid, self.container_id)
 
     def started_at(self) -> str:
         """When Docker started the container's current run (its State.StartedAt)."""
@@ -272,8 +337,7 @@ class Service:
 
     def main_pid(self) -> int:
         """The service's own process on the host, checked to belong to the container."""
-        pid = linux.main_process(self.init_pid())
-        return linux.check_pid(pid, self.container_id)
+        return self.own_pid(linux.main_process(self.init_pid()))
 
     def restart_policy(self) -> str:
         """The restart policy's name: no, always, on-failure, unless-stopped."""

@@ -18,10 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, RecoveryTimeout, StackStartError, UnknownService
+from ..errors import (
+    ChaosError,
+    ConfigurationError,
+    RecoveryTimeout,
+    StackStartError,
+    TargetStopped,
+    UnknownService,
+    UnsafeTarget,
+)
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
 from .compose import ComposeProject, Service, _is_healthy, split_task
+from .engine import proof_error
 from .netns import NetNamespace, in_namespace
 
 if TYPE_CHECKING:
@@ -67,6 +76,10 @@ class SwarmProject(ComposeProject):
     @property
     def manager(self) -> docker.DockerClient:
         return self.cluster.manager()
+
+    def engine_record(self) -> dict[str, str]:
+        """A swarm's entries are undone through its cluster's own journal entry."""
+        return {}
 
     def containers(self) -> list[Container]:
         """Every task container of the stack on every node, running or not."""
@@ -270,22 +283,30 @@ class SwarmService(Service):
         return self.swarm.cluster.client(self.node)
 
     def init_pid(self) -> int:
-        """The task's first process, as this machine's kernel shows it; a task of an
-        attached swarm on another machine is refused naming its node."""
-        pid = super().init_pid()
-        if self.swarm.cluster.hub is None:
-            from ..errors import UnsafeTarget
-            from . import linux
+        """The task's first process, proved to be its process on this kernel; a task
+        of an attached swarm on another machine is refused naming its node."""
+        try:
+            return super().init_pid()
+        except TargetStopped:
+            raise
+        except UnsafeTarget:
+            if self.swarm.cluster.hub is not None:  # a local swarm: its engines are ours
+                raise
+            raise ConfigurationError(
+                f"task {self.label!r} runs on swarm node {self.node!r}, whose processes "
+                "this machine's kernel does not show: faults act through the kernel, "
+                "so run pytest (as root) on that node's machine to act on its tasks."
+            ) from None
 
-            try:
-                linux.check_pid(pid, self.container_id)
-            except UnsafeTarget:
-                raise ConfigurationError(
-                    f"task {self.label!r} runs on swarm node {self.node!r}, whose processes "
-                    "this machine's kernel does not show: faults act through the kernel, "
-                    "so run pytest (as root) on that node's machine to act on its tasks."
-                ) from None
-        return pid
+    def require_this_kernel(self) -> None:
+        """Each task is proved on its own: the nodes' engines differ."""
+
+    def unproved(self) -> ChaosError:
+        reason = proof_error(self.container().attrs) or "it restarted while being checked"
+        return UnsafeTarget(
+            f"task {self.label!r}: its first process could not be proved to be the one "
+            f"its node's engine reported ({reason})."
+        )
 
     def restart_policy(self) -> str:
         """Swarm's restart condition (any, on-failure, none): Swarm, not the
