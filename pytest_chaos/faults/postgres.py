@@ -73,7 +73,15 @@ def psql(service: Service, sql: str, *, user: str = "postgres") -> str:
     raw = result.output
     output = raw.decode("utf-8", "replace").strip() if isinstance(raw, bytes) else ""
     if result.exit_code != 0:
-        raise FaultError(f"psql in {service.name} failed ({result.exit_code}): {output}")
+        # Docker's exec says 126 when it cannot run the command as that user, 127 when
+        # there is no such command; its own message may not reach the output stream.
+        hint = {
+            126: "docker exec could not run psql as user postgres there (no such user?)",
+            127: "there is no psql in that container",
+        }.get(result.exit_code, "")
+        raise FaultError(
+            f"psql in {service.name} failed ({result.exit_code}): {output or hint or 'no output'}"
+        )
     return output
 
 

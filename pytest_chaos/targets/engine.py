@@ -138,7 +138,8 @@ def judge(client: docker.DockerClient, container_id: str) -> tuple[bool, str] | 
         return None
     if not _running(attrs) or (_pid(again), _started(again)) != (_pid(attrs), _started(attrs)):
         return None
-    return False, f"container {_name(attrs)}'s pid {_pid(attrs)} is not its process here: {error}"
+    reason = error.rstrip(".")
+    return False, f"container {_name(attrs)}'s pid {_pid(attrs)} is not its process here: {reason}"
 
 
 def prove(attrs: dict[str, Any]) -> int:

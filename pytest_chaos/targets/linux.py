@@ -41,8 +41,9 @@ def check_pid(pid: object, container_id: str, *, proc: Path = Path("/proc")) -> 
         raise UnsafeTarget(f"refusing pid {pid}: no container id to check it against.")
     if container_id not in read_cgroup(pid, proc):
         raise UnsafeTarget(
-            f"refusing pid {pid}: its cgroup does not name container {container_id[:12]} "
-            "(the pid was reused or the container restarted)."
+            f"refusing pid {pid}: its cgroup does not name container {container_id[:12]}, "
+            "so it is another process (the container's process exited, or the number came "
+            "from an engine whose pids are not this kernel's)."
         )
     return pid
 
@@ -78,9 +79,10 @@ def started_wall(pid: int, proc: Path = Path("/proc")) -> float | None:
 
 #: How much earlier than Docker's StartedAt a container's first process may have been
 #: made (runc creates it, then the engine sets up its network and starts it). Measured
-#: here: 0.03-0.4 s idle, up to 1.9 s beside ``stress-ng --cpu 0`` while a whole stack
-#: starts; 30 s leaves room for a much slower machine and still tells a process that
-#: ran long before the container from its first process.
+#: here over 40 containers of the exchange started by compose: 0.41-0.59 s idle,
+#: 0.43-0.61 s beside ``stress-ng --cpu 0`` (as read by :func:`started_wall`, which
+#: reads up to 1 s early). 30 s leaves room for a far slower machine and still tells a
+#: process that ran before the container from its first process.
 CREATED_BEFORE_START_S = 30.0
 
 
