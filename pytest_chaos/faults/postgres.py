@@ -78,7 +78,7 @@ def psql(service: Service, sql: str, *, user: str = "postgres") -> str:
         hint = {
             126: "docker exec could not run psql as user postgres there (no such user?)",
             127: "there is no psql in that container",
-        }.get(result.exit_code, "")
+        }.get(result.exit_code or 0, "")
         raise FaultError(
             f"psql in {service.name} failed ({result.exit_code}): {output or hint or 'no output'}"
         )

@@ -65,6 +65,8 @@ class ComposeProject:
 
     #: What the project is, in messages.
     kind = "compose project"
+    #: The label naming the project a container belongs to.
+    project_label = PROJECT_LABEL
 
     def __init__(
         self,
@@ -90,7 +92,7 @@ class ComposeProject:
         """The engine the project runs on, and whether its pids are this kernel's
         (asked once: see :mod:`.engine`)."""
         if self._engine is None:
-            self._engine = identify(self.client, self.url)
+            self._engine = identify(self.client, self.url, f"{self.project_label}={self.name}")
         return self._engine
 
     def engine_record(self) -> dict[str, str]:

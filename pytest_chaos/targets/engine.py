@@ -92,9 +92,14 @@ class Engine:
         )
 
 
-def identify(client: docker.DockerClient, url: str | None = None) -> Engine:
+def identify(
+    client: docker.DockerClient, url: str | None = None, project_label: str | None = None
+) -> Engine:
     """Ask ``client``'s engine who it is, and judge its pids at once when it runs
-    another kernel or has a running container to prove them on."""
+    another kernel or has running containers to prove them on: those carrying
+    ``project_label`` (``label=value``) first, then any. One container proved local
+    decides local (an odd one, e.g. a gVisor sandbox, may not prove); none proved
+    and one shown not to be its process decides remote."""
     from docker.errors import DockerException
 
     try:
@@ -113,12 +118,21 @@ def identify(client: docker.DockerClient, url: str | None = None) -> Engine:
     if engine.kernel not in ("?", here):
         engine.learn(False, f"it runs kernel {engine.kernel}, this machine {here}")
         return engine
+    against: tuple[bool, str] | None = None
     with contextlib.suppress(DockerException):
-        for summary in client.api.containers(filters={"status": "running"})[:5]:
-            verdict = judge(client, str(summary["Id"]))
-            if verdict is not None:
+        ids = [
+            str(c["Id"])
+            for filters in ([{"label": project_label}] if project_label else []) + [{}]
+            for c in client.api.containers(filters={"status": "running", **filters})
+        ]
+        for container_id in list(dict.fromkeys(ids))[:5]:
+            verdict = judge(client, container_id)
+            if verdict is not None and verdict[0]:
                 engine.learn(*verdict)
-                break
+                return engine
+            against = against or verdict
+    if against is not None:
+        engine.learn(*against)
     return engine
 
 
