@@ -25,7 +25,7 @@ from ..errors import ConfigurationError, EnvironmentProblem, FaultError, UnsafeT
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..registry import fault, undoer
 from ..targets import linux
-from ..targets.cgroup import OwnCgroup, block_device, cgroup_of, own_cgroup_path
+from ..targets.cgroup import OwnCgroup, block_device, own_cgroup_path
 from ..targets.compose import Service
 from ..units import parse_size
 from .base import Effect, FaultHandle, journaled
@@ -286,7 +286,7 @@ def memory_cap(
     limit_bytes = parse_size(limit, name="memory limit")
     if limit_bytes < 4 * 2**20:
         raise ConfigurationError(f"a memory cap below 4 MiB cannot run anything, got {limit!r}.")
-    cg = cgroup_of(service.main_pid())
+    cg = service.cgroup()
     usage_file = cg.memory_usage_file()
     usage = int(usage_file.read_text())
     if cg.version == 1:
@@ -447,7 +447,7 @@ def cpu_quota(service: Service, cpus: float, *, period_us: int = 100_000) -> Ite
     if not 1000 <= period_us <= 1_000_000:
         raise ConfigurationError(f"period_us must be between 1000 and 1000000, got {period_us}.")
     quota = max(1000, round(cpus * period_us))
-    cg = cgroup_of(service.main_pid())
+    cg = service.cgroup()
     if cg.version == 1:
         quota_file = cg.path("cpu", "cpu.cfs_quota_us")
         period_file = cg.path("cpu", "cpu.cfs_period_us")
@@ -544,7 +544,7 @@ def io_throttle(
     }
     major, minor = block_device(path or data_path(service))
     device = f"{major}:{minor}"
-    cg = cgroup_of(service.main_pid())
+    cg = service.cgroup()
     apply: list[tuple[Path, str]] = []
     restore: list[tuple[Path, str]] = []
     if cg.version == 1:

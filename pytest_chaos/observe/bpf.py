@@ -412,15 +412,13 @@ def scope_of(services: Sequence[Any]) -> Scope:
     """The Scope of compose services: their addresses, their current pids (read from
     their cgroups each time), the disks holding their data, their memory cgroups."""
     from ..faults.resources import data_path
-    from ..targets.cgroup import block_device, cgroup_of
+    from ..targets.cgroup import block_device
 
     def pids() -> set[int]:
         found: set[int] = set()
         for service in services:
             with contextlib.suppress(Exception):
-                cg = cgroup_of(service.main_pid())
-                procs = cg.path("pids" if cg.version == 1 else "", "cgroup.procs")
-                found |= {int(p) for p in procs.read_text().split()}
+                found |= service.pids()
         return found
 
     devices = []
@@ -429,7 +427,7 @@ def scope_of(services: Sequence[Any]) -> Scope:
         with contextlib.suppress(Exception):
             devices.append(block_device(data_path(service)))
         with contextlib.suppress(Exception):
-            cgroups.append(cgroup_of(service.main_pid()).path("memory", "cgroup.procs").parent)
+            cgroups.append(service.cgroup().path("memory", "cgroup.procs").parent)
     namespaces = []
     for service in services:
         with contextlib.suppress(OSError):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from ..journal import Journal
+    from .cgroup import Cgroup
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -312,11 +313,16 @@ class Service:
         """When Docker started the container's current run (its State.StartedAt)."""
         return str(self.pinned()["State"].get("StartedAt") or "")
 
-    def pids(self) -> set[int]:
-        """Every process of the container now (its cgroup's members)."""
+    def cgroup(self) -> Cgroup:
+        """The container's cgroups (its first process's: every process of the
+        container is in them, whatever its init runs), proved to be this container's."""
         from .cgroup import cgroup_of
 
-        cg = cgroup_of(self.init_pid())
+        return cgroup_of(self.init_pid())
+
+    def pids(self) -> set[int]:
+        """Every process of the container now (its cgroup's members)."""
+        cg = self.cgroup()
         procs = cg.path("pids" if cg.version == 1 else "", "cgroup.procs")
         return {int(p) for p in procs.read_text().split()}
 
@@ -324,18 +330,14 @@ class Service:
         """Bytes the container's memory cgroup holds now; with ``cache=False``, without
         the page cache the kernel would reclaim before an OOM kill (size a memory cap
         from that: a cap above cached files leaves more room than it seems)."""
-        from .cgroup import cgroup_of
-
-        cg = cgroup_of(self.init_pid())
+        cg = self.cgroup()
         usage = int(cg.memory_usage_file().read_text())
         return usage if cache else max(0, usage - cg.memory_cache_bytes())
 
     def cpu_seconds(self) -> float:
         """CPU time the container's processes have used so far, in seconds (take two
         readings to get its CPU use over a window)."""
-        from .cgroup import cgroup_of
-
-        return cgroup_of(self.init_pid()).cpu_seconds()
+        return self.cgroup().cpu_seconds()
 
     def main_pid(self) -> int:
         """The service's own process on the host, checked to belong to the container."""

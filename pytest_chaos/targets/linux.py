@@ -8,6 +8,7 @@ process we may signal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -221,9 +222,16 @@ def main_process(init_pid: int, proc: Path = Path("/proc")) -> int:
         return init_pid
     kids = children(init_pid, proc)
     if len(kids) != 1:
+        names = []
+        for kid in kids:
+            with contextlib.suppress(UnsafeTarget):
+                names.append(comm(kid, proc))
+        found = f": {', '.join(sorted(set(names)))}" if names else ""
         raise UnsafeTarget(
-            f"init process {init_pid} ({comm(init_pid, proc)}) has {len(kids)} children; "
-            "expected exactly one service process."
+            f"init process {init_pid} ({comm(init_pid, proc)}) has {len(kids)} children"
+            f"{found}, so the container has no one main process: name the one to signal "
+            "with process='NAME' (as /proc/PID/comm shows it; the top process of that "
+            "name is signalled)."
         )
     return kids[0]
 

@@ -65,9 +65,14 @@ def test_main_process_without_init_is_the_first_process(tmp_path):
     assert linux.main_process(500, proc) == 500
 
 
-def test_an_init_with_several_children_is_ambiguous(tmp_path):
-    proc = _fake_proc(tmp_path, {500: ("tini", [501, 502], "")})
-    with pytest.raises(UnsafeTarget, match="has 2 children"):
+def test_an_init_with_several_children_is_ambiguous_and_says_how_to_name_one(tmp_path):
+    proc = _fake_proc(
+        tmp_path,
+        {500: ("tini", [501, 502], ""), 501: ("beam.smp", [], ""), 502: ("epmd", [], "")},
+    )
+    with pytest.raises(
+        UnsafeTarget, match=r"has 2 children: beam\.smp, epmd, .*process='NAME'"
+    ):
         linux.main_process(500, proc)
 
 
