@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import timeline
-from .errors import ConfigurationError, UndoFailed
+from .errors import ConfigurationError, FaultError, UndoFailed
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .faults.base import Effect, FaultHandle
 from .units import parse_duration
@@ -108,7 +108,15 @@ class Chaos:
         the test. This is the extension point: a fault of your own is one function."""
         stack = ExitStack()
         with timeline.applying(label or "a fault"):
-            handle = stack.enter_context(fault)
+            try:
+                handle = stack.enter_context(fault)
+            except Exception as exc:
+                # A @contextmanager's generator keeps its function's name.
+                name = getattr(getattr(fault, "gen", None), "__name__", None)
+                refused = docker_refusal(exc, str(label or name or "the fault"))
+                if refused is None:
+                    raise
+                raise refused from exc
             if self.journal is not None:
                 # In force now: a replay must not say it was never applied.
                 self.journal.mark_applied()
@@ -367,3 +375,16 @@ class Chaos:
             self.figures[KEY_FIGURE] = name
             if not self._quiet:
                 self._record(KEY_FIGURE, name)
+
+
+def docker_refusal(exc: BaseException, what: str) -> FaultError | None:
+    """The Docker SDK's error as a FaultError (an error of the tool or the engine, not
+    a failure of the system under test), or None for any other error."""
+    if not type(exc).__module__.startswith("docker."):
+        return None
+    said = getattr(exc, "explanation", None) or str(exc)
+    return FaultError(
+        f"Docker refused to apply {what}: {said}. The fault was not applied (what was "
+        "applied of it was undone); this is an error of the engine or of pytest-chaos, "
+        "not a verdict on the system."
+    )

@@ -1,8 +1,10 @@
-"""Did the fault bite? A test passes only if the system held up under a fault that
-took effect. Where a fault's own evidence says it did not (no packet dropped, no
-period throttled, the process still alive), or the test raised
-FaultDidNotTakeEffect, the verdict is "no effect": an error carrying the evidence,
-in every report, never a pass, and never a failure of the system either."""
+"""Did the fault bite, and is a failure the system's? A test passes only if the
+system held up under a fault that took effect. Where a fault's own evidence says it
+did not (no packet dropped, no period throttled, the process still alive), or the
+test raised FaultDidNotTakeEffect, the verdict is "no effect": an error carrying the
+evidence, in every report, never a pass, and never a failure of the system either.
+A test ended by an error of the tool (a fault Docker refused, a bad argument, a
+target that could not be proved) is an "error", not a failure of the system."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from .chaos import Chaos
 
 NO_EFFECT = "no effect"
+#: The verdict of a test that an error of the tool ended (not of the system).
+ERROR = "error"
 
 
 def judge_effect(
@@ -26,6 +30,11 @@ def judge_effect(
     if report.skipped and not hasattr(report, "wasxfail"):
         return  # skipped: there is no verdict to judge
     raised = excinfo.value if excinfo is not None else None
+    if report.failed and is_tool_error(raised):
+        # Not a verdict on the system: a fault that could not be applied, a bad
+        # argument, an engine that refused. An error, in every report.
+        report.chaos_verdict = ERROR  # type: ignore[attr-defined]
+        return
     if isinstance(raised, FaultDidNotTakeEffect):
         reason = str(raised)
     else:
@@ -50,6 +59,15 @@ def judge_effect(
     report.chaos_verdict = NO_EFFECT  # type: ignore[attr-defined]
     if hasattr(report, "wasxfail"):
         del report.wasxfail  # an expected failure under no fault is not one either
+
+
+def is_tool_error(raised: BaseException | None) -> bool:
+    """Whether a test's exception is an error of the tool, its arguments or the engine
+    (a ChaosError that judges nothing: not a failed assertion, a recovery that did not
+    come or lost data, and not a fault without effect, which has its own verdict)."""
+    return isinstance(raised, ChaosError) and not isinstance(
+        raised, AssertionError | RecoveryTimeout | FaultDidNotTakeEffect
+    )
 
 
 def _a_verdict_on_the_system(raised: BaseException | None) -> bool:
