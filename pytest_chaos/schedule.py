@@ -174,6 +174,7 @@ def schedules(
     earlier one holds its service starts when that one ends (and is dropped if that
     is past ``length``). Shrinking makes fewer steps, earlier starts, shorter
     durations, the first kinds and services listed and the mildest parameters."""
+    require_hypothesis("pytest_chaos.schedules")
     from hypothesis import strategies as st
 
     names = _check_services(services)
@@ -356,3 +357,16 @@ def _wait_for(health: Callable[[], str], errors: list[BaseException]) -> None:
         health()
     except Exception as exc:  # noqa: BLE001 - raised by run() once every wait is done
         errors.append(exc)
+
+
+def require_hypothesis(what: str) -> None:
+    """One sentence, naming the extra, when Hypothesis is not installed."""
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        from .errors import EnvironmentProblem
+
+        raise EnvironmentProblem(
+            f"{what} needs Hypothesis, which is not installed: pip install "
+            "'pytest-chaos[schedules]'."
+        ) from None

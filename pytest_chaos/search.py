@@ -376,6 +376,9 @@ def explore(
     replay: Schedule | str | None = None,
 ) -> SearchResult:
     """See :meth:`pytest_chaos.chaos.Chaos.explore`."""
+    from .schedule import require_hypothesis
+
+    require_hypothesis("chaos.explore")
     from hypothesis.strategies import SearchStrategy
 
     if not isinstance(strategy, SearchStrategy):

@@ -192,3 +192,25 @@ def test_the_shrink_budget_replaces_hypothesis_own_limit_and_restores_it():
     with _shrink_limit(None):
         assert engine.MAX_SHRINKING_SECONDS >= 10**9
     assert before == engine.MAX_SHRINKING_SECONDS
+
+
+def test_schedules_without_hypothesis_say_which_extra_to_install():
+    """A documented install without the schedules extra: one sentence, no traceback
+    from inside the plugin (Hypothesis hidden from a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['hypothesis'] = None\n"
+        "import pytest_chaos\n"
+        "from pytest_chaos import EnvironmentProblem\n"
+        "try:\n"
+        "    pytest_chaos.schedules(['web'])\n"
+        "except EnvironmentProblem as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == (
+        "pytest_chaos.schedules needs Hypothesis, which is not installed: pip install "
+        "'pytest-chaos[schedules]'."
+    ), done.stderr
