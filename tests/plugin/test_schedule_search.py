@@ -72,11 +72,12 @@ def _search(pytester, *args, marker="", extra=""):
     return pytester.runpytest_subprocess("--junitxml=out.xml", *args)
 
 
-def _failing(pytester, source):
-    """Run ``source`` as the test module; its one test must fail."""
+def _failing(pytester, source, *, error=False):
+    """Run ``source`` as the test module; its one test must fail (``error``: end in an
+    error of the test's own making, a bad argument, which judges no system)."""
     pytester.makepyfile(test_search=source)
     result = pytester.runpytest_subprocess("--junitxml=out.xml")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(**({"errors": 1} if error else {"failed": 1}))
     return result
 
 
@@ -241,6 +242,7 @@ from system import STRATEGY
 def test_search(chaos):
     {call}
 """,
+        error=True,
     )
     result.stdout.fnmatch_lines([f"*{message}*"])
     assert "pytest_chaos/search.py" not in result.stdout.str()
@@ -248,7 +250,7 @@ def test_search(chaos):
 
 def test_the_schedule_marker_takes_only_replay_and_seed(system):
     result = _search(system, marker="@pytest.mark.schedule(budget=3)")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*@pytest.mark.schedule takes replay= and seed=, not budget=*"])
 
 

@@ -145,7 +145,7 @@ def test_a_fault_module_that_does_not_import_is_named(pytester, monkeypatch, tmp
     monkeypatch.setenv("PYTHONPATH", str(site))
     pytester.makepyfile("def test_x(chaos):\n    chaos.kill('db')\n")
     result = pytester.runpytest_subprocess()
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
             "E   *ConfigurationError: the fault module 'brokenfaults' (entry point 'broken' of "
@@ -178,7 +178,7 @@ def test_a_user_fault_is_listed_by_the_dry_run_and_explains_itself(pytester):
 def test_an_unknown_fault_names_the_faults_there_are(pytester):
     pytester.makepyfile("def test_x(chaos):\n    chaos.partitoin('db')\n")
     result = pytester.runpytest_subprocess()
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         ["E   *UnknownFault: chaos has no fault 'partitoin'; the faults there are: *partition*"]
     )
