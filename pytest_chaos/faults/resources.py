@@ -27,7 +27,7 @@ from ..registry import fault, undoer
 from ..targets import linux
 from ..targets.cgroup import OwnCgroup, block_device, own_cgroup_path
 from ..targets.compose import Service
-from ..units import parse_size
+from ..units import parse_duration, parse_size
 from .base import Effect, FaultHandle, journaled
 
 if TYPE_CHECKING:
@@ -277,12 +277,20 @@ def _cgroup_change(
 
 @contextmanager
 def memory_cap(
-    service: Service, limit: int | str, *, allow_swap: bool = False
+    service: Service,
+    limit: int | str,
+    *,
+    allow_swap: bool = False,
+    recovery_timeout: float | str = 60.0,
 ) -> Iterator[MemoryHandle]:
     """Cap ``service``'s memory at ``limit`` (swap included unless ``allow_swap``), so
     the OOM killer acts when it grows past it. ``handle.oom_victims()`` tells which
     processes it killed. Refused when the cap is below what the container uses now,
-    not counting the page cache the kernel would reclaim first."""
+    not counting the page cache the kernel would reclaim first. Undo: the limit as it
+    was, then the service running and healthy again (an OOM kill may have ended or
+    restarted it), within ``recovery_timeout``; ``restored_by`` says who brought it
+    back."""
+    timeout_s = parse_duration(recovery_timeout, name="recovery_timeout")
     limit_bytes = parse_size(limit, name="memory limit")
     if limit_bytes < 4 * 2**20:
         raise ConfigurationError(f"a memory cap below 4 MiB cannot run anything, got {limit!r}.")
@@ -334,6 +342,7 @@ def memory_cap(
     sampler = threading.Thread(
         target=handle._sample, args=(stop_sampling, 0.02), name="memory-cap-sampler", daemon=True
     )
+    restarts_before = service.restart_count()
     try:
         with _cgroup_change(service, handle, apply, restore):
             sampler.start()
@@ -346,6 +355,11 @@ def memory_cap(
         if handle._kmsg is not None:
             os.close(handle._kmsg)
             handle._kmsg = None
+    # The limit is lifted; an OOM kill may have stopped or restarted the service.
+    handle.restored_by = service.ensure_running_and_healthy(
+        timeout=timeout_s, restarts_before=restarts_before
+    )
+    handle.undone_at = time.monotonic()
 
 
 def _stat_counters(path: Path | None) -> dict[str, int]:
@@ -716,11 +730,20 @@ def _undo_stress(data: dict[str, Any]) -> str:
 
 @fault("memory_cap")
 def _chaos_memory_cap(
-    chaos: Chaos, service: str, limit: int | str, *, allow_swap: bool = False
+    chaos: Chaos,
+    service: str,
+    limit: int | str,
+    *,
+    allow_swap: bool = False,
+    recovery_timeout: float | str | None = None,
 ) -> AbstractContextManager[MemoryHandle]:
-    """Cap ``service``'s memory (e.g. '256m') so the OOM killer acts past it."""
+    """Cap ``service``'s memory (e.g. '256m') so the OOM killer acts past it; the undo
+    waits until the service is healthy again."""
     parse_size(limit, name="memory limit")
-    return memory_cap(chaos.service(service), limit, allow_swap=allow_swap)
+    timeout = chaos.recovery_timeout(recovery_timeout)
+    return memory_cap(
+        chaos.service(service), limit, allow_swap=allow_swap, recovery_timeout=timeout
+    )
 
 
 @fault("cpu_quota")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pytest_chaos import ConfigurationError
+from pytest_chaos import ConfigurationError, wait_for_recovery
 from pytest_chaos.faults.resources import cpu_quota, io_contention, io_throttle, memory_cap
 from pytest_chaos.targets import linux
 from pytest_chaos.targets.cgroup import cgroup_of
@@ -69,6 +69,30 @@ def test_memory_cap_lets_the_oom_killer_act_and_names_the_victim(chaos_project):
     assert snapshot(api, "memory", MEMORY_FILES) == before
     assert handle.figures()["oom_kills"] == 1
     assert api.is_healthy()
+
+
+def test_memory_cap_undo_waits_until_the_service_it_oom_killed_is_healthy(chaos_project):
+    """The OOM killer ends redis-server itself (the largest process in its cgroup):
+    the container exits and its restart policy starts it again. The undo lifts the
+    cap and returns only once redis is healthy, saying who brought it back."""
+    redis = chaos_project.service("redis")
+    restarts = redis.restart_count()
+    fill = (
+        "import redis\n"
+        "r = redis.Redis()\n"
+        "for i in range(100_000):\n"
+        "    r.set(f'chaos-fill-{i}', b'x' * 4096)\n"
+    )
+    with memory_cap(redis, redis.memory_usage(cache=False) + 32 * 2**20) as handle:
+        redis.container().exec_run(["python3", "-c", fill])  # ends when redis-server dies
+        wait_for_recovery(
+            lambda: "redis-server" in [v.process for v in handle.oom_victims()],
+            timeout=30, interval=0.05, what="the OOM killer ending redis-server",
+        )  # fmt: skip
+    assert redis.is_healthy()
+    assert handle.restored_by == "restart-policy"
+    assert redis.restart_count() == restarts + 1
+    assert handle.figures()["health_wait_s"] > 0
 
 
 # Inside the API's container: a file on its own disk (page cache) and one on its tmpfs.
