@@ -355,7 +355,9 @@ def sweep_tables(client: Any, dead_runs: Mapping[str, Collection[str]]) -> list[
     said = []
     projects = sorted({p for touched in dead_runs.values() for p in touched})
     for project in projects:
-        containers = client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"})
+        containers = client.containers.list(
+            filters={"label": f"{PROJECT_LABEL}={project}"}, ignore_removed=True
+        )
         for container in containers:
             name = f"{project}/{container.labels.get(SERVICE_LABEL, container.name)}"
             try:

@@ -89,7 +89,7 @@ class SwarmProject(ComposeProject):
                 continue
             with contextlib.suppress(Exception):  # a node cut off or lost: not listed
                 found += self.cluster.client(node.name).containers.list(
-                    all=True, filters={"label": f"{STACK_LABEL}={self.name}"}
+                    all=True, filters={"label": f"{STACK_LABEL}={self.name}"}, ignore_removed=True
                 )
         return found
 
