@@ -104,7 +104,9 @@ class ComposeProject:
     def containers(self) -> list[Container]:
         """Every container of the project, running or not."""
         return list(
-            self.client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"})
+            self.client.containers.list(
+                all=True, filters={"label": f"{PROJECT_LABEL}={self.name}"}, ignore_removed=True
+            )
         )
 
     def service_names(self) -> list[str]:
@@ -546,8 +548,10 @@ def _timestamp(text: str) -> float:
 def project_names(client: docker.DockerClient) -> list[str]:
     """The compose projects Docker has containers of (running or not)."""
     found = {
-        str(c.labels.get(PROJECT_LABEL))
-        for c in client.containers.list(all=True, filters={"label": PROJECT_LABEL})
+        # The list alone, no inspect per container: one that another run removes
+        # meanwhile cannot fail it.
+        str((c.get("Labels") or {}).get(PROJECT_LABEL))
+        for c in client.api.containers(all=True, filters={"label": PROJECT_LABEL})
     }
     return sorted(found - {"", "None"})
 
@@ -578,6 +582,10 @@ def start_with_pytest_docker(
 
     name = request.getfixturevalue("docker_compose_project_name")
     client = docker_client()
+    _check_setup_command(
+        request.getfixturevalue("docker_compose_command"),
+        request.getfixturevalue("docker_setup"),
+    )
     try:
         services = request.getfixturevalue("docker_services")
     except Exception as exc:  # noqa: BLE001 - pytest-docker raises bare Exception
@@ -594,10 +602,41 @@ def start_with_pytest_docker(
             f"/{(c.attrs['State'].get('Health') or {}).get('Status', 'no health check')}"
             for c in project.containers()
         )
+        if not states:
+            raise StackStartError(
+                f"compose project {name!r} has no container after pytest-docker's set-up "
+                f"({request.getfixturevalue('docker_setup')!r}): the command started "
+                "nothing; run it by hand with your docker_compose_file to see why."
+            ) from None
         raise StackStartError(
             f"compose project {name!r} was not healthy within {timeout:g} s ({states})."
         ) from None
     return project
+
+
+def _check_setup_command(command: str, setup: object) -> None:
+    """docker-compose 1.x does not know ``up --wait`` (pytest-docker's default set-up):
+    it prints its usage, exits 0 and starts nothing. Say so before anything runs."""
+    import shutil
+    import subprocess
+
+    steps = [setup] if isinstance(setup, str) else list(setup or [])  # type: ignore[call-overload]
+    if not any("--wait" in str(step).split() for step in steps):
+        return
+    if command.split()[0] != "docker-compose" or shutil.which("docker-compose") is None:
+        return
+    version = subprocess.run(
+        ["docker-compose", "version", "--short"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if version.startswith("1."):
+        from ..errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"docker-compose {version} does not know `up --wait`, which pytest-docker's "
+            "default docker_setup runs: it would start nothing. Define in your conftest.py "
+            "`@pytest.fixture(scope='session') def docker_setup(): return ['up -d --build']` "
+            "(pytest-chaos waits for every container's health itself), or use Compose v2."
+        )
 
 
 def _cleanup_after_failed_start(request: Any) -> None:

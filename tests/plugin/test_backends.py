@@ -117,3 +117,36 @@ def test_attaching_a_swarm_checks_its_settings_before_anything(pytester, args, m
     result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_docker_compose_v1_with_pytest_dockers_default_set_up_is_named_before_it_runs(
+    pytester,
+):
+    """pytest-docker's default set-up is `up --build --wait`; docker-compose 1.x prints
+    its usage for it, exits 0 and starts nothing, after which a 60 s wait for health
+    ended in an empty list. Said at once, with the fixture to define."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed: nothing to check it against")
+    version = subprocess.run(
+        ["docker-compose", "version", "--short"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not version.startswith("1."):
+        pytest.skip(f"docker-compose here is {version}, which knows --wait")
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def docker_compose_command():
+            return "docker-compose"
+        """
+    )
+    pytester.makepyfile("def test_x(chaos_project):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*docker-compose {version} does not know `up --wait`*def docker_setup(): return*"]
+    )
