@@ -346,15 +346,17 @@ def stop(
             yield handle
         finally:
             handle.keep_effect()
-            _start_if_stopped(service)
+            started = _start_if_stopped(service)
             handle.lifted_at = time.monotonic()
-            handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
+            waited = service.ensure_running_and_healthy(timeout=timeout_s)
+            # It runs because the undo started it, not because it kept running.
+            handle.restored_by = "pytest-chaos" if started else waited
             handle.undone_at = time.monotonic()
             undone()
 
 
-def _start_if_stopped(service: Service) -> None:
-    service.start_if_stopped()
+def _start_if_stopped(service: Service) -> bool:
+    return service.start_if_stopped()
 
 
 # -- cascade -----------------------------------------------------------------------------

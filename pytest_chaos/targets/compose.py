@@ -420,11 +420,14 @@ class Service:
         (Docker's restart policy leaves a stopped container alone)."""
         self.container().stop(timeout=max(1, round(grace)))
 
-    def start_if_stopped(self) -> None:
-        """Start the container if it is neither running nor about to restart."""
+    def start_if_stopped(self) -> bool:
+        """Start the container if it is neither running nor about to restart; whether
+        it did."""
         state = self.state()
         if not state.get("Running") and not state.get("Restarting"):
             self.container().start()
+            return True
+        return False
 
     def ensure_running_and_healthy(
         self,

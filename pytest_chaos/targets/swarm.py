@@ -359,12 +359,13 @@ class SwarmService(Service):
                 raise RecoveryTimeout(f"service {self.name!r} still runs tasks after its stop.")
             time.sleep(0.05)  # poll interval while Swarm stops the tasks
 
-    def start_if_stopped(self) -> None:
-        """Scale the service back to what it ran before :meth:`stop`; a task that
-        ended is Swarm's to replace, never started by hand."""
+    def start_if_stopped(self) -> bool:
+        """Scale the service back to what it ran before :meth:`stop` (whether it did);
+        a task that ended is Swarm's to replace, never started by hand."""
         replicas = self.swarm._scaled.pop(self.name, None)
         if replicas is not None:
             self.swarm._swarm_service(self.name).scale(replicas)
+        return replicas is not None
 
     def published_port(self, port: int, protocol: str = "tcp") -> tuple[str, int]:
         """Where the host reaches ``port`` of the service: a relay on loopback to the
