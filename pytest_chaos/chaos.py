@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .faults.base import JournalSlot
     from .journal import Journal
     from .observe.checkers import CheckResult
+    from .observe.collateral import Damage
     from .observe.history import History
     from .schedule import Schedule, ScheduleRun
     from .search import SearchResult
@@ -75,6 +76,8 @@ class Chaos:
         # become properties (the others are counted in the search's own figures).
         self._quiet = False
         self._trial_base: int | None = None
+        #: When the test began (wall clock): collateral damage is looked for from here.
+        self.started_wall = time.time()
 
     # -- targets -------------------------------------------------------------------------
 
@@ -248,6 +251,31 @@ class Chaos:
                 f"{len(errors)} undo(s) failed (all were attempted): " + "; ".join(labels), errors
             ) from errors[0]
         return undone
+
+    def collateral(self) -> list[Damage]:
+        """Services of the project that exited, were OOM-killed, restarted or became
+        unhealthy during the test, besides those its faults were aimed at (from
+        Docker's events); recorded as the figure ``collateral`` and drawn on the
+        timeline. Nothing when the test never used the project; a swarm's tasks run
+        on several engines, whose events one manager does not hold: not looked for."""
+        from .observe.collateral import collateral
+        from .targets.compose import SERVICE_LABEL
+
+        project = self._project
+        if project is None or project.kind != "compose project":
+            return []
+        targets = [a.handle.target for a in self._all_applied if isinstance(a.handle, FaultHandle)]
+        now_wall, now_mono = time.time(), time.monotonic()
+        found = collateral(
+            project.client, project.project_label, project.name, SERVICE_LABEL,
+            self.started_wall, targets, until=now_wall,
+        )  # fmt: skip
+        self.record("collateral", "; ".join(d.describe() for d in found) or "none")
+        for damage in found:
+            for wall, what in damage.events:
+                timeline.note_event(now_mono - (now_wall - wall), "collateral",
+                                    f"{damage.service} {what}")  # fmt: skip
+        return found
 
     def _close(self, applied: _Applied) -> None:
         applied.stack.close()

@@ -206,6 +206,21 @@ def pytest_runtest_makereport(
     return report
 
 
+def _look_for_collateral(session: Chaos) -> None:
+    """Record the services harmed besides the faults' targets; a Docker that cannot
+    say is recorded as such, never fatal to the teardown."""
+    from .errors import ChaosError
+
+    try:
+        session.collateral()
+    except (ChaosError, OSError) as exc:
+        session.record("collateral", f"unknown ({exc})")
+    except Exception as exc:
+        if not type(exc).__module__.startswith("docker."):
+            raise
+        session.record("collateral", f"unknown (Docker: {exc})")
+
+
 @pytest.fixture(scope="session")
 def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
     """The compose project under test: the one named by --chaos-project, or the one
@@ -275,6 +290,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         try:
             session.undo_all()
         finally:
+            _look_for_collateral(session)
             if plugin.live is not None:
                 plugin.live.unwatch()
             done = timeline.end()
