@@ -255,7 +255,10 @@ def bpf(request: pytest.FixtureRequest) -> BpfProbes:
     def record(name: str, value: object) -> None:
         request.node.user_properties.append((name, value))
 
-    return BpfProbes(lambda: request.getfixturevalue("chaos_project"), record)
+    plugin = request.config.stash[PLUGIN_KEY]
+    return BpfProbes(
+        lambda: request.getfixturevalue("chaos_project"), record, on_interrupt=plugin.lift_now
+    )
 
 
 @pytest.fixture

@@ -53,6 +53,20 @@ class ChaosPlugin:
     current_item: pytest.Item | None = None
     _item_started: float = 0.0
     config: pytest.Config | None = None
+    #: What an interruption already lifted before it reached pytest (see lift_now).
+    _lifted_early: str | None = None
+
+    def lift_now(self) -> None:
+        """An interruption is unwinding through a block whose exit takes seconds (a
+        BPF session detaching its probes): lift every fault in force now, before that
+        exit runs, as the interruption would once it reached pytest; its report then
+        says what was lifted and when."""
+        if self._lifted_early is not None or self.active is None:
+            return
+        from .interruption import interrupted
+
+        session, self.active = self.active, None
+        self._lifted_early = interrupted(session)
 
     @property
     def journal(self) -> Journal:
@@ -128,7 +142,7 @@ class ChaosPlugin:
             return
         session, self.active = self.active, None
         cause = None if excinfo.type is KeyboardInterrupt else f"pytest.exit: {excinfo.value}"
-        message = interrupted(session, cause)
+        message, self._lifted_early = self._lifted_early or interrupted(session, cause), None
         reporter = self.config.pluginmanager.get_plugin("terminalreporter") if self.config else None
         for line in message.splitlines():
             if reporter is not None:

@@ -20,9 +20,12 @@ class BpfProbes:
     services of the compose project; its figures become JUnit properties
     ``bpf_<service>_...`` when it closes."""
 
-    def __init__(self, project: Any, record: Any) -> None:
+    def __init__(self, project: Any, record: Any, on_interrupt: Any = None) -> None:
         self._project = project
         self._record = record
+        #: Called when an interruption unwinds through a session, before the session
+        #: closes (its probes take seconds to detach): lifts the faults first.
+        self._on_interrupt = on_interrupt
         self.support = bpf_support()
 
     @contextmanager
@@ -38,7 +41,12 @@ class BpfProbes:
             pid=targets[0].init_pid(), probes=probes, support=self.support, scope=scope_of(targets)
         )
         with session:
-            yield session
+            try:
+                yield session
+            except KeyboardInterrupt:
+                if self._on_interrupt is not None:
+                    self._on_interrupt()
+                raise
         prefix = "bpf_" + "_".join(name.replace("-", "_") for name in services)
         if label:
             prefix += "_" + re.sub(r"\W+", "_", label).strip("_")

@@ -141,3 +141,48 @@ def test_an_interruption_lifts_a_partition_within_a_second_while_requests_hang(
     assert healed_s < 1.0, out
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "INTERRUPTED" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interruption_lifts_a_partition_at_once_while_a_bpf_session_is_open(
+    pytester, chaos_project, tmp_path, record_property, sig, inner_pytest
+):
+    """A BPF session open in the test body closes in seconds (its probes detach); an
+    interruption lifts the faults before that close, not after it (it took 2.0-2.4 s
+    when the close came first)."""
+    api = chaos_project.service("trading-api")
+    marker = tmp_path / "watching"
+    pytester.makepyfile(
+        f"""
+        import pathlib, time
+        import pytest
+
+        @pytest.mark.effect_optional
+        def test_x(chaos, bpf):
+            chaos.partition("trading-api", ["postgres"])
+            with bpf.watch("trading-api", probes=("connect", "tcp", "process")):
+                pathlib.Path({str(marker)!r}).write_text("yes")
+                time.sleep(120)  # the experiment's dwell; the signal comes during it
+        """
+    )
+    proc = run_until_marked(
+        inner_pytest, pytester, chaos_project, tmp_path, marker, "the BPF session"
+    )
+    with open_netns(api.init_pid(), api.name) as ns:
+
+        def partitioned() -> bool:
+            return TABLE_PREFIX in ns.run(["nft", "list", "tables"])
+
+        assert partitioned()
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        wait_for_recovery(
+            lambda: not partitioned(), timeout=60, interval=0.005, what="the partition's removal"
+        )
+        healed_s = time.monotonic() - sent
+    out, _ = proc.communicate(timeout=120)
+    record_property("healed_s", round(healed_s, 3))
+    # The issue's bound, one second (the README's 0.02-0.03 s is without BPF).
+    assert healed_s < 1.0, out
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "lifted 1 fault(s)" in out
