@@ -582,11 +582,30 @@ def deploy(
             }
             raise StackStartError(
                 f"swarm stack {name!r} was not healthy within {timeout:g} s (running tasks: "
-                f"{states})."
+                f"{states}). What Swarm says of its latest tasks: {_task_news(project)}. "
+                "A health check that needs its peers deadlocks a Swarm start where it does "
+                "not deadlock compose: a task joins the service's DNS name only once healthy."
             )
         time.sleep(0.25)  # poll interval while the stack converges
     cluster.timings["stack"] = round(time.monotonic() - began, 3)
     return project
+
+
+def _task_news(project: SwarmProject) -> str:
+    """For each service, the state Swarm gives its newest task and why ("rejected: No
+    such image", "starting: unhealthy container"...), from the managers."""
+    said = []
+    for name in project.service_names():
+        with contextlib.suppress(Exception):  # a manager that does not answer now
+            tasks = project._swarm_service(name).tasks()
+            if not tasks:
+                said.append(f"{name}: no task yet")
+                continue
+            newest = max(tasks, key=lambda t: str(t.get("UpdatedAt") or ""))
+            status = newest.get("Status") or {}
+            why = status.get("Err") or status.get("Message") or ""
+            said.append(f"{name}: {status.get('State', '?')}" + (f" ({why})" if why else ""))
+    return "; ".join(said) or "nothing (no manager answered)"
 
 
 def _has_image(client: docker.DockerClient, name: str) -> bool:
