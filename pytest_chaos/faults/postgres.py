@@ -65,16 +65,29 @@ class HogHandle(FaultHandle):
 
 
 def psql(service: Service, sql: str, *, user: str = "postgres") -> str:
-    """Run ``sql`` with psql inside the container, as ``user`` over the local socket."""
-    result = service.container().exec_run(
-        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-U", user, "-d", "postgres", "-c", sql],
-        user="postgres",
-    )
-    raw = result.output
-    output = raw.decode("utf-8", "replace").strip() if isinstance(raw, bytes) else ""
+    """Run ``sql`` with psql inside the container, as ``user`` over the local socket.
+
+    What psql prints is written to a file in the container and read back through the
+    archive API, not taken from the exec's own output stream: Docker's exec stream
+    sometimes arrives empty for a command that ends at once (a known race of the
+    engine's exec attach; seen here twice under load: "too many clients" lost, and an
+    exec's own error), which turned a refusal into an unexplained failure."""
+    import secrets
+
+    container = service.container()
+    scratch = f"/tmp/pytest-chaos-psql-{secrets.token_hex(4)}"  # noqa: S108 - in the container
+    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-At", "-U", user, "-d", "postgres", "-c", sql]
+    script = 'out="$1"; shift; "$@" >"$out" 2>&1'
+    result = container.exec_run(["sh", "-c", script, "sh", scratch, *argv], user="postgres")
+    output = _read_back(container, scratch)
+    if output is None:  # no file: the exec itself failed (no such user, no shell)
+        raw = result.output
+        output = raw.decode("utf-8", "replace").strip() if isinstance(raw, bytes) else ""
+    else:
+        container.exec_run(["rm", "-f", scratch], user="postgres")
     if result.exit_code != 0:
         # Docker's exec says 126 when it cannot run the command as that user, 127 when
-        # there is no such command; its own message may not reach the output stream.
+        # there is no such command.
         hint = {
             126: "docker exec could not run psql as user postgres there (no such user?)",
             127: "there is no psql in that container",
@@ -83,6 +96,25 @@ def psql(service: Service, sql: str, *, user: str = "postgres") -> str:
             f"psql in {service.name} failed ({result.exit_code}): {output or hint or 'no output'}"
         )
     return output
+
+
+def _read_back(container: Any, path: str) -> str | None:
+    """The text of the file ``path`` in ``container``, through the archive API; None
+    when there is no such file."""
+    import io
+    import tarfile
+
+    import docker.errors
+
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.next()
+        data = tar.extractfile(member) if member is not None else None
+        text = data.read() if data is not None else b""
+    return text.decode("utf-8", "replace").strip()
 
 
 def _restart(service: Service, timeout: float) -> float:
