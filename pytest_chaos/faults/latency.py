@@ -425,14 +425,8 @@ def _nfqueue_in(
 @undoer("nfqueue-latency")
 def _undo_nfqueue(data: dict[str, Any]) -> str:
     done = []
-    service = journaled_service(data)
-    pid_1 = running_pid(service)
-    if pid_1 is not None:
-        with open_netns(pid_1, service.name) as ns:
-            if _remove_chain(ns, str(data["chain"])):
-                done.append(f"removed iptables chain {data['chain']}")
-            if _drop_mangle_table_if_ours(ns, bool(data.get("mangle_existed", True))):
-                done.append("removed the empty mangle table it made")
+    # Ours on this machine first, whatever becomes of the engine below: the delayer
+    # stopped, its queue is bypassed (--queue-bypass) and packets flow undelayed.
     if "cgroup" in data:
         group = OwnCgroup(str(data["cgroup"]))
         if group.stop_all():
@@ -442,6 +436,14 @@ def _undo_nfqueue(data: dict[str, Any]) -> str:
     pid = int(data.get("pid", 0))
     if linux.stop_process(pid, str(data.get("start", ""))):
         done.append(f"stopped the delayer (pid {pid})")
+    service = journaled_service(data)  # its engine unreachable: the entry stays
+    pid_1 = running_pid(service)
+    if pid_1 is not None:
+        with open_netns(pid_1, service.name) as ns:
+            if _remove_chain(ns, str(data["chain"])):
+                done.append(f"removed iptables chain {data['chain']}")
+            if _drop_mangle_table_if_ours(ns, bool(data.get("mangle_existed", True))):
+                done.append("removed the empty mangle table it made")
     if not done and not data.get("applied"):
         return "the delay was never applied: nothing to undo"
     return "; ".join(done) or "nothing was left"
