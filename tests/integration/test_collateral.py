@@ -11,6 +11,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_chaos import wait_for_recovery
+
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 STACK = """\
@@ -21,15 +23,29 @@ services:
     command: ["python3", "-m", "http.server", "8000"]
   worker:
     image: {image}
-    # Gives up for good at the first failed poll of the queue: exit 3.
+    # Waits for the queue to answer once (compose starts it first, not once it
+    # listens), then gives up for good at the first failed poll: exit 3.
     command:
       - python3
+      - -u
       - -c
       - |
         import time, urllib.request
+        def poll():
+            urllib.request.urlopen("http://queue:8000/", timeout=2).read()
+        deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen("http://queue:8000/", timeout=2).read()
+                poll()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(4)
+                time.sleep(0.1)
+        print("connected", flush=True)
+        while True:
+            try:
+                poll()
             except OSError:
                 raise SystemExit(3)
             time.sleep(0.1)
@@ -60,6 +76,14 @@ def project(tmp_path):
     compose = ["docker-compose", "-p", name, "-f", str(tmp_path / "docker-compose.yml")]
     subprocess.run([*compose, "up", "-d"], check=True, capture_output=True, timeout=120)
     try:
+
+        def connected() -> bool:
+            logs = subprocess.run(
+                [*compose, "logs", "worker"], capture_output=True, text=True, check=False
+            )
+            return "connected" in logs.stdout
+
+        wait_for_recovery(connected, timeout=60, interval=0.2, what="the worker's first poll")
         yield name
     finally:
         subprocess.run([*compose, "down", "-t", "0"], check=False, capture_output=True)
