@@ -6,7 +6,6 @@ the report does, from what Docker recorded."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -79,9 +78,11 @@ def collateral(
 ) -> list[Damage]:  # fmt: skip
     """The damage Docker recorded for the project's containers between ``since`` and
     ``until`` (wall clock), its faults' ``targets`` left out."""
+    from ..targets.compose import docker_time
+
     stream = client.events(
-        since=dt.datetime.fromtimestamp(since, dt.timezone.utc),
-        until=dt.datetime.fromtimestamp(until or time.time(), dt.timezone.utc),
+        since=docker_time(since),
+        until=docker_time(until or time.time()),
         filters={"type": "container", "label": f"{project_label}={project}"},
         decode=True,
     )

@@ -386,12 +386,10 @@ class Service:
         """What Docker reported about this container between two wall-clock times:
         [{"action": "oom" | "die" | "start" | ..., "time": seconds, "attributes": {...}}],
         oldest first ("die" carries the exitCode)."""
-        import datetime as dt
-
         self.container()  # refuses a container outside the project
         stream = self.engine().events(
-            since=dt.datetime.fromtimestamp(since, dt.timezone.utc),
-            until=dt.datetime.fromtimestamp(until or time.time(), dt.timezone.utc),
+            since=docker_time(since),
+            until=docker_time(until or time.time()),
             filters={"container": self.container_id, "type": "container"},
             decode=True,
         )
@@ -516,6 +514,13 @@ class Service:
         if restarts_before is not None and self.restart_count() > restarts_before:
             return "restart-policy"
         return "still-running"
+
+
+def docker_time(seconds: float) -> Any:  # the SDK's stubs know only int and datetime
+    """A wall-clock time as Docker's events API takes it, to the nanosecond. (The SDK
+    turns a datetime into whole seconds: an ``until`` of now then leaves out the
+    events of the current second, e.g. an OOM kill or an exit just seen.)"""
+    return f"{seconds:.9f}"
 
 
 def _is_healthy(attrs: dict[str, Any], probed_after: float | None = None) -> bool:
