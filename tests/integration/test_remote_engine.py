@@ -259,14 +259,18 @@ def remote(tmp_path_factory) -> Iterator[Remote]:
         compose_file.write_text(
             "version: '3'\n"
             "services:\n"
-            f"  web: {{image: {TINY_IMAGE}, init: true, command: sleep 3600,"
+            # web has no init: a child of its first process would take the next pid,
+            # the one db is pinned to (the sentinel's child), on a quiet host.
+            f"  web: {{image: {TINY_IMAGE}, command: sleep 3600,"
             " volumes: ['data:/data']}\n"
             f"  db: {{image: {TINY_IMAGE}, init: true, command: sleep 3600}}\n"
             "volumes:\n  data: {}\n"
         )
         compose = ["docker-compose", "-p", project, "-f", str(compose_file)]
         run(*compose, "up", "--no-start", env=env)
-        for service, pid in pinned.items():
+        # In increasing order: a container's helpers (its shim) take the pids just
+        # below its own, so the lower target goes first.
+        for service, pid in sorted(pinned.items(), key=lambda sp: sp[1]):
             docker_host("exec", dind, "sh", "-c", f"echo {pid} > /run/pin-target")
             run(*compose, "start", service, env=env)
         made = Remote(url, dind, project, sentinel, pinned, compose_file)
