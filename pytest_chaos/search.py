@@ -1,10 +1,8 @@
 """The search of fault schedules behind ``chaos.explore``: Hypothesis draws schedules,
 each is run against the real stack under the test's load and judged by the test's own
-example function. A failure of timing is confirmed by re-runs before Hypothesis may
-shrink towards it; a safety violation (a checker's, lost data) counts the first time
-it is seen, its history being the proof. The smallest failure is run again to say
-how reproducible it is, and reported as a list of steps, a ``--chaos-replay`` line
-and a test to paste.
+example function; a failure is confirmed by re-runs before Hypothesis may shrink
+towards it; the smallest confirmed failure is run again to say how reproducible it is,
+and reported as a list of steps, a ``--chaos-replay`` line and a test to paste.
 
 Real systems are not deterministic, and Hypothesis must not see that: each schedule's
 verdict is decided once (it fails ``confirm`` runs in a row, or it does not count) and
@@ -28,9 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .errors import (
     ChaosError,
     ConfigurationError,
-    DataLossDetected,
     FaultDidNotTakeEffect,
-    HistoryCheckFailed,
     RecoveryTimeout,
 )
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
@@ -65,9 +61,6 @@ log = logging.getLogger("pytest_chaos")
 #: What a failing run of an example raises: a verdict on the system (an assertion,
 #: lost data, a check of the history, a recovery that did not come).
 SYSTEM_FAILURES: tuple[type[BaseException], ...] = (AssertionError, RecoveryTimeout)
-#: Failures that a history proves on its own, the first time they are seen: a
-#: checker's violation (lost, duplicated, resurrected data), lost acknowledged writes.
-SAFETY_VIOLATIONS: tuple[type[BaseException], ...] = (HistoryCheckFailed, DataLossDetected)
 
 
 class ScheduleFailed(ChaosError, AssertionError):
@@ -263,15 +256,10 @@ class Search:
         verdict = Verdict(schedule)
         trial = self.trial(schedule)
         verdict.trials.append(trial)
-        if trial.failed and isinstance(trial.failure, SAFETY_VIOLATIONS):
-            # Data lost, duplicated or resurrected: the history is the proof, and one
-            # run that shows it is enough. Re-runs may add a rate, never erase it.
-            verdict.confirmed = True
-        elif trial.failed:
-            # A judgement of timing: confirm before Hypothesis may shrink towards it,
-            # ``confirm`` failures in a row. A schedule at the edge of a failure
-            # (failing one run in two, say) rarely passes this, so the shrink ends on
-            # schedules that reproduce.
+        if trial.failed:
+            # Confirm before Hypothesis may shrink towards it: ``confirm`` failures in
+            # a row. A schedule at the edge of a failure (failing one run in two, say)
+            # rarely passes this, so the shrink ends on schedules that reproduce.
             while verdict.trials[-1].failed and len(verdict.trials) < self.confirm:
                 verdict.trials.append(self.trial(schedule))
             verdict.confirmed = verdict.failures == len(verdict.trials) >= self.confirm

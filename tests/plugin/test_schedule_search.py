@@ -154,34 +154,6 @@ def test_search(chaos):
     assert int(_properties(system)["schedule_unconfirmed_failures"]) >= 1
 
 
-def test_a_safety_violation_seen_once_fails_the_search_with_its_replay_line(system):
-    """Lost or resurrected data is proved by its history: one run showing it is a
-    failure, shrunk and reported with a replay line, though no re-run repeats it."""
-    result = _failing(
-        system,
-        """
-from system import STRATEGY
-from pytest_chaos import HistoryCheckFailed
-RUNS = {}
-def test_search(chaos):
-    def example(schedule):
-        RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
-        if schedule.steps and RUNS[schedule.text] == 1:
-            raise HistoryCheckFailed("set-full: element 17 acknowledged, lost, then read")
-    chaos.explore(STRATEGY, example, max_examples=5, seed=3, database=None)
-""",
-    )
-    result.stdout.fnmatch_lines(
-        [
-            "*found a failure and shrank it to 1 step(s) (failed 0 of 3 re-runs)*",
-            "*what failed: *HistoryCheckFailed: set-full: element 17 acknowledged, lost*",
-            "*--chaos-replay=*",
-        ]
-    )
-    assert "no failure was confirmed" not in result.stdout.str()
-    assert _properties(system)["schedule_reproduced"] == "0/3"
-
-
 @pytest.mark.parametrize(
     ("fails_on", "confirmed"),
     [("n in (1, 2, 3, 5, 6)", True), ("n in (1, 2, 4, 5, 6)", False)],
