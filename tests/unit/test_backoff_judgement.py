@@ -60,8 +60,8 @@ def test_backoff_without_jitter_is_judged_exponential_with_its_exact_factor(
 ):
     # Capped after 6 growing intervals, or never.
     cap = base * factor**6 if capped else math.inf
-    intervals = backoff(random.Random(0), count, base=base, factor=factor, cap=cap, jitter=0.0)
-    analysis = analyze_backoff(times_of(intervals))
+    analysis = analyze_backoff(times_of(backoff(random.Random(0), count, base=base, factor=factor, cap=cap,
+                                                jitter=0.0)))  # fmt: skip
     assert analysis.exponential(1.5), analysis.describe()
     assert analysis.growth_factor == pytest.approx(factor, rel=1e-6)
     if capped and count > 8:
@@ -81,8 +81,8 @@ def test_backoff_with_equal_jitter_and_a_cap_is_judged_exponential(
     """Doubling (or more) with up to 50% jitter: each interval is at least the one
     before, so six growing intervals prove growth whatever the plateau after them."""
     rng = random.Random(seed)
-    cap = 0.02 * factor**growing
-    intervals = backoff(rng, growing + plateau, base=0.02, factor=factor, cap=cap, jitter=jitter)
+    intervals = backoff(rng, growing + plateau, base=0.02, factor=factor,
+                        cap=0.02 * factor**growing, jitter=jitter)  # fmt: skip
     analysis = assert_backoff(times_of(intervals))
     assert analysis.growth_factor >= 1.5
 
