@@ -70,9 +70,7 @@ def test_an_init_with_several_children_is_ambiguous_and_says_how_to_name_one(tmp
         tmp_path,
         {500: ("tini", [501, 502], ""), 501: ("beam.smp", [], ""), 502: ("epmd", [], "")},
     )
-    with pytest.raises(
-        UnsafeTarget, match=r"has 2 children: beam\.smp, epmd, .*process='NAME'"
-    ):
+    with pytest.raises(UnsafeTarget, match=r"has 2 children: beam\.smp, epmd, .*process='NAME'"):
         linux.main_process(500, proc)
 
 
