@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 
 def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+    # Empty is unset: compose passes an unset variable through as "".
+    return float(os.environ.get(name) or default)
 
 
 def _int(name: str, default: int) -> int:
@@ -90,7 +91,9 @@ class Settings:
             db_statement_timeout_ms=_int("DB_STATEMENT_TIMEOUT_MS", 3000),
             cache_timeout_s=_float("CACHE_TIMEOUT_S", 0.5),
             market_fresh_s=_float("MARKET_FRESH_S", 0.25),
-            backoff_base_s=_float("RECONNECT_BACKOFF_BASE_S", 0.2),
+            # 20 ms: the ~3 s outage of experiment 01 then holds 7-8 reconnects, enough
+            # for its judgement to tell backoff from a retry storm (6 are needed).
+            backoff_base_s=_float("RECONNECT_BACKOFF_BASE_S", 0.02),
             backoff_cap_s=_float("RECONNECT_BACKOFF_CAP_S", 5.0),
             weaken=_weaknesses(os.environ.get("EXCHANGE_WEAKEN", "")),
         )
