@@ -12,6 +12,7 @@ running it again.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import inspect
@@ -31,6 +32,7 @@ from .errors import (
 )
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .schedule import Applier, Schedule
+from .settings import REPLAY_TAKEN
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -400,7 +402,11 @@ def explore(
     node = chaos.node
     marker = _marker(node)
     if replay is None:
-        replay = marker.get("replay") or _option(node, "--chaos-replay")
+        replay = marker.get("replay")
+    if replay is None and node is not None:
+        replay = node.config.getoption("--chaos-replay", default=None)
+        if replay is not None:
+            node.config.stash[REPLAY_TAKEN] = True
     if seed is None:
         seed = marker.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -559,8 +565,26 @@ def paste_test(node: pytest.Item, schedule: Schedule) -> str | None:
     except (OSError, TypeError):
         return None
     name = function.__name__
-    renamed = source.replace(f"def {name}(", f"def {name}_replay(", 1)
+    renamed = _without_schedule_markers(source).replace(f"def {name}(", f"def {name}_replay(", 1)
     return f"@pytest.mark.schedule(replay={schedule.text!r})\n{renamed}"
+
+
+def _without_schedule_markers(source: str) -> str:
+    """``source`` (one function) without its own ``schedule`` markers: the pasted test
+    carries one, the replay's."""
+    try:
+        function = ast.parse(source).body[0]
+    except (SyntaxError, IndexError):
+        return source
+    if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+        return source
+    lines = source.splitlines(keepends=True)
+    drop: set[int] = set()
+    for decorator in function.decorator_list:
+        called = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(called, ast.Attribute) and called.attr == "schedule":
+            drop.update(range(decorator.lineno - 1, decorator.end_lineno or decorator.lineno))
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
 
 
 def _record_search(chaos: Session, result: SearchResult) -> None:
@@ -587,7 +611,10 @@ def _record_search(chaos: Session, result: SearchResult) -> None:
         failures, runs = result.reproduced
         chaos.record("schedule_reproduced", f"{failures}/{runs}", key=True)
     elif result.minimal is None:
-        chaos.record("schedule_examples_held", result.examples - result.not_run, key=True)
+        # Held: run, and not one of its runs failed (a failure a re-run did not
+        # confirm is no hold).
+        held = result.examples - result.not_run - len(result.unconfirmed)
+        chaos.record("schedule_examples_held", held, key=True)
 
 
 def _record_steps(chaos: Session, schedule: Schedule) -> None:
@@ -609,12 +636,6 @@ def _marker(node: pytest.Item | None) -> dict[str, Any]:
                 )
             found.setdefault(name, value)
     return found
-
-
-def _option(node: pytest.Item | None, name: str) -> Any:
-    if node is None:
-        return None
-    return node.config.getoption(name, default=None)
 
 
 def _first_line(failure: BaseException | None) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .settings import ChaosSettings
+from .settings import REPLAY_TAKEN, ChaosSettings
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -136,7 +136,11 @@ class ChaosPlugin:
         from .interruption import interrupted
 
         own_stop = issubclass(excinfo.type, pytest.Session.Interrupted) and not signals.received
-        if own_stop and self.current_item is None and not (self.active and self.active.active()):
+        if (
+            own_stop
+            and self.current_item is None
+            and not (self.active is not None and self.active.active)
+        ):
             # pytest stopped itself between tests (e.g. "1 error during collection"):
             # no test ran, nothing is in force, nothing was interrupted.
             return
@@ -152,7 +156,11 @@ class ChaosPlugin:
         if self.current_item is not None:
             from .interruption import report_interrupted
 
-            report_interrupted(self.current_item, message, time.time() - self._item_started)
+            # The time not yet reported: JUnit adds this to the phases already logged
+            # (the setup's, say), and the test may not last longer than the run.
+            logged = self.results.get(self.current_item.nodeid)
+            spent = time.time() - self._item_started - (logged.duration_s if logged else 0.0)
+            report_interrupted(self.current_item, message, max(0.0, spent))
 
     def pytest_report_teststatus(
         self, report: pytest.TestReport
@@ -232,6 +240,14 @@ class ChaosPlugin:
             return
         from .report import table
 
+        if config.getoption("--chaos-replay") is not None and not config.stash.get(
+            REPLAY_TAKEN, False
+        ):
+            terminalreporter.write_line(
+                "pytest-chaos: --chaos-replay was given, but no test that ran searches "
+                "schedules (chaos.explore): nothing was replayed.",
+                yellow=True,
+            )
         page = self.write_report(config)
         if page is not None:
             terminalreporter.write_sep("-", f"chaos report: {page}")

@@ -142,6 +142,7 @@ def read_settings(config: pytest.Config) -> ChaosSettings:
     manager, manager_source = setting(config, "swarm_manager")
     stack_name, stack_source = setting(config, "swarm_stack")
     engines = _engines(config)
+    _check_replay(config)
     if manager is not None:
         if (backend or "compose") != "swarm":
             raise pytest.UsageError(
@@ -168,6 +169,30 @@ def read_settings(config: pytest.Config) -> ChaosSettings:
         swarm_stack=stack_name,
         swarm_engines=engines,
     )
+
+
+#: Set once a search has taken --chaos-replay: a run where none did says so.
+REPLAY_TAKEN = pytest.StashKey[bool]()
+
+
+def _check_replay(config: pytest.Config) -> None:
+    """--chaos-replay must be a schedule: one that cannot be read would otherwise
+    leave the search to run as if no replay had been asked for."""
+    text = config.getoption("--chaos-replay")
+    if text is None:
+        return
+    from .errors import ConfigurationError
+    from .schedule import Schedule
+
+    if not text.strip():
+        raise pytest.UsageError(
+            "--chaos-replay is empty: give the schedule a search printed (e.g. 'pause "
+            "postgres at 0s for 1.5s; kill redis at 0.5s for 0.5s'), or 'nothing'."
+        )
+    try:
+        Schedule.parse(text)
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"--chaos-replay: {exc}") from None
 
 
 def _engines(config: pytest.Config) -> dict[str, str]:

@@ -128,7 +128,7 @@ def latency(
     delay_s, jitter_s = check_delay(delay, jitter)
     if method not in METHODS:
         raise ConfigurationError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
-    addresses = _peer_addresses(peers)
+    addresses = _peer_addresses(service, peers)
     pid = service.init_pid()
     if method == "auto":
         method = "netem" if netem_available() else "nfqueue"

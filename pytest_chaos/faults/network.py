@@ -151,10 +151,15 @@ def parse_rate(rate: str | int) -> int:
     return int(bits)
 
 
-def _peer_addresses(peers: Sequence[Service | str]) -> dict[str, str]:
+def _peer_addresses(service: Service, peers: Sequence[Service | str]) -> dict[str, str]:
+    """Each peer's IPv4 address by name. The service itself is no peer: its traffic
+    to itself goes over loopback, which no fault touches, so the fault could never
+    bite."""
     out: dict[str, str] = {}
     for peer in peers:
         if isinstance(peer, Service):
+            if peer.name == service.name:
+                raise _self_peer(service)
             out[peer.name] = peer.address()
             continue
         try:
@@ -163,7 +168,16 @@ def _peer_addresses(peers: Sequence[Service | str]) -> dict[str, str]:
             raise ConfigurationError(
                 f"peer {peer!r} is neither a service nor an IPv4 address."
             ) from None
+        if out[str(peer)] in service.addresses():
+            raise _self_peer(service)
     return out
+
+
+def _self_peer(service: Service) -> ConfigurationError:
+    return ConfigurationError(
+        f"{service.name!r} is among its own peers: a service's traffic to itself stays on "
+        "loopback, out of any fault's reach; name the other services, or none for all."
+    )
 
 
 # -- nftables --------------------------------------------------------------------------
@@ -285,7 +299,7 @@ def partition(
     refuses them at once. Names keep resolving: Docker's DNS is on loopback."""
     check_mode(mode)
     check_direction(direction)
-    addresses = _peer_addresses(peers)
+    addresses = _peer_addresses(service, peers)
     handle = NetworkHandle(
         kind="partition",
         target=service.label,
@@ -310,7 +324,7 @@ def loss(
     but loopback), chosen at random per packet (nftables numgen; no netem needed)."""
     value = check_percent(percent)
     check_direction(direction)
-    addresses = _peer_addresses(peers)
+    addresses = _peer_addresses(service, peers)
     handle = NetworkHandle(
         kind="loss",
         target=service.label,

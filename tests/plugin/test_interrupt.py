@@ -17,6 +17,7 @@ import pytest
 
 INNER = """
 import contextlib, pathlib, socket, threading, time
+import pytest
 from pytest_chaos import Flow, LoadGenerator, Request
 
 HERE = pathlib.Path(__file__).parent
@@ -39,7 +40,11 @@ def hanging_server():
     threading.Thread(target=accept, daemon=True).start()
     return server.getsockname()[1]
 
-def test_hung(chaos):
+@pytest.fixture
+def slow_setup():
+    time.sleep(2)  # a setup that takes time (a stack starting): JUnit counts it once
+
+def test_hung(chaos, slow_setup):
     port = hanging_server()
     flow = Flow("reads", 20, lambda i: Request("GET", f"http://127.0.0.1:{port}/"))
     with LoadGenerator([flow], request_timeout=60) as load:
@@ -102,6 +107,7 @@ def test_an_interruption_with_hung_requests_heals_within_a_second_and_says_so(
     assert (suite.get("tests"), suite.get("errors")) == ("1", "1"), ET.tostring(suite)
     [case] = suite.findall("testcase")
     assert case.get("name") == "test_hung"
+    assert 2.0 < float(case.get("time")) <= float(suite.get("time")), ET.tostring(suite)
     error = case.find("error")
     assert error is not None
     assert error.get("message") == f"pytest-chaos: interrupted by {name}"

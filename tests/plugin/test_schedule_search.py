@@ -129,6 +129,38 @@ def test_the_pasted_test_and_the_option_replay_exactly_that_schedule(system):
     assert _properties(system)["schedule_replay"] == reversed_order
 
 
+def test_the_pasted_test_of_a_marked_test_carries_one_schedule_marker(system):
+    result = _search(system, marker="@pytest.mark.schedule(seed=7)")
+    result.assert_outcomes(failed=1)
+    pasted = result.stdout.str().split("or paste this test:", 1)[1]
+    assert pasted.count("@pytest.mark.schedule(") == 1, pasted
+    result.stdout.fnmatch_lines(
+        [f"*@pytest.mark.schedule(replay={MINIMAL!r})", "*def test_search_replay(chaos):"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("replay", "message"),
+    [
+        ("pause db for 1s", "*--chaos-replay: cannot read the schedule step 'pause db for 1s'*"),
+        ("  ", "*--chaos-replay is empty*"),
+    ],
+    ids=["unreadable", "empty"],
+)
+def test_a_replay_that_cannot_be_read_is_a_usage_error(system, replay, message):
+    result = _search(system, f"--chaos-replay={replay}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_replay_that_no_search_took_says_so(pytester):
+    pytester.makepyfile(test_plain="def test_plain(chaos):\n    pass\n")
+    result = pytester.runpytest_subprocess(f"--chaos-replay={MINIMAL}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*--chaos-replay was given, but no test*nothing was replayed*"])
+
+
 def test_a_failure_that_does_not_reproduce_is_reported_not_passed_nor_shrunk(system):
     # Every schedule fails on its first run only: never confirmed, never a pass.
     result = _failing(
@@ -151,7 +183,11 @@ def test_search(chaos):
         ]
     )
     assert "shrank" not in result.stdout.str()
-    assert int(_properties(system)["schedule_unconfirmed_failures"]) >= 1
+    props = _properties(system)
+    assert int(props["schedule_unconfirmed_failures"]) >= 1
+    # An example that failed once did not hold, confirmed or not.
+    held = int(props["schedule_examples"]) - int(props["schedule_unconfirmed_failures"])
+    assert int(props["schedule_examples_held"]) == held
 
 
 @pytest.mark.parametrize(
