@@ -110,12 +110,12 @@ class Chaos:
         """Enter any fault context manager and hold it until :meth:`undo` or the end of
         the test. This is the extension point: a fault of your own is one function."""
         stack = ExitStack()
-        with timeline.applying(label or "a fault"):
+        # A @contextmanager's generator keeps its function's name.
+        name = getattr(getattr(fault, "gen", None), "__name__", None)
+        with timeline.applying(label or name or "a fault") as being_applied:
             try:
                 handle = stack.enter_context(fault)
             except Exception as exc:
-                # A @contextmanager's generator keeps its function's name.
-                name = getattr(getattr(fault, "gen", None), "__name__", None)
                 refused = docker_refusal(exc, str(label or name or "the fault"))
                 if refused is None:
                     raise
@@ -126,6 +126,7 @@ class Chaos:
             self._count += 1
             text = label or (handle.describe() if isinstance(handle, FaultHandle) else repr(handle))
             noted = timeline.note_fault(text, handle)
+            being_applied.label = text
         applied = _Applied(handle, stack, text, self._count, noted)
         self._applied.append(applied)
         self._all_applied.append(applied)

@@ -10,6 +10,7 @@ written relative to the timeline's start.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -198,18 +199,36 @@ def faults_in_force() -> tuple[str, ...]:
     return (*noted, *(f"applying {what}" for what in list(_current.applying)))
 
 
+@dataclass
+class Applying:
+    """A fault being applied: what the history's events carry meanwhile
+    (``applying <what> #n``, unique), and the fault's name once it is noted, which
+    then replaces it in those events: an operation that met the fault while it was
+    being applied met that fault, under one name."""
+
+    token: str
+    label: str | None = None
+
+
+_applying_count = itertools.count(1)
+
+
 @contextlib.contextmanager
-def applying(what: str) -> Iterator[None]:
-    """Around a fault's application, until it is noted on the timeline."""
+def applying(what: str) -> Iterator[Applying]:
+    """Around a fault's application, until it is noted on the timeline (the caller
+    sets ``label`` to the name it was noted under)."""
+    current = Applying(f"{what} #{next(_applying_count)}")
     if _current is None:
-        yield
+        yield current
         return
     timeline = _current
-    timeline.applying.append(what)
+    timeline.applying.append(current.token)
     try:
-        yield
+        yield current
     finally:
-        timeline.applying.remove(what)
+        timeline.applying.remove(current.token)
+        if current.label is not None and timeline.history is not None:
+            timeline.history.rename_fault(f"applying {current.token}", current.label)
 
 
 def _in_force(fault: _Fault) -> bool:

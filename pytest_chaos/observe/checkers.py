@@ -259,8 +259,10 @@ def availability(
     f: str | None = None,
     max_info_share: float | None = None,
 ) -> CheckResult:
-    """Per fault window (``before``, each combination of faults in force at invoke,
-    ``after``): how many operations ended ok, fail and info, and the slowest ok.
+    """Per fault window (``before``; each combination of faults an operation may
+    have met, ``during1``... in the order first met, ``duringN_faults`` naming them;
+    ``between`` faults; ``after``): how many operations ended ok, fail and info, and
+    the slowest ok.
     With ``max_info_share``, invalid when a window's share of unknown outcomes is
     above it: while degraded, a system should refuse clearly (fail), not leave
     clients guessing (info)."""
@@ -282,11 +284,12 @@ def availability(
     figures: dict[str, float | int | str] = {}
     faults_seen = 0
     for window in found:
-        if window.name in ("before", "after"):
+        if window.name in ("before", "between", "after"):
             label = window.name
         else:
             faults_seen += 1
             label = f"during{faults_seen}"
+            figures[f"{label}_faults"] = window.name
         figures[f"{label}_ok"] = window.ok
         figures[f"{label}_fail"] = window.fail
         figures[f"{label}_info"] = window.info

@@ -20,6 +20,7 @@ transactional checks on histories of their own systems.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -204,6 +205,15 @@ class History:
         with self._lock:
             return list(self._events)
 
+    def rename_fault(self, old: str, new: str) -> None:
+        """Name ``old`` ``new`` in every event so far (once, where both are there): a
+        fault being applied gets the name it was applied under."""
+        with self._lock:
+            for i, op in enumerate(self._events):
+                if old in op.faults:
+                    renamed = dict.fromkeys(new if f == old else f for f in op.faults)
+                    self._events[i] = dataclasses.replace(op, faults=tuple(renamed))
+
     def __len__(self) -> int:
         return len(self._events)
 
@@ -301,17 +311,27 @@ def faults_met(op: Operation) -> tuple[str, ...]:
 
 
 def windows(operations: Iterable[Operation]) -> Iterator[tuple[str, Operation]]:
-    """Each operation with the name of its fault window: ``before`` (it met no
-    fault, and none had been met yet), the faults it may have met joined with " + "
-    (:func:`faults_met`), or ``after`` (it met none, once some had been met)."""
+    """Each operation, in invoke order, with the name of its fault window: the
+    faults it may have met (:func:`faults_met`) joined with " + " in the order they
+    were first met in the history (the same faults make one window, whatever the
+    order an operation saw them in); if it met none, ``before`` (no operation had
+    met a fault yet), ``after`` (none will) or ``between`` (between faults)."""
+    ops = sorted(operations, key=lambda o: o.invoke.index)
+    met = [faults_met(op) for op in ops]
+    first: dict[str, int] = {}
+    for faults in met:
+        for fault in faults:
+            first.setdefault(fault, len(first))
+    last_met = max((i for i, faults in enumerate(met) if faults), default=-1)
     seen_fault = False
-    for op in sorted(operations, key=lambda o: o.invoke.index):
-        met = faults_met(op)
-        if met:
+    for i, (op, faults) in enumerate(zip(ops, met, strict=True)):
+        if faults:
             seen_fault = True
-            yield " + ".join(met), op
+            yield " + ".join(sorted(faults, key=first.__getitem__)), op
+        elif not seen_fault:
+            yield "before", op
         else:
-            yield ("after" if seen_fault else "before"), op
+            yield ("between" if i < last_met else "after"), op
 
 
 def _frozen(value: Any) -> Any:

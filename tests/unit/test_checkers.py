@@ -191,6 +191,7 @@ def test_availability_counts_outcomes_per_fault_window():
     assert result.valid
     assert result.figures == {
         "before_ok": 2, "before_fail": 0, "before_info": 0, "before_slowest_ok_s": 0.01,
+        "during1_faults": "kill postgres",
         "during1_ok": 1, "during1_fail": 1, "during1_info": 1, "during1_slowest_ok_s": 0.01,
         "after_ok": 1, "after_fail": 0, "after_info": 0, "after_slowest_ok_s": 0.01,
     }  # fmt: skip
