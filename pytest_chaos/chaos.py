@@ -4,6 +4,7 @@ every one of them, last in first out, when the test ends, whatever happened."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -78,6 +79,9 @@ class Chaos:
         self._trial_base: int | None = None
         #: When the test began (wall clock): collateral damage is looked for from here.
         self.started_wall = time.time()
+        #: Waits for health of faults lifted by undo(wait=False), and what they raised.
+        self._healing: list[threading.Thread] = []
+        self._heal_errors: list[BaseException] = []
 
     # -- targets -------------------------------------------------------------------------
 
@@ -219,19 +223,73 @@ class Chaos:
             out.append((a.label, float(since if since is not None else time.monotonic())))
         return out
 
-    def undo(self, handle: object) -> None:
+    def undo(self, handle: object, *, wait: bool = True) -> None:
         """Undo one fault now (faults applied after it stay); a list of handles (a
-        fault applied to every task, ``"web.*"``) is undone newest first."""
+        fault applied to every task, ``"web.*"``) is undone newest first.
+
+        By default this returns once the target is healthy again, so a recovery
+        measured after it includes that wait. ``wait=False`` lifts the fault and
+        returns at once: the wait for the target's health runs beside the test
+        (:meth:`settle` waits for it, as does the end of the test, and a target that
+        does not come back fails the test there), and a recovery measured from
+        ``handle.lifted_at`` is the system's own."""
         if isinstance(handle, list):
             for each in reversed(handle):
-                self.undo(each)
+                self.undo(each, wait=wait)
             return
         for i, applied in enumerate(self._applied):
             if applied.handle is handle:
                 del self._applied[i]
-                self._close(applied)
+                if wait:
+                    self._close(applied)
+                else:
+                    self._lift_only(applied)
                 return
         raise ConfigurationError("that fault is not in force (already undone?).")
+
+    def _lift_only(self, applied: _Applied) -> None:
+        from . import signals
+
+        with signals.lifting_only(after=f"the undo of {applied.label}"):
+            self._close(applied)
+        for health in signals.take_deferred():
+            thread = threading.Thread(
+                target=self._await_health,
+                args=(applied, health),
+                name=f"chaos-health-{applied.index}",
+                daemon=True,
+            )
+            thread.start()
+            self._healing.append(thread)
+
+    def _await_health(self, applied: _Applied, health: Callable[[], str]) -> None:
+        try:
+            found = health()
+        except BaseException as exc:  # noqa: BLE001 - raised by settle()
+            self._heal_errors.append(exc)
+            return
+        handle = applied.handle
+        if isinstance(handle, FaultHandle):
+            handle.undone_at = time.monotonic()
+            handle.restored_by = found.rpartition("brought back by ")[2] or found
+            for key in ("health_wait_s", "restored_by"):
+                value = handle.figures().get(key)
+                if value is not None:
+                    self.record(f"chaos_fault_{applied.index}_{key}", value)
+
+    def settle(self) -> None:
+        """Wait for the health of every target whose fault :meth:`undo` lifted with
+        ``wait=False``; raise :class:`~pytest_chaos.errors.UndoFailed` if one did not
+        come back."""
+        while self._healing:
+            self._healing.pop(0).join()
+        errors, self._heal_errors = self._heal_errors, []
+        if errors:
+            raise UndoFailed(
+                f"{len(errors)} target(s) did not come back after their fault was lifted: "
+                + "; ".join(str(e) for e in errors),
+                errors,
+            ) from errors[0]
 
     def undo_all(self) -> list[str]:
         """Undo every fault in force, newest first; return their labels. Every undo
@@ -247,6 +305,11 @@ class Chaos:
             except BaseException as exc:  # noqa: BLE001 - collected, re-raised below
                 errors.append(exc)
                 labels.append(f"{applied.label}: {exc}")
+        try:
+            self.settle()
+        except UndoFailed as exc:
+            errors.append(exc)
+            labels.append(str(exc))
         if errors:
             raise UndoFailed(
                 f"{len(errors)} undo(s) failed (all were attempted): " + "; ".join(labels), errors

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from .. import timeline
 from ..errors import ConfigurationError, RecoveryTimeout
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
+from ..faults.base import FaultHandle
 from ..units import parse_duration
 
 
@@ -30,7 +31,7 @@ def wait_for_recovery(
     *,
     timeout: float | str = 60.0,
     interval: float | str = 0.1,
-    since: float | None = None,
+    since: float | FaultHandle | None = None,
     what: str = "steady state",
     transient: tuple[type[BaseException], ...] = (Exception,),
     clock: Callable[[], float] = time.monotonic,
@@ -39,8 +40,10 @@ def wait_for_recovery(
 ) -> Recovery:
     """Call ``check`` every ``interval`` until it returns a truthy value.
 
-    ``since`` is a ``clock()`` reading (e.g. the moment a fault was injected); the
-    recovery time is measured from it, and the deadline is ``since + timeout``.
+    ``since`` is a ``clock()`` reading (e.g. the moment a fault was injected), or a
+    fault's handle: then the moment the fault was lifted (``handle.lifted_at``), not
+    when its undo finished waiting for the target's health. The recovery time is
+    measured from it, and the deadline is ``since + timeout``.
     Exceptions of the ``transient`` types count as a failed check. On timeout,
     :class:`RecoveryTimeout` says what the last check returned or raised. The recovery
     is marked on the test's timeline (HTML report) unless ``on_timeline`` is False.
@@ -48,6 +51,14 @@ def wait_for_recovery(
     timeout_s = parse_duration(timeout, name="timeout")
     interval_s = parse_duration(interval, name="interval")
     start = clock()
+    if isinstance(since, FaultHandle):
+        lifted = since.lifted_at if since.lifted_at is not None else since.undone_at
+        if lifted is None:
+            raise ConfigurationError(
+                f"since={since.describe()!r}: that fault is still in force; undo it "
+                "first (chaos.undo(handle, wait=False) lifts it at once)."
+            )
+        since = lifted
     origin = start if since is None else since
     if origin > start:
         raise ConfigurationError("since lies in the future: pass a reading of the same clock.")

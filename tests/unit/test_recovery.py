@@ -77,3 +77,23 @@ def test_unexpected_exceptions_propagate():
 def test_bad_arguments(kwargs):
     with pytest.raises(ConfigurationError):
         wait_for_recovery(lambda: True, **kwargs)
+
+
+def test_since_a_handle_measures_from_when_the_fault_was_lifted_not_from_its_undo():
+    """A 3 s pause whose undo then waited 2.6 s for the target's health: the system
+    answered 0.05 s after the thaw, and that is its recovery."""
+    from pytest_chaos import FaultHandle
+
+    clock = FakeClock()
+    handle = FaultHandle(kind="pause", target="db", applied_at=90.0)
+    handle.lifted_at, handle.undone_at = 93.0, 95.6
+    clock.now = 93.05
+    recovery = wait_for_recovery(lambda: True, since=handle, clock=clock, sleep=clock.sleep)
+    assert recovery.recovery_time_s == pytest.approx(0.05)
+
+
+def test_since_a_fault_still_in_force_is_refused():
+    from pytest_chaos import FaultHandle
+
+    with pytest.raises(ConfigurationError, match="still in force"):
+        wait_for_recovery(lambda: True, since=FaultHandle(kind="pause", target="db"))
