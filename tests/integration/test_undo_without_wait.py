@@ -47,7 +47,8 @@ def test_a_lifted_fault_leaves_the_health_wait_beside_the_test(chaos, chaos_proj
     assert answered.recovery_time_s <= time.monotonic() - handle.lifted_at
     chaos.settle()
     assert redis.is_healthy()
-    assert handle.undone_at is not None and handle.undone_at >= handle.lifted_at
+    assert handle.undone_at is not None
+    assert handle.undone_at >= handle.lifted_at
     figures = chaos.figures
     assert figures["chaos_fault_1_health_wait_s"] == round(handle.undone_at - handle.lifted_at, 3)
     assert figures["chaos_fault_1_restored_by"] == "still-running"
