@@ -25,6 +25,9 @@ def status_line(faults: list[tuple[str, float]], loads: list[Any], now: float) -
         if waiting:
             # Hung requests show here: they are neither done nor failed yet.
             line += f", {len(waiting)} in flight (oldest {now - min(waiting):.1f} s)"
+        held = sum(len(load.not_sent()) for load in loads if hasattr(load, "not_sent"))
+        if held:
+            line += f", {held} held back (max_in_flight)"
         recent = [r for r in records if r.started >= now - 2.0]
         if recent:
             line += f", {sum(not r.ok for r in recent)} of {len(recent)} in the last 2 s"

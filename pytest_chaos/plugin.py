@@ -206,6 +206,24 @@ def pytest_runtest_makereport(
     return report
 
 
+def _record_offered_load(session: Chaos) -> None:
+    """Record what the test's load generators offered and sent, per fault window."""
+    from . import timeline
+    from .observe.offered import FaultSpan, load_figures
+
+    current = timeline.current()
+    if current is None or not current.loads:
+        return
+    spans = []
+    for fault in current.faults:
+        handle = fault.handle
+        start = getattr(handle, "applied_at", None) or fault.start
+        end = getattr(handle, "lifted_at", None) or getattr(handle, "undone_at", None) or fault.end
+        spans.append(FaultSpan(fault.label, start, end))
+    for name, value in load_figures(current.loads, spans).items():
+        session.record(name, value)
+
+
 def _look_for_collateral(session: Chaos) -> None:
     """Record the services harmed besides the faults' targets; a Docker that cannot
     say is recorded as such, never fatal to the teardown."""
@@ -293,6 +311,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         try:
             session.undo_all()
         finally:
+            _record_offered_load(session)
             _look_for_collateral(session)
             if plugin.live is not None:
                 plugin.live.unwatch()

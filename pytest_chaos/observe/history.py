@@ -185,8 +185,9 @@ class History:
             return self._processes - 1
 
     def _event(self, process: int, type: OpType, f: str, value: Any, error: str | None) -> Op:
-        faults = tuple(self._faults())
         with self._lock:
+            # Read under the lock: a rename_fault after this event sees it.
+            faults = tuple(self._faults())
             op = Op(
                 index=len(self._events),
                 process=process,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 import weakref
@@ -25,6 +26,7 @@ from ..errors import ConfigurationError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..units import parse_duration
 from .history import Client, History, OpType
+from .offered import Slot
 
 if TYPE_CHECKING:
     import httpx
@@ -107,6 +109,8 @@ class RequestRecord:
     error: str | None
     ack_id: str | None
     summary: Any
+    #: time.monotonic() when the schedule wanted it sent (None: when it was sent).
+    due: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -115,6 +119,23 @@ class RequestRecord:
     @property
     def finished(self) -> float:
         return self.started + self.latency_s
+
+    @property
+    def response_s(self) -> float:
+        """From when it was due to its answer: what a client on the schedule waited,
+        a late send included (``latency_s`` starts at the send)."""
+        return self.finished - (self.due if self.due is not None else self.started)
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """A request of the schedule the generator held back: ``max_in_flight`` requests
+    were still waiting for their answers when it was due."""
+
+    flow: str
+    seq: int
+    due: float
+    in_flight: int
 
 
 class LoadGenerator:
@@ -149,11 +170,17 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
-        self.skipped = 0  # requests not sent because max_in_flight were pending
+        #: Requests not sent because ``max_in_flight`` were pending (see not_sent()).
+        self.skipped = 0
+        self._not_sent: list[NotSent] = []
+        #: (flow, due) of every request sent, answered or not.
+        self._sent: list[tuple[str, float]] = []
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         #: (flow, seq) -> time.monotonic() when sent, of each request awaiting its answer.
         self._in_flight: dict[tuple[str, int], float] = {}
+        #: (flow, seq) -> when it was due, of each request sent and not yet answered.
+        self._in_flight_due: dict[tuple[str, int], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Every request as an operation. Inside a chaos test, the test's history
@@ -241,6 +268,65 @@ class LoadGenerator:
             and (until is None or r.started < until)
         ]
 
+    def not_sent(
+        self, flow: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> list[NotSent]:
+        """The requests of ``flow`` (all if None) due in [since, until) that were held
+        back, ``max_in_flight`` being pending."""
+        with self._lock:
+            rows = list(self._not_sent)
+        return [
+            r for r in rows if (flow is None or r.flow == flow) and _within(r.due, since, until)
+        ]
+
+    def offered(
+        self, flow: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> int:
+        """How many requests of ``flow`` were due in [since, until), sent or not."""
+        with self._lock:
+            dues = [due for name, due in self._sent if flow is None or name == flow]
+        sent = sum(_within(due, since, until) for due in dues)
+        return sent + len(self.not_sent(flow, since=since, until=until))
+
+    def slots(self) -> list[Slot]:
+        """Every request of the schedule so far: its flow, when it was due, and whether
+        it was sent (for :func:`~pytest_chaos.observe.offered.rate_windows`)."""
+        with self._lock:
+            sent = [Slot(flow, due, True) for flow, due in self._sent]
+            held = [Slot(r.flow, r.due, False) for r in self._not_sent]
+        return sorted(sent + held, key=lambda s: s.due)
+
+    def response_times(
+        self, flow: str | None = None, *, since: float | None = None, until: float | None = None
+    ) -> list[float]:
+        """For every request of ``flow`` due in [since, until), how long a client on the
+        schedule waited for its answer, from when it was due: answered ones (errors
+        too) their :attr:`RequestRecord.response_s`; one still waiting, the time so
+        far; one held back (never sent), ``math.inf``. Percentiles of these
+        (:func:`~pytest_chaos.observe.offered.percentile`) cannot leave out the
+        requests a slow system kept the generator from sending."""
+        now = time.monotonic()
+        with self._lock:
+            done = {(r.flow, r.seq): r for r in self._records}
+            waiting = dict(self._in_flight_due)
+            held = list(self._not_sent)
+        out = [
+            r.response_s
+            for r in done.values()
+            if (flow is None or r.flow == flow) and _within(r.due or r.started, since, until)
+        ]
+        out += [
+            now - due
+            for (name, _), due in waiting.items()
+            if (flow is None or name == flow) and _within(due, since, until)
+        ]
+        out += [
+            math.inf
+            for r in held
+            if (flow is None or r.flow == flow) and _within(r.due, since, until)
+        ]
+        return out
+
     def acknowledged(self, flow: str | None = None) -> list[str]:
         """The ids the responses of ``flow`` (or all flows) acknowledged, in order."""
         return [r.ack_id for r in self.records(flow) if r.ack_id is not None]
@@ -291,13 +377,18 @@ class LoadGenerator:
                 await asyncio.sleep(delay)
             if len(pending) >= self.max_in_flight:
                 self.skipped += 1
+                with self._lock:
+                    self._not_sent.append(NotSent(flow.name, seq, due, len(pending)))
             else:
-                task = asyncio.get_running_loop().create_task(self._send(client, flow, seq))
+                with self._lock:
+                    self._sent.append((flow.name, due))
+                    self._in_flight_due[(flow.name, seq)] = due
+                task = asyncio.get_running_loop().create_task(self._send(client, flow, seq, due))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             seq += 1
 
-    async def _send(self, client: httpx.AsyncClient, flow: Flow, seq: int) -> None:
+    async def _send(self, client: httpx.AsyncClient, flow: Flow, seq: int, due: float) -> None:
         import httpx
 
         req = flow.build(seq)
@@ -330,7 +421,7 @@ class LoadGenerator:
         finally:
             latency = time.monotonic() - started
             record = RequestRecord(
-                flow.name, seq, started, wall, latency, status, error, ack, summary
+                flow.name, seq, started, wall, latency, status, error, ack, summary, due
             )
             kind = (flow.outcome or outcome_of)(response, failure)
             why = error if error is not None else (f"HTTP {status}" if kind != "ok" else None)
@@ -338,7 +429,12 @@ class LoadGenerator:
             self._idle.append(process)
             with self._lock:
                 del self._in_flight[(flow.name, seq)]
+                self._in_flight_due.pop((flow.name, seq), None)
                 self._records.append(record)
+
+
+def _within(t: float, since: float | None, until: float | None) -> bool:
+    return (since is None or t >= since) and (until is None or t < until)
 
 
 #: Load generators started and not yet stopped (weakly: a forgotten one may go).

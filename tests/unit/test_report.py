@@ -66,3 +66,20 @@ def test_the_live_line_shows_requests_in_flight_and_the_oldest_age():
     assert line == (
         "chaos: partition api for 20.0 s | requests 0 done, 0 failed, 3 in flight (oldest 10.0 s)"
     )
+
+
+def test_the_live_line_counts_the_requests_held_back():
+    from pytest_chaos.live import status_line
+
+    class Load:
+        def records(self):
+            return []
+
+        def in_flight(self):
+            return [99.0] * 4
+
+        def not_sent(self):
+            return [object()] * 7
+
+    line = status_line([("pause db", 99.0)], [Load()], now=100.0)
+    assert line.endswith("4 in flight (oldest 1.0 s), 7 held back (max_in_flight)")
