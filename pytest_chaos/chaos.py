@@ -77,6 +77,7 @@ class Chaos:
         # become properties (the others are counted in the search's own figures).
         self._quiet = False
         self._trial_base: int | None = None
+        self._trial_figures: dict[str, Figure] = {}
         #: When the test began (wall clock): collateral damage is looked for from here.
         self.started_wall = time.time()
         #: Waits for health of faults lifted by undo(wait=False), and what they raised.
@@ -436,7 +437,12 @@ class Chaos:
         self._count = self._trial_base
         self._all_applied = list(self._applied)
         self._quiet = quiet
+        self._trial_figures = {}
         timeline.restart()
+
+    def trial_figures(self) -> dict[str, Figure]:
+        """The figures recorded since the search's current run began."""
+        return dict(self._trial_figures)
 
     def end_trials(self, *, keep_faults: bool) -> None:
         """For a search, when its last run is over: figures are properties again;
@@ -459,6 +465,7 @@ class Chaos:
                 f"figure {name!r} must be a number or a string, not {type(value).__name__}."
             )
         self.figures[name] = value
+        self._trial_figures[name] = value
         if not self._quiet:
             self._record(name, value)
         if key:

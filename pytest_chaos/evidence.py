@@ -39,6 +39,10 @@ def save(done: Timeline, directory: Path, project: ComposeProject | None) -> dic
 
         written["history"] = done.history.write_jsonl(folder / "history.jsonl")
         written["elle"] = export_elle(done.history.events, folder / "history.elle.json")
+    for i, (label, kept) in enumerate(done.kept_histories, 1):
+        if kept is done.history:
+            continue
+        written[f"history:{label}"] = kept.write_jsonl(folder / f"history-kept-{i}.jsonl")
     if project is not None:
         for service, text in _container_logs(project, done.start_wall, ended).items():
             written[f"log:{service}"] = _write(folder / f"{service}.log", text)

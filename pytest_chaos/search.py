@@ -4,6 +4,12 @@ example function; a failure is confirmed by re-runs before Hypothesis may shrink
 towards it; the smallest confirmed failure is run again to say how reproducible it is,
 and reported as a list of steps, a ``--chaos-replay`` line and a test to paste.
 
+A safety violation (a checker's: data lost, duplicated, resurrected; acknowledged
+writes missing) is proven by its run's history: seen once, it fails the search, with
+that history kept as evidence and its own replay line, whether or not a re-run shows
+it again. Confirmation by re-runs decides only what Hypothesis shrinks towards, so
+the smallest schedule reported is one that reproduces.
+
 Real systems are not deterministic, and Hypothesis must not see that: each schedule's
 verdict is decided once (it fails ``confirm`` runs in a row, or it does not count) and
 remembered, so Hypothesis' own replays of a schedule get the same answer without
@@ -27,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .errors import (
     ChaosError,
     ConfigurationError,
+    DataLossDetected,
     FaultDidNotTakeEffect,
+    HistoryCheckFailed,
     RecoveryTimeout,
 )
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
@@ -51,6 +59,8 @@ class Session(Applier, Protocol):
 
     def end_trials(self, *, keep_faults: bool) -> None: ...
 
+    def trial_figures(self) -> dict[str, float | int | str]: ...
+
     def undo_all(self) -> list[str]: ...
 
     def effects(self) -> list[tuple[str, Effect]]: ...
@@ -63,6 +73,8 @@ log = logging.getLogger("pytest_chaos")
 #: What a failing run of an example raises: a verdict on the system (an assertion,
 #: lost data, a check of the history, a recovery that did not come).
 SYSTEM_FAILURES: tuple[type[BaseException], ...] = (AssertionError, RecoveryTimeout)
+#: Failures a run's history proves on its own, the first time they are seen.
+SAFETY_VIOLATIONS: tuple[type[BaseException], ...] = (HistoryCheckFailed, DataLossDetected)
 
 
 class ScheduleFailed(ChaosError, AssertionError):
@@ -81,10 +93,18 @@ class Trial:
     seconds: float
     steps: int = 0
     steps_without_effect: int = 0
+    #: The figures this run recorded (a failing run's are shown in the end).
+    figures: dict[str, Any] = field(default_factory=dict)
+    #: A safety violation's proof: the run's history (kept for no other run).
+    history: Any = None
 
     @property
     def failed(self) -> bool:
         return self.failure is not None
+
+    @property
+    def violated_safety(self) -> bool:
+        return isinstance(self.failure, SAFETY_VIOLATIONS)
 
 
 @dataclass
@@ -119,6 +139,8 @@ class SearchResult:
     minimal: Schedule | None = None
     reproduced: tuple[int, int] | None = None
     unconfirmed: list[Verdict] = field(default_factory=list)
+    #: Every run that showed a safety violation, in order (each proven by its history).
+    violations: list[Trial] = field(default_factory=list)
     steps_applied: int = 0
     steps_without_effect: int = 0
 
@@ -211,7 +233,14 @@ class Search:
             round(time.monotonic() - began, 3),
             steps=len(effects),
             steps_without_effect=sum(not e.took for _, e in effects),
+            figures=chaos.trial_figures(),
         )
+        if trial.violated_safety:
+            from . import timeline
+
+            current = timeline.current()
+            trial.history = current.history if current is not None else None
+            self.result.violations.append(trial)
         self.result.runs += 1
         self.result.steps_applied += trial.steps
         self.result.steps_without_effect += trial.steps_without_effect
@@ -448,10 +477,12 @@ def explore(
     trials = search.rerun(minimal)
     result.reproduced = (sum(t.failed for t in trials), len(trials))
     _record_search(chaos, result)
-    # The failure to show: the last re-run's, else the last of those that confirmed it.
+    # The failure to show: the last re-run's, else the last of those that confirmed it;
+    # its figures are the test's.
     runs = [*search.verdicts[minimal.text].trials, *trials]
-    last = next(t.failure for t in reversed(runs) if t.failure is not None)
-    raise _failed(search, minimal, last)
+    shown = next(t for t in reversed(runs) if t.failure is not None)
+    _show_run(chaos, shown)
+    raise _failed(search, minimal, shown.failure or RuntimeError("no failure kept"))
 
 
 def _replay(search: Search, schedule: Schedule) -> SearchResult:
@@ -467,6 +498,8 @@ def _replay(search: Search, schedule: Schedule) -> SearchResult:
     _record_steps(chaos, schedule)
     if failures:
         failure = failures[-1].failure
+        # The report shows a failing run's figures, not those of a last run that held.
+        _show_run(chaos, failures[-1])
         raise ScheduleFailed(
             f"the replayed schedule failed {len(failures)} of {len(trials)} runs:\n"
             f"{schedule.describe()}\nwhat failed: {_first_lines(failure)}"
@@ -476,6 +509,8 @@ def _replay(search: Search, schedule: Schedule) -> SearchResult:
 
 def _held_up(search: Search) -> SearchResult:
     result = search.result
+    if result.violations:
+        raise _violated(search)
     if result.unconfirmed:
         # The system did fail, if not reproducibly: that is not a pass.
         worst = result.unconfirmed[0]
@@ -508,9 +543,66 @@ def _held_up(search: Search) -> SearchResult:
     return result
 
 
+def _violated(search: Search) -> ScheduleFailed:
+    """No failure reproduced, but a run violated safety: that run's history is the
+    proof, and the search fails on it."""
+    result = search.result
+    first = result.violations[0]
+    verdict = search.verdicts.get(first.schedule.text)
+    runs = f"{verdict.failures} of its {len(verdict.trials)}" if verdict else "1 of its 1"
+    lines = [
+        f"the search saw a safety violation ({len(result.violations)} run(s) in all); a "
+        "run's history proves it, whether or not a re-run shows it again. First seen under:",
+        first.schedule.describe(),
+        f"what failed: {_first_lines(first.failure)}",
+        f"that schedule failed {runs} runs; seed {result.seed}.",
+        *_other_violations(result, first.schedule),
+        *_replay_lines(search, first.schedule),
+    ]
+    _show_run(search.chaos, first)
+    error = ScheduleFailed("\n".join(lines))
+    error.schedule = first.schedule
+    error.__cause__ = first.failure
+    return error
+
+
+def _other_violations(result: SearchResult, shown: Schedule) -> list[str]:
+    others = list(dict.fromkeys(t.schedule.text for t in result.violations))
+    others = [text for text in others if text != shown.text]
+    if not others:
+        return []
+    return [
+        f"safety violations were also seen under {len(others)} other schedule(s): "
+        + "; ".join(others[:3])
+        + ("; ..." if len(others) > 3 else "")
+    ]
+
+
+def _replay_lines(search: Search, schedule: Schedule) -> list[str]:
+    node = search.chaos.node
+    if node is None:
+        return []
+    lines = ["", "replay it:", f"  pytest {node.nodeid!s} --chaos-replay='{schedule.text}'"]
+    pasted = paste_test(node, schedule)
+    if pasted:
+        lines += ["or paste this test:", "", textwrap.indent(pasted, "    ")]
+    return lines
+
+
+def _show_run(chaos: Session, trial: Trial) -> None:
+    """Make the figures of ``trial`` (a failing run) the test's: the last run's, which
+    may have held up, must not be what the report shows beside its failure; a safety
+    violation's history goes into the evidence."""
+    for name, value in trial.figures.items():
+        chaos.record(name, value)
+    if trial.history is not None:
+        from . import timeline
+
+        timeline.keep_history(f"violation {trial.schedule.text}", trial.history)
+
+
 def _failed(search: Search, minimal: Schedule, failure: BaseException) -> ScheduleFailed:
     result = search.result
-    node = search.chaos.node
     failures, runs = result.reproduced or (0, 0)
     found = (
         f"found after {result.found_after_examples} example(s) ({result.found_after_s:g} s), "
@@ -539,15 +631,8 @@ def _failed(search: Search, minimal: Schedule, failure: BaseException) -> Schedu
         lines.append(
             "shrinking stopped at its budget (shrink_budget): a smaller schedule may exist."
         )
-    if node is not None:
-        lines += [
-            "",
-            "replay it:",
-            f"  pytest {node.nodeid!s} --chaos-replay='{minimal.text}'",
-        ]
-        pasted = paste_test(node, minimal)
-        if pasted:
-            lines += ["or paste this test:", "", textwrap.indent(pasted, "    ")]
+    lines += _other_violations(result, minimal)
+    lines += _replay_lines(search, minimal)
     error = ScheduleFailed("\n".join(lines))
     error.schedule = minimal
     error.__cause__ = failure

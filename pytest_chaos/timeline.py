@@ -47,6 +47,9 @@ class Timeline:
     applying: list[str] = field(default_factory=list)
     #: (label, observation) of each BPF session that ended, for the evidence files.
     observations: list[tuple[str, Any]] = field(default_factory=list)
+    #: (label, history) of earlier runs kept as evidence (a search's safety
+    #: violation, proven by its run's history), besides the test's own.
+    kept_histories: list[tuple[str, History]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         def rel(t: float | None) -> float | None:
@@ -235,6 +238,12 @@ def _in_force(fault: _Fault) -> bool:
     """Noted once applied; in force until lifted (or, for a fault of the test's own
     without ``lifted_at``, until undone)."""
     return (getattr(fault.handle, "lifted_at", None) or fault.end) is None
+
+
+def keep_history(label: str, history: History) -> None:
+    """Keep an earlier run's history as evidence of the test (written beside its own)."""
+    if _current is not None and all(h is not history for _, h in _current.kept_histories):
+        _current.kept_histories.append((label, history))
 
 
 def note_observation(label: str, observation: Any) -> None:

@@ -7,6 +7,7 @@ one either."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import xml.etree.ElementTree as ET
@@ -188,6 +189,79 @@ def test_search(chaos):
     # An example that failed once did not hold, confirmed or not.
     held = int(props["schedule_examples"]) - int(props["schedule_unconfirmed_failures"])
     assert int(props["schedule_examples_held"]) == held
+
+
+VIOLATION_ONCE = """
+from pytest_chaos import set_full
+from system import STRATEGY
+RUNS = {}
+def test_search(chaos):
+    def example(schedule):
+        n = RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
+        chaos.record("run_of_schedule", n)
+        writer, reader = chaos.history.client(), chaos.history.client()
+        writer.invoke("add", "x")
+        writer.ok(None)
+        reader.invoke("read")
+        # Lost once: the first run of the first two-step schedule drawn, never again.
+        lose = len(schedule.steps) >= 2 and n == 1 and not LOST
+        if lose:
+            LOST.append(schedule.text)
+        reader.ok([] if lose else ["x"])
+        chaos.check(set_full(chaos.history))
+    chaos.explore(STRATEGY, example, max_examples=30, seed=5, database=None)
+LOST = []
+"""
+
+
+def test_a_safety_violation_seen_once_fails_the_search_with_its_history_and_replay(system):
+    result = _failing(system, VIOLATION_ONCE)
+    text = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*the search saw a safety violation (1 run(s) in all)*First seen under:*",
+            "*what failed: *set-full*lost*",
+            "*that schedule failed 1 of its 2 runs*",
+            "*--chaos-replay='*'",
+        ]
+    )
+    assert "no failure was confirmed" not in text
+    props = _properties(system)
+    # The figures are the violating run's (its first), not a later run's that held.
+    assert props["run_of_schedule"] == "1"
+    assert props["set_full_valid"] == "false"
+    assert int(props["schedule_unconfirmed_failures"]) == 1
+
+
+def test_a_safety_violation_keeps_its_history_as_evidence(system):
+    system.makepyfile(test_search=VIOLATION_ONCE)
+    result = system.runpytest_subprocess("--chaos-report=out")
+    result.assert_outcomes(failed=1)
+    kept = list((system.path / "out" / "evidence").rglob("history-kept-*.jsonl"))
+    assert len(kept) == 1, list((system.path / "out").rglob("*"))
+    events = [json.loads(line) for line in kept[0].read_text().splitlines()]
+    reads = [e for e in events if e["f"] == "read" and e["type"] == "ok"]
+    assert reads
+    assert reads[-1]["value"] == []  # the read that lost "x": the proof
+
+
+def test_a_replay_reports_the_figures_of_a_run_that_failed(system):
+    result = _failing(
+        system,
+        """
+from system import STRATEGY
+RUNS = []
+def test_search(chaos):
+    def example(schedule):
+        RUNS.append(schedule.text)
+        chaos.record("run_number", len(RUNS))
+        assert len(RUNS) != 1, "failed on the first run only"
+    chaos.explore(STRATEGY, example, reproduce=3,
+                  replay="freeze db at 0s for 0.02s; wipe cache at 0s for 0.02s")
+""",
+    )
+    result.stdout.fnmatch_lines(["*the replayed schedule failed 1 of 3 runs*"])
+    assert _properties(system)["run_number"] == "1"
 
 
 @pytest.mark.parametrize(
