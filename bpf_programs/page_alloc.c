@@ -24,14 +24,17 @@ BPF_ARRAY(pages, u64, 3);
 // forgotten when the thread exits (before its id can be reused).
 BPF_ARRAY(verdicts, u8, CHAOS_PID_MAX);
 
-static inline u32 current_in_scope_uncached(void) {
+// 1: the current task is in a watched pid namespace; 0: it is not; -1: no namespace
+// is set yet. The program is attached before userspace fills pid_namespaces: a
+// verdict worked out meanwhile would wrongly keep a long-lived thread out for good.
+static inline int current_scope(void) {
     struct bpf_pidns_info info = {};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         int index = i;
         struct pid_namespace *ns = pid_namespaces.lookup(&index);
         if (!ns || ns->ino == 0)
-            return 0;
+            return i == 0 ? -1 : 0;
         if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)) == 0)
             return 1;
     }
@@ -42,9 +45,13 @@ static inline u32 current_in_scope(void) {
     int tid = (u32)bpf_get_current_pid_tgid();
     u8 *verdict = verdicts.lookup(&tid);
     if (!verdict)
-        return current_in_scope_uncached();
-    if (*verdict == 0)
-        *verdict = current_in_scope_uncached() ? 1 : 2;
+        return current_scope() == 1;
+    if (*verdict == 0) {
+        int found = current_scope();
+        if (found < 0)
+            return 0;  // not set up yet: decide later
+        *verdict = found ? 1 : 2;
+    }
     return *verdict == 1;
 }
 

@@ -27,14 +27,17 @@ BPF_ARRAY(verdicts, u8, CHAOS_PID_MAX);
 BPF_HASH(queued_at, u32, u64, 65536);
 BPF_HISTOGRAM(runq_us, int, 64);
 
-static inline u32 current_in_scope(void) {
+// 1: the current task is in a watched pid namespace; 0: it is not; -1: no namespace
+// is set yet. The program is attached before userspace fills pid_namespaces: a
+// verdict worked out meanwhile would wrongly keep a thread out for good.
+static inline int current_scope(void) {
     struct bpf_pidns_info info = {};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         int index = i;
         struct pid_namespace *ns = pid_namespaces.lookup(&index);
         if (!ns || ns->ino == 0)
-            return 0;
+            return i == 0 ? -1 : 0;
         if (bpf_get_ns_current_pid_tgid(ns->dev, ns->ino, &info, sizeof(info)) == 0)
             return 1;
     }
@@ -68,8 +71,11 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     // The task switched out is the current one: learn its verdict once.
     int prev = args->prev_pid;
     u8 *verdict = verdicts.lookup(&prev);
-    if (verdict && *verdict == 0)
-        *verdict = current_in_scope() ? 1 : 2;
+    if (verdict && *verdict == 0) {
+        int found = current_scope();
+        if (found >= 0)
+            *verdict = found ? 1 : 2;
+    }
     // Still runnable when switched out (it waits for a CPU again): state R, reported as
     // 0, or R+ for a preemption, which the tracepoint reports as TASK_REPORT_MAX (0x100)
     // with no state bit in the low byte. A task throttled by its CPU quota is one of these.
