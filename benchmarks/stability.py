@@ -6,6 +6,10 @@ against an exchange with one weakness switched on, which must fail for that reas
 
     sudo .venv/bin/python benchmarks/stability.py [--runs 10] [--conditions idle,loaded]
         [--weakened | --suites experiments,weakened] [-k EXPR] [--keep DIR] [--markdown]
+        [--chaos-backend compose|swarm]
+
+With ``--chaos-backend swarm`` each run deploys the exchange on a local three-node
+swarm and runs the experiments marked for it (the weakened runs are compose's).
 
 Each run is a pytest of its own (its own stack). It prints figures; it asserts
 nothing. The target is N of N identical verdicts in both conditions.
@@ -136,6 +140,10 @@ def main() -> None:
     parser.add_argument("-k", dest="keyword", help="only the tests pytest -k selects")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument(
+        "--chaos-backend", dest="backend", choices=("compose", "swarm"), default="compose",
+        help="where the experiments run (swarm: a local three-node swarm per run)",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep", type=Path, metavar="DIR",
         help="keep every run's JUnit XML and pytest output in DIR (default: thrown away)",
     )  # fmt: skip
@@ -145,8 +153,12 @@ def main() -> None:
     unknown = chosen - {"experiments", "weakened"}
     if unknown:
         sys.exit(f"unknown suite {', '.join(sorted(unknown))}: choose experiments or weakened")
+    if args.backend == "swarm" and "weakened" in chosen:
+        sys.exit("the weakened runs start their own compose stacks: drop --weakened with swarm")
     suites = [(s, f"tests/{s}") for s in ("experiments", "weakened") if s in chosen]
     extra = ["-k", args.keyword] if args.keyword else []
+    if args.backend == "swarm":
+        extra += ["--chaos-backend", "swarm"]
     results: dict[tuple[str, str], dict[str, Case]] = {}
     with contextlib.ExitStack() as stack:
         if args.keep:
