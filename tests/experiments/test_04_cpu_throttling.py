@@ -156,6 +156,8 @@ def test_cpu_throttling(chaos, exchange, bpf):
     chaos.record("back_to_baseline_s", round(back.recovery_time_s, 3))
     chaos.record("requests_failed", len(failed))
     chaos.record("pages_held_back_by_client", load.skipped)
+    chaos.record("pages_served_throttled", len(throttled))
+    chaos.record("clients_during_throttle", clients)
     runq_before, runq_during = before.observation.runqueue, during.observation.runqueue
     if runq_during is not None:
         chaos.record("bpf_runq_p99_during_us", round(runq_during.percentile(99)), key=True)
