@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytest_chaos import ConfigurationError, RecoveryTimeout, wait_for_recovery
 
@@ -97,3 +99,57 @@ def test_since_a_fault_still_in_force_is_refused():
 
     with pytest.raises(ConfigurationError, match="still in force"):
         wait_for_recovery(lambda: True, since=FaultHandle(kind="pause", target="db"))
+
+
+class Checks:
+    """A check whose n-th call takes ``durations[n]`` of the fake clock's time and
+    gives ``outcomes[n]`` (True, False, or raises); then False for ever."""
+
+    def __init__(self, clock, durations, outcomes):
+        self.clock, self.durations, self.outcomes = clock, durations, outcomes
+        self.started: list[float] = []
+        self.ended: list[float] = []
+
+    def __call__(self):
+        n = len(self.started)
+        self.started.append(self.clock.now)
+        self.clock.now += self.durations[n % len(self.durations)]
+        self.ended.append(self.clock.now)
+        outcome = self.outcomes[n] if n < len(self.outcomes) else False
+        if outcome == "raise":
+            raise ConnectionError("refused")
+        return outcome
+
+
+@given(
+    before=st.floats(0, 5),
+    timeout=st.floats(0.1, 10),
+    interval=st.floats(0.01, 1),
+    durations=st.lists(st.floats(0, 2), min_size=1, max_size=5),
+    outcomes=st.lists(st.sampled_from([True, False, "raise"]), max_size=200),
+)
+def test_the_recovery_is_the_first_passing_check_measured_from_since(
+    before, timeout, interval, durations, outcomes
+):
+    """Against checks of any speed and outcome: a recovery is reported at the end of
+    the first check that passed, measured from ``since``; a timeout only when no check
+    passed and the deadline is past; after the first check (made even when ``since``
+    is already older than the timeout), no check starts after the deadline."""
+    clock = FakeClock()
+    since = clock.now - before
+    checks = Checks(clock, durations, outcomes)
+    try:
+        found = wait_for_recovery(
+            checks, since=since, timeout=timeout, interval=interval,
+            clock=clock, sleep=clock.sleep, on_timeline=False,
+        )  # fmt: skip
+    except RecoveryTimeout:
+        assert True not in outcomes[: len(checks.started)]
+        assert checks.ended[-1] >= since + timeout
+        assert all(t <= since + timeout for t in checks.started[1:])
+        return
+    first = outcomes.index(True)
+    assert found.checks == first + 1 == len(checks.started)
+    assert found.recovery_time_s == pytest.approx(checks.ended[first] - since)
+    assert found.recovery_time_s - found.waited_s == pytest.approx(before)
+    assert all(t < since + timeout for t in checks.ended[:first])
