@@ -165,3 +165,61 @@ def test_kernel_headers_come_from_the_environment_the_kernel_or_the_merged_tree(
     # A host with real headers: bcc's own default wins over the merged tree.
     (modules / "6.1" / "build" / "include").mkdir(parents=True)
     assert kernel_source("6.1", modules=modules, merged_root=merged, environ={}) == (None, "")
+
+
+ERRNOS = {111: "refused", 110: "timeout", 113: "unreachable", 104: "reset"}
+
+
+@st.composite
+def connect_timelines(draw):
+    """True attempts, one after another on a few reused socket addresses, each ending
+    established, with an error (its report by 4-tuple from its start to just after its
+    close), closed
+    by the caller, or still pending (the last on its socket); with the raw events a
+    probe would have sent for them."""
+    sockets = draw(st.integers(1, 3))
+    attempts, events = [], []
+    free_at = dict.fromkeys(range(1, sockets + 1), 0.0)
+    port = 40000
+    for _ in range(draw(st.integers(0, 25))):
+        sk = draw(st.sampled_from(sorted(free_at)))
+        if free_at[sk] is None:
+            continue  # a pending attempt holds it for good
+        start = free_at[sk] + draw(st.floats(0.001, 2.0))
+        end = draw(st.sampled_from(["established", "error", "closed", "pending"]))
+        port += 1
+        events.append(ev(start, 1, sk=sk))
+        if end == "pending":
+            attempts.append(("pending", None, start))
+            free_at[sk] = None
+            continue
+        took = draw(st.floats(0.0005, 3.0))
+        if end == "established":
+            events.append(ev(start + took, 2, sk=sk, sport=port))
+            attempts.append(("established", None, start))
+        elif end == "closed":
+            events.append(ev(start + took, 4, sk=sk, sport=port))
+            attempts.append(("closed", None, start))
+        else:
+            errno = draw(st.sampled_from(sorted(ERRNOS)))
+            # Reported while it was open or just after the close (the kernel's order).
+            reported = start + (took + 0.5) * draw(st.floats(0.0, 1.0))
+            events += [ev(start + took, 4, sk=sk, sport=port),
+                       ev(reported, 3, sk=0, sport=port, error=errno)]  # fmt: skip
+            attempts.append((ERRNOS[errno], errno, start))
+        free_at[sk] = start + took
+    # Errors of other connections (ports no attempt used) mixed in.
+    for t in draw(st.lists(st.floats(0, 60), max_size=5)):
+        events.append(ev(t, 3, sk=0, sport=1, error=111))
+    return sorted(attempts, key=lambda a: a[2]), draw(st.permutations(events))
+
+
+@given(connect_timelines())
+def test_attempts_are_assembled_exactly_from_events_in_any_order(timeline):
+    """Each attempt once, in start order, with its outcome and errno, whatever order
+    the events arrive in: the connect figures experiments assert on (refused attempts
+    and their errno, the backoff timeline) count exactly what happened."""
+    truth, events = timeline
+    found = assemble_attempts(events)
+    assert [(a.outcome, a.errno) for a in found] == [(o, e) for o, e, _ in truth]
+    assert [a.started for a in found] == pytest.approx([s for _, _, s in truth])
