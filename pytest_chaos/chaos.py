@@ -224,6 +224,21 @@ class Chaos:
             out.append((a.label, float(since if since is not None else time.monotonic())))
         return out
 
+    def spans(self) -> list[tuple[int, str, float, float | None]]:
+        """(key, label, applied, lifted or None) of every fault this test applied,
+        oldest first (time.monotonic() readings): what the live line shows of
+        faults that came and went between two of its lines."""
+        out = []
+        for a in list(self._all_applied):
+            applied = getattr(a.handle, "applied_at", None)
+            if applied is None:
+                applied = a.noted.start if a.noted is not None else time.monotonic()
+            lifted = getattr(a.handle, "lifted_at", None) or getattr(a.handle, "undone_at", None)
+            if lifted is None and a.noted is not None:
+                lifted = a.noted.end
+            out.append((id(a), a.label, float(applied), lifted))
+        return out
+
     def undo(self, handle: object, *, wait: bool = True) -> None:
         """Undo one fault now (faults applied after it stay); a list of handles (a
         fault applied to every task, ``"web.*"``) is undone newest first.

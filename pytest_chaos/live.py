@@ -60,15 +60,31 @@ class LiveLine:
             self._thread.join(1.0)
 
     def _run(self) -> None:
+        shown: set[int] = set()
         while not self._stop.wait(self._interval):
             session = self._session
             if session is None:
+                shown.clear()
                 continue
-            faults = session.in_force()
-            if not faults:
-                continue
-            current = timeline.current()
-            loads = list(current.loads) if current is not None else []
             # A status line must never break a run.
             with contextlib.suppress(Exception):
-                self._write(status_line(faults, loads, time.monotonic()))
+                for line in self._lines(session, shown):
+                    self._write(line)
+
+    def _lines(self, session: Any, shown: set[int]) -> list[str]:
+        """A line for each fault that came and went since the last tick without one
+        (shorter than the interval), then the status line of those in force."""
+        lines = []
+        spans = session.spans() if hasattr(session, "spans") else []
+        for key, label, applied, lifted in spans:
+            if key in shown:
+                continue
+            shown.add(key)
+            if lifted is not None:
+                lines.append(f"chaos: {label} was in force for {lifted - applied:.1f} s, lifted")
+        faults = session.in_force()
+        if faults:
+            current = timeline.current()
+            loads = list(current.loads) if current is not None else []
+            lines.append(status_line(faults, loads, time.monotonic()))
+        return lines

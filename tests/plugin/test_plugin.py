@@ -339,6 +339,25 @@ def test_a_live_line_says_what_is_in_force_while_a_fault_dwells(pytester, faults
     )
 
 
+def test_a_fault_shorter_than_the_live_interval_still_gets_a_line(pytester, faults):
+    pytester.makepyfile(
+        test_short="""
+        import time
+        from faults_lib import fault
+
+        def test_short(chaos):
+            handle = chaos.inject(fault("flag"))
+            time.sleep(0.2)  # in force for less than the interval
+            chaos.undo(handle)
+            time.sleep(1.2)  # the rest of the test: two ticks with nothing in force
+        """
+    )
+    result = pytester.runpytest_subprocess("--chaos-live-interval=0.5", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["chaos: 'flag' was in force for 0.* s, lifted"])
+    assert result.stdout.str().count("was in force") == 1
+
+
 def test_the_header_names_the_backend_and_the_kernel_features_found(pytester):
     pytester.makepyfile("def test_x(chaos): pass")
     result = pytester.runpytest_subprocess()
