@@ -3,6 +3,7 @@ and the inner pytest the teardown and interruption tests signal or kill."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,6 +18,13 @@ from pytest_chaos import wait_for_recovery
 # on a bug. The examples stay the same; only the timing check is off.
 settings.register_profile("chaos", deadline=None)
 settings.load_profile("chaos")
+
+# A shell without job control starts its background commands with SIGINT ignored, and
+# an ignored signal stays ignored in every process started after: the inner pytests
+# the Ctrl-C tests interrupt would never see it (seen when CI was started with `&`
+# from a script). A handler of our own is reset to the default in each child instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _LEVELS = {
     "unit": "unit",

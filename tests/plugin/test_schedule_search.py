@@ -133,8 +133,11 @@ def test_the_pasted_test_and_the_option_replay_exactly_that_schedule(system):
 def test_the_pasted_test_of_a_marked_test_carries_one_schedule_marker(system):
     result = _search(system, marker="@pytest.mark.schedule(seed=7)")
     result.assert_outcomes(failed=1)
-    pasted = result.stdout.str().split("or paste this test:", 1)[1]
-    assert pasted.count("@pytest.mark.schedule(") == 1, pasted
+    # The lines above the pasted function (the report may be printed twice: -ra).
+    lines = result.stdout.lines
+    at = next(i for i, line in enumerate(lines) if "def test_search_replay(chaos):" in line)
+    above = "\n".join(lines[at - 4 : at])
+    assert above.count("@pytest.mark.schedule(") == 1, above
     result.stdout.fnmatch_lines(
         [f"*@pytest.mark.schedule(replay={MINIMAL!r})", "*def test_search_replay(chaos):"]
     )
