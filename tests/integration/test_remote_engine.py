@@ -272,7 +272,18 @@ def remote(tmp_path_factory) -> Iterator[Remote]:
         # below its own, so the lower target goes first.
         for service, pid in sorted(pinned.items(), key=lambda sp: sp[1]):
             docker_host("exec", dind, "sh", "-c", f"echo {pid} > /run/pin-target")
-            run(*compose, "start", service, env=env)
+            started = subprocess.run(
+                [*compose, "start", service], env=env, capture_output=True, text=True, check=False
+            )
+            # The pin's own log says what each try got, for a start that failed.
+            tries = subprocess.run(
+                ["docker", "-H", "unix:///var/run/docker.sock", "exec", dind, "cat", "/run/pin.log"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            assert started.returncode == 0, (
+                f"compose start {service} (pinned to {pid}): {started.stderr or started.stdout}\n"
+                f"the pin's tries:\n{tries}"
+            )
         made = Remote(url, dind, project, sentinel, pinned, compose_file)
         for service, pid in pinned.items():
             assert made.inspect(service)["State"]["Pid"] == pid, "the pin did not take"
