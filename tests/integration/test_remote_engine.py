@@ -276,8 +276,9 @@ def remote(tmp_path_factory) -> Iterator[Remote]:
                 [*compose, "start", service], env=env, capture_output=True, text=True, check=False
             )
             # The pin's own log says what each try got, for a start that failed.
+            host = ["docker", "-H", "unix:///var/run/docker.sock"]
             tries = subprocess.run(
-                ["docker", "-H", "unix:///var/run/docker.sock", "exec", dind, "cat", "/run/pin.log"],
+                [*host, "exec", dind, "cat", "/run/pin.log"],
                 capture_output=True, text=True, check=False,
             ).stdout  # fmt: skip
             assert started.returncode == 0, (
