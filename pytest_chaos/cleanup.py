@@ -32,7 +32,7 @@ def sweep(journal: Journal) -> tuple[bool, list[str]]:
     each dead run once nothing of it is left. False if the sweep could not run."""
     from .errors import ChaosError
     from .faults.network import sweep_tables
-    from .targets.compose import docker_client
+    from .targets.engine import docker_client
 
     dead = journal.dead_runs()
     if not dead:

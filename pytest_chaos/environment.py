@@ -54,8 +54,7 @@ def environment() -> Environment:
 
 def _docker() -> tuple[str, str]:
     """The Docker version, and which engine it is (whether its pids are ours)."""
-    from .targets.compose import docker_client
-    from .targets.engine import engine_url, identify
+    from .targets.engine import docker_client, engine_url, identify
 
     try:
         client = docker_client()

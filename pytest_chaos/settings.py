@@ -257,7 +257,8 @@ def check_project(config: pytest.Config, name: str) -> None:
     """A project to attach to that Docker does not have is a usage error, found before
     any test runs."""
     from .errors import DockerUnavailable
-    from .targets.compose import docker_client, project_names
+    from .targets.compose import project_names
+    from .targets.engine import docker_client
 
     _, source = setting(config, "project")
     try:

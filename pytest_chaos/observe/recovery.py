@@ -5,12 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .. import timeline
 from ..errors import ConfigurationError, RecoveryTimeout
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..faults.base import FaultHandle
 from ..units import parse_duration
+
+
+class _Lifted(Protocol):
+    """A fault's handle, as ``since`` takes it (observe does not import the faults)."""
+
+    lifted_at: float | None
+    undone_at: float | None
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ def wait_for_recovery(
     *,
     timeout: float | str = 60.0,
     interval: float | str = 0.1,
-    since: float | FaultHandle | None = None,
+    since: float | _Lifted | None = None,
     what: str = "steady state",
     transient: tuple[type[BaseException], ...] = (Exception,),
     clock: Callable[[], float] = time.monotonic,
@@ -51,7 +60,7 @@ def wait_for_recovery(
     timeout_s = parse_duration(timeout, name="timeout")
     interval_s = parse_duration(interval, name="interval")
     start = clock()
-    if isinstance(since, FaultHandle):
+    if since is not None and not isinstance(since, int | float):
         lifted = since.lifted_at if since.lifted_at is not None else since.undone_at
         if lifted is None:
             raise ConfigurationError(

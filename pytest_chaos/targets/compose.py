@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ChaosError,
-    DockerUnavailable,
     ForeignTarget,
     RecoveryTimeout,
     TargetStopped,
@@ -22,7 +21,15 @@ from ..errors import (
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
 from . import linux
-from .engine import Engine, engine_url, identify, judge, proof_error
+from .engine import (
+    Engine,
+    docker_client,
+    docker_timestamp,
+    engine_url,
+    identify,
+    judge,
+    proof_error,
+)
 
 if TYPE_CHECKING:
     import docker
@@ -34,31 +41,6 @@ if TYPE_CHECKING:
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
-
-
-def docker_client(url: str | None = None) -> docker.DockerClient:
-    """A client of the engine at ``url`` (default: DOCKER_HOST, else the local socket;
-    the docker CLI's TLS variables apply), checked to answer."""
-    import os
-
-    import docker
-    from docker.errors import DockerException
-
-    environment = dict(os.environ) if url is None else {**os.environ, "DOCKER_HOST": url}
-    try:
-        client = docker.from_env(timeout=30, environment=environment)
-        client.ping()
-    except DockerException as exc:
-        if "Permission denied" in str(exc):
-            raise DockerUnavailable(
-                "permission denied on the Docker socket: run pytest as root (sudo), "
-                "or as a member of the docker group."
-            ) from exc
-        raise DockerUnavailable(
-            f"cannot reach the Docker daemon ({exc}): start it (systemctl start docker, or "
-            "dockerd as root) or point DOCKER_HOST at it."
-        ) from exc
-    return client
 
 
 class ComposeProject:
@@ -536,21 +518,10 @@ def _is_healthy(attrs: dict[str, Any], probed_after: float | None = None) -> boo
         return True
     log = health.get("Log") or []
     return (
-        bool(log) and log[-1].get("ExitCode") == 0 and _timestamp(log[-1]["Start"]) > probed_after
+        bool(log)
+        and log[-1].get("ExitCode") == 0
+        and docker_timestamp(log[-1]["Start"]) > probed_after
     )
-
-
-def _timestamp(text: str) -> float:
-    """Docker's RFC 3339 times carry nanoseconds; Python reads microseconds."""
-    import re
-    from datetime import datetime
-
-    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
-    if not match:
-        return 0.0
-    head, fraction, zone = match.groups()
-    zone = "+00:00" if zone == "Z" else zone
-    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{zone}").timestamp()
 
 
 def project_names(client: docker.DockerClient) -> list[str]:

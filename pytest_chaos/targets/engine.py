@@ -198,10 +198,9 @@ def _name(attrs: dict[str, Any]) -> str:
 
 
 def _started(attrs: dict[str, Any]) -> float | None:
-    from .compose import _timestamp
 
     text = str((attrs.get("State") or {}).get("StartedAt") or "")
-    seconds = _timestamp(text) if text else 0.0
+    seconds = docker_timestamp(text) if text else 0.0
     return seconds if seconds > 0 else None
 
 
@@ -211,7 +210,6 @@ def client_for(engine_id: str | None, url: str | None) -> tuple[docker.DockerCli
     ``url`` if it is. DockerUnavailable, naming the engine, when neither is: an undo
     is never tried against another engine. Without an id (an entry of an older
     version), the engine reached now."""
-    from .compose import docker_client
 
     if engine_id is None:
         return docker_client(), engine_url()
@@ -235,3 +233,41 @@ def client_for(engine_id: str | None, url: str | None) -> tuple[docker.DockerCli
         f"reached now ({'; '.join(tried)}); nothing was undone: reach that engine "
         f"(DOCKER_HOST={url}) and run pytest --chaos-cleanup again."
     )
+
+
+def docker_client(url: str | None = None) -> docker.DockerClient:
+    """A client of the engine at ``url`` (default: DOCKER_HOST, else the local socket;
+    the docker CLI's TLS variables apply), checked to answer."""
+    import os
+
+    import docker
+    from docker.errors import DockerException
+
+    environment = dict(os.environ) if url is None else {**os.environ, "DOCKER_HOST": url}
+    try:
+        client = docker.from_env(timeout=30, environment=environment)
+        client.ping()
+    except DockerException as exc:
+        if "Permission denied" in str(exc):
+            raise DockerUnavailable(
+                "permission denied on the Docker socket: run pytest as root (sudo), "
+                "or as a member of the docker group."
+            ) from exc
+        raise DockerUnavailable(
+            f"cannot reach the Docker daemon ({exc}): start it (systemctl start docker, or "
+            "dockerd as root) or point DOCKER_HOST at it."
+        ) from exc
+    return client
+
+
+def docker_timestamp(text: str) -> float:
+    """Docker's RFC 3339 times carry nanoseconds; Python reads microseconds."""
+    import re
+    from datetime import datetime
+
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if not match:
+        return 0.0
+    head, fraction, zone = match.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]:0<6}{zone}").timestamp()

@@ -560,7 +560,7 @@ def deploy(
     began = time.monotonic()
     # The images the stack names that this host's engine has (built here, or pulled):
     # copied to every node; the nodes pull any other themselves.
-    from .compose import docker_client
+    from .engine import docker_client
 
     host = docker_client()
     try:

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from pytest_chaos.targets.compose import ComposeProject, docker_client, project_names
+from pytest_chaos.targets.compose import ComposeProject, project_names
+from pytest_chaos.targets.engine import docker_client
 
 BASE_IMAGE = os.environ.get("CHAOS_BASE_IMAGE", "pytest-chaos/base:bookworm")
 

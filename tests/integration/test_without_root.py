@@ -35,7 +35,7 @@ except ChaosError as exc:
 
 def test_the_docker_socket_refused_says_run_as_root():
     said = as_nobody(
-        CATCH.format(call="from pytest_chaos.targets.compose import docker_client; docker_client()")
+        CATCH.format(call="from pytest_chaos.targets.engine import docker_client; docker_client()")
     )
     assert said == (
         "DockerUnavailable: permission denied on the Docker socket: run pytest as root (sudo), "

@@ -57,7 +57,8 @@ def test_reconnect_backoff_grows_exponentially_to_its_cap_with_jitter():
 
 
 def test_health_counts_only_probes_after_a_given_time():
-    from pytest_chaos.targets.compose import _is_healthy, _timestamp
+    from pytest_chaos.targets.compose import _is_healthy
+    from pytest_chaos.targets.engine import docker_timestamp as _timestamp
 
     def attrs(start, code=0):
         log = [{"Start": start, "ExitCode": code}]
