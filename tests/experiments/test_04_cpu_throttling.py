@@ -158,6 +158,14 @@ def test_cpu_throttling(chaos, exchange, bpf):
     chaos.record("pages_held_back_by_client", load.skipped)
     chaos.record("pages_served_throttled", len(throttled))
     chaos.record("clients_during_throttle", clients)
+    # What the quota lets the API serve this client in the dwell: cpus/used of the
+    # baseline's demand, shared among the clients. The bound below is half the offered
+    # rate whatever that is; where the 0.5 CPU cap binds (the API used over 0.71 CPU in
+    # the baseline) the two meet. Recorded to tell, when the bound fails, which it was.
+    chaos.record(
+        "pages_the_quota_allows",
+        round(PAGE_RATE * DWELL_S * min(1.0, cpus / max(used, 1e-9)) / clients),
+    )
     runq_before, runq_during = before.observation.runqueue, during.observation.runqueue
     if runq_during is not None:
         chaos.record("bpf_runq_p99_during_us", round(runq_during.percentile(99)), key=True)
