@@ -248,6 +248,34 @@ def test_a_safety_violation_keeps_its_history_as_evidence(system):
     assert reads[-1]["value"] == []  # the read that lost "x": the proof
 
 
+def test_a_confirmed_failure_lists_the_safety_violations_seen_under_other_schedules(system):
+    result = _failing(
+        system,
+        """
+from pytest_chaos import set_full
+from system import STRATEGY
+RUNS = {}
+def test_search(chaos):
+    def example(schedule):
+        n = RUNS[schedule.text] = RUNS.get(schedule.text, 0) + 1
+        assert len(schedule.steps) < 2, "two steps always break it"
+        writer, reader = chaos.history.client(), chaos.history.client()
+        writer.invoke("add", "x")
+        writer.ok(None)
+        reader.invoke("read")
+        reader.ok([] if (len(schedule.steps) == 1 and n == 1) else ["x"])  # lost once
+        chaos.check(set_full(chaos.history))
+    chaos.explore(STRATEGY, example, max_examples=60, seed=11, database=None)
+""",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*the schedule search found a failure and shrank it to 2 step(s)*",
+            "*safety violations were also seen under * other schedule(s): *",
+        ]
+    )
+
+
 def test_a_replay_reports_the_figures_of_a_run_that_failed(system):
     result = _failing(
         system,
