@@ -208,24 +208,6 @@ def send_signal(
     return pid, name, started
 
 
-def _await_consequence(service: Service, pid: int, started_before: object) -> None:
-    """Before judging recovery, let the signal take effect: if the process dies within
-    a grace period, wait until Docker has seen its container stop or restart (its
-    state may still say "running" for a moment). A process that handles the signal
-    and lives on ends the wait after the grace period."""
-    deadline = time.monotonic() + _EXIT_GRACE_S
-    while not linux.is_gone(pid):
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.02)
-    deadline = time.monotonic() + _EXIT_GRACE_S
-    while time.monotonic() < deadline:
-        state = service.state()
-        if not state.get("Running") or state.get("StartedAt") != started_before:
-            return
-        time.sleep(0.02)
-
-
 @contextmanager
 def kill(
     service: Service,
@@ -280,7 +262,9 @@ def kill(
                     os.kill(service.own_pid(pid), _signal.SIGCONT)
             elif process is None and not signals.lifting():
                 # The main process: let Docker see the container stop first.
-                _await_consequence(service, pid, started_before)
+                service.await_exit_seen(
+                    pid, started_before, dies_within=_EXIT_GRACE_S, seen_within=_EXIT_GRACE_S
+                )
             handle.lifted_at = time.monotonic()
             handle.restored_by = service.ensure_running_and_healthy(
                 timeout=timeout_s,

@@ -343,6 +343,7 @@ def memory_cap(
         target=handle._sample, args=(stop_sampling, 0.02), name="memory-cap-sampler", daemon=True
     )
     restarts_before = service.restart_count()
+    first_pid, started_before = service.init_pid(), service.started_at()
     try:
         with _cgroup_change(service, handle, apply, restore):
             sampler.start()
@@ -355,11 +356,24 @@ def memory_cap(
         if handle._kmsg is not None:
             os.close(handle._kmsg)
             handle._kmsg = None
-    # The limit is lifted; an OOM kill may have stopped or restarted the service.
+    # The limit is lifted; an OOM kill may have stopped or restarted the service: its
+    # victim was the first process, or the only child of an init (tini) that then
+    # ends. Docker's state says running and healthy for a moment after (CI:
+    # "still-running" for a redis the OOM killer had ended, and then not healthy).
+    if handle.oom_victims():
+        service.await_exit_seen(
+            first_pid, started_before, dies_within=OOM_INIT_EXIT_S, seen_within=OOM_EXIT_SEEN_S
+        )
     handle.restored_by = service.ensure_running_and_healthy(
         timeout=timeout_s, restarts_before=restarts_before
     )
     handle.undone_at = time.monotonic()
+
+
+#: After an OOM kill, how long the container's first process may take to end (an init
+#: whose only child was the victim ends at once), and Docker to see that it did.
+OOM_INIT_EXIT_S = 1.0
+OOM_EXIT_SEEN_S = 5.0
 
 
 def _stat_counters(path: Path | None) -> dict[str, int]:

@@ -224,6 +224,26 @@ class Service:
         """Docker's State of the container (Running, Pid, Health, ...), asked now."""
         return dict(self.container().attrs["State"])
 
+    def await_exit_seen(
+        self, pid: int, started_before: object, *, dies_within: float, seen_within: float
+    ) -> None:
+        """Before judging recovery after a process of the container was killed: if its
+        first process ``pid`` ends within ``dies_within`` seconds, wait (up to
+        ``seen_within``) until Docker has seen the container stop or restart: for a
+        moment after the exit its state still says running, and healthy, as of the run
+        that ended. A first process that lives on ends the wait after ``dies_within``."""
+        deadline = time.monotonic() + dies_within
+        while not linux.is_gone(pid):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        deadline = time.monotonic() + seen_within
+        while time.monotonic() < deadline:
+            state = self.state()
+            if not state.get("Running") or state.get("StartedAt") != started_before:
+                return
+            time.sleep(0.02)
+
     def pinned(self) -> dict[str, Any]:
         """The container's attributes as of its current run (see :class:`Pin`): from
         Docker once per run, then checked by one read of /proc. Faults resolve their
