@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         stop,
     )
     from .journal import Journal
+    from .observe.backoff import BackoffAnalysis, analyze_backoff, assert_backoff
     from .observe.checkers import CheckResult, availability, conservation, set_full, unique_ids
     from .observe.dataloss import DataLossReport, check_no_data_loss
     from .observe.history import History, Op, Operation, export_elle, read_jsonl
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 #: Where each public name lives.
 _HOME = {
+    "BackoffAnalysis": ".observe.backoff",
     "CascadeHandle": ".faults.process",
     "Chaos": ".chaos",
     "ChaosError": ".errors",
@@ -118,10 +120,13 @@ _HOME = {
     "stop": ".faults.process",
     "undoer": ".registry",
     "unique_ids": ".observe.checkers",
+    "analyze_backoff": ".observe.backoff",
+    "assert_backoff": ".observe.backoff",
     "wait_for_recovery": ".observe.recovery",
 }
 
 __all__ = [
+    "BackoffAnalysis",
     "CascadeHandle",
     "Chaos",
     "ChaosError",
@@ -167,6 +172,8 @@ __all__ = [
     "UnknownFault",
     "UnknownService",
     "UnsafeTarget",
+    "analyze_backoff",
+    "assert_backoff",
     "availability",
     "cascade",
     "check_no_data_loss",

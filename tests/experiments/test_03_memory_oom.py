@@ -18,8 +18,7 @@ import time
 
 import pytest
 
-from pytest_chaos import wait_for_recovery
-from pytest_chaos.observe.load import LoadGenerator
+from pytest_chaos import LoadGenerator, wait_for_recovery
 
 pytestmark = [
     pytest.mark.experiment("03"),

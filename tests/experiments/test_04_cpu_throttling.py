@@ -16,9 +16,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from pytest_chaos import FaultDidNotTakeEffect, wait_for_recovery
+from pytest_chaos import FaultDidNotTakeEffect, LoadGenerator, wait_for_recovery
 from pytest_chaos.faults.resources import CpuHandle
-from pytest_chaos.observe.load import LoadGenerator
 
 pytestmark = [
     pytest.mark.experiment("04"),
