@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -545,12 +546,19 @@ def deploy(
     journal: Journal | None = None,
     env: dict[str, str] | None = None,
 ) -> SwarmProject:
-    """Deploy ``stack_file`` as stack ``name`` and wait until every service converged."""
+    """Deploy ``stack_file`` as stack ``name`` and wait until every service converged.
+
+    The images the stack names that this host's engine has (built here, or pulled)
+    are copied to every node first; the nodes pull any other themselves. Deployed
+    before its images, a stack's tasks are rejected ("No such image") and retried
+    after the restart delay (5 s unless the stack says otherwise) until they arrive."""
+    env = {**os.environ, **(env or {}), "DOCKER_HOST": cluster.nodes[0].url}
+    named = _stack_images(stack_file, env)
+    loaded = _copy_local_images(cluster, named or set())
     done = subprocess.run(
         ["docker", "stack", "deploy", "--compose-file", str(stack_file),
          "--resolve-image", "never", name],
-        env={**os.environ, **(env or {}), "DOCKER_HOST": cluster.nodes[0].url},
-        capture_output=True, text=True, timeout=120, check=False,
+        env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise StackStartError(
@@ -558,21 +566,13 @@ def deploy(
         )
     project = SwarmProject(name, cluster, journal)
     began = time.monotonic()
-    # The images the stack names that this host's engine has (built here, or pulled):
-    # copied to every node; the nodes pull any other themselves.
-    from .engine import docker_client
-
-    host = docker_client()
-    try:
-        wanted = {
-            str(s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]).split("@")[0]
-            for s in project.manager.services.list(filters={"label": f"{STACK_LABEL}={name}"})
-        }
-        local = sorted(i for i in wanted if _has_image(host, i))
-    finally:
-        host.close()
-    if local:
-        cluster.load_images(local)
+    # What the deployed services name, in case the stack file could not be read
+    # beforehand (a docker CLI without `stack config`).
+    wanted = {
+        str(s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]).split("@")[0]
+        for s in project.manager.services.list(filters={"label": f"{STACK_LABEL}={name}"})
+    }
+    _copy_local_images(cluster, wanted - loaded)
     deadline = time.monotonic() + timeout
     while not project.all_healthy():
         if time.monotonic() > deadline:
@@ -589,6 +589,39 @@ def deploy(
         time.sleep(0.25)  # poll interval while the stack converges
     cluster.timings["stack"] = round(time.monotonic() - began, 3)
     return project
+
+
+def _stack_images(stack_file: Path, env: dict[str, str]) -> set[str] | None:
+    """The images ``stack_file`` names, its variables interpolated as a deploy would
+    (``docker stack config`` reads the file alone: no engine needed); None if the
+    CLI cannot say."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        done = subprocess.run(
+            ["docker", "stack", "config", "--compose-file", str(stack_file)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if done.returncode == 0:
+            return {
+                m.group(1).strip("'\"").split("@")[0]
+                for m in re.finditer(r"^\s+image:\s*(\S+)\s*$", done.stdout, re.MULTILINE)
+            }
+    return None
+
+
+def _copy_local_images(cluster: LocalSwarm, names: set[str]) -> set[str]:
+    """Copy those of ``names`` this host's engine has to every node; which they were."""
+    if not names:
+        return set()
+    from .engine import docker_client
+
+    host = docker_client()
+    try:
+        local = sorted(i for i in names if _has_image(host, i))
+    finally:
+        host.close()
+    if local:
+        cluster.load_images(local)
+    return set(local)
 
 
 def _task_news(project: SwarmProject) -> str:
