@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import socket
 import struct
 import threading
@@ -298,7 +299,20 @@ class BpfSession:
             obs.page_allocs = int(counts[0].value)
             obs.page_frees = int(counts[1].value)
             obs.reclaims = int(counts[2].value)
+        obs.missed_events = self._missed()
         self.observation = obs
+
+    def _missed(self) -> dict[str, int] | None:
+        """The runs of each program the kernel skipped (None where it does not say)."""
+        missed: dict[str, int] = {}
+        for bpf in self._bpfs.values():
+            for function, fd in _program_fds(bpf).items():
+                count = recursion_misses(fd)
+                if count is None:
+                    return None
+                if count:
+                    missed[_event_name(function)] = count
+        return missed
 
     def _close_bpf(self) -> None:
         for bpf in self._bpfs.values():
@@ -344,6 +358,32 @@ class BpfSession:
             obs.runqueue_mean_us = waited / slices / 1000 if slices > 0 else 0.0
         obs.page_allocs = after["vmstat"] - self._before["vmstat"]  # host-wide: degraded
         self.observation = obs
+
+
+def _program_fds(bpf: Any) -> dict[str, int]:
+    if isinstance(bpf, bpf_cache.CachedProgram):
+        return bpf.program_fds()
+    return {bytes(name).decode(): function.fd for name, function in bpf.funcs.items()}
+
+
+def recursion_misses(fd: int) -> int | None:
+    """How many times the kernel skipped BPF program ``fd`` because another BPF program
+    was running on that CPU at that moment (a timer's softirq that interrupted it, say):
+    ``recursion_misses`` of the program's fdinfo, Linux 5.12 and later; None before."""
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^recursion_misses:\s*(\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def _event_name(function: str) -> str:
+    """``tracepoint__tcp__tcp_retransmit_skb`` -> ``tcp:tcp_retransmit_skb``."""
+    parts = function.split("__")
+    if len(parts) == 3 and parts[0] == "tracepoint":
+        return f"{parts[1]}:{parts[2]}"
+    return function
 
 
 def _pid_max() -> int:

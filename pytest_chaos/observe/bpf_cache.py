@@ -337,6 +337,10 @@ class CachedProgram:
     def __getitem__(self, name: bytes) -> CachedTable:
         return self._tables[name]
 
+    def program_fds(self) -> dict[str, int]:
+        """Each attached function's program, by the function's name."""
+        return {name: a.prog_fd for name, a in zip(self._names, self._attached, strict=True)}
+
     def perf_buffer_poll(self, timeout: int = -1) -> None:
         from bcc.libbcc import lib
 

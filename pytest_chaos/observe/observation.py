@@ -88,6 +88,12 @@ class TcpObservation:
     #: had as a client, by its peer's port (e.g. 5432 for PostgreSQL): BPF only.
     served: dict[int, PortTraffic] | None = None
     peers: dict[int, PortTraffic] | None = None
+    #: Runs of the probes the kernel skipped, by event ("tcp:tcp_retransmit_skb"): an
+    #: event that came while another BPF program ran on the same CPU (an interrupt's
+    #: softirq, say) is not seen, so a count of that event is then a lower bound, and
+    #: "none seen" does not prove none happened. Empty when none was skipped; None
+    #: where the kernel does not say (before Linux 5.12) or BPF did not run.
+    missed_events: dict[str, int] | None = None
     #: "bpf", or "proc" when only /proc counters could be read.
     source: str = "bpf"
     #: Why the observation is degraded (None when BPF ran).
@@ -167,7 +173,16 @@ class TcpObservation:
             value = getattr(self, name)
             if value is not None:
                 out[f"{prefix}_{name}"] = value
+        if self.missed_events is not None:
+            out[f"{prefix}_missed_events"] = sum(self.missed_events.values())
+            for event, count in sorted(self.missed_events.items()):
+                out[f"{prefix}_missed_{event.split(':')[-1]}"] = count
         return out
+
+    def missed(self, event: str) -> int:
+        """Runs of the probe on ``event`` ("tcp:tcp_retransmit_skb") the kernel skipped;
+        0 where it does not say."""
+        return (self.missed_events or {}).get(event, 0)
 
 
 @dataclass(frozen=True)

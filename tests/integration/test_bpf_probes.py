@@ -3,14 +3,20 @@ what was done, and what /proc says."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from pytest_chaos import EnvironmentProblem, wait_for_recovery
 from pytest_chaos.faults.network import partition
-from pytest_chaos.observe.bpf import PROBES, BpfSession, scope_of
+from pytest_chaos.observe.bpf import PROBES, BpfSession, recursion_misses, scope_of
 from pytest_chaos.observe.kernel import BpfSupport, bpf_support
 from pytest_chaos.observe.procfs import proc_tcp_counters
 
@@ -85,45 +91,137 @@ def test_connects_to_a_closed_port_are_seen_one_by_one_with_errno_111(chaos_proj
     assert probes.observation.resets_sent == 0
 
 
+#: Keeps a CPU inside a BPF program for about 0.1 ms each time a process named in
+#: ``spinners`` calls getppid(2). While it runs, the kernel skips any other tracing BPF
+#: program an interrupt's softirq would run on that CPU (a retransmission timer's,
+#: say), and counts the skipped run in that program's ``recursion_misses``.
+SPINNER = """
+BPF_HASH(spinners, u32, u8, 64);
+BPF_ARRAY(sink, u64, 1);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!spinners.lookup(&tgid))
+        return 0;
+    u64 acc = 0;
+    for (u32 i = 0; i < 150000; i++) {
+        acc += i;
+        asm volatile("" : "+r"(acc));
+    }
+    int zero = 0;
+    sink.update(&zero, &acc);
+    return 0;
+}
+"""
+
+
+@contextmanager
+def cpus_inside_bpf() -> Iterator[None]:
+    """While the block runs, every CPU spends most of its time inside a BPF program:
+    one process per CPU calls getppid(2) in a loop, each call spinning in SPINNER."""
+    from bcc import BPF
+
+    if SUPPORT.kernel_source:
+        os.environ["BCC_KERNEL_SOURCE"] = SUPPORT.kernel_source
+    bpf = BPF(text=SPINNER.encode())
+    loop = "import os\nwhile True:\n    os.getppid()"
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", loop], stdin=subprocess.DEVNULL)
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        table = bpf[b"spinners"]
+        for spinner in spinners:
+            table[table.Key(spinner.pid)] = table.Leaf(1)
+        yield
+    finally:
+        for spinner in spinners:  # ours, by the pid Popen gave us
+            spinner.kill()
+            spinner.wait()
+        bpf.cleanup()
+
+
 @needs_bpf
-def test_retransmissions_under_a_partition_match_the_namespaces_counters(chaos_project):
+def test_a_probe_run_the_kernel_skipped_is_counted():
+    """The kernel skips a tracing program that an interrupt's softirq would run while
+    another BPF program runs on that CPU; its fdinfo counts those runs, and so does
+    every session's observation (``missed_events``)."""
+    from bcc import BPF
+
+    if SUPPORT.kernel_source:
+        os.environ["BCC_KERNEL_SOURCE"] = SUPPORT.kernel_source
+    with open(__file__, "rb") as plain:
+        assert recursion_misses(plain.fileno()) is None  # not a BPF program
+    softirqs = BPF(text=b"TRACEPOINT_PROBE(irq, softirq_entry) { return 0; }")
+    try:
+        (fd,) = [f.fd for f in softirqs.funcs.values()]
+        with cpus_inside_bpf():
+            # Measured here: 53 skipped runs in 0.44 s of one CPU spinning.
+            wait_for_recovery(
+                lambda: (recursion_misses(fd) or 0) > 0, timeout=30, interval=0.1,
+                what="a softirq's run skipped while a CPU was inside BPF",
+            )  # fmt: skip
+    finally:
+        softirqs.cleanup()
+
+
+@needs_bpf
+@pytest.mark.parametrize("cpus", ["quiet", "inside-bpf"])
+def test_retransmissions_under_a_partition_match_the_namespaces_counters(
+    chaos_project, cpus, record_property
+):
     """On a container of its own: a service that was restarted keeps its address, and
     sockets of its previous network namespace may still retransmit from it (seen after
     the experiments ran), which address-scoped probes count and the new namespace's
-    counters do not."""
+    counters do not.
+
+    With every CPU inside a BPF program most of the time, the kernel skips some of the
+    probe's runs (a SYN is retransmitted from a timer's softirq): the probe then counts
+    fewer than the namespace, by at most the runs it says were skipped."""
     postgres = chaos_project.service("postgres")
     container, name = scratch_container(chaos_project, ["sleep", "600"])
     try:
         client = chaos_project.service(name)
-        with session_for(client) as probes:
-            counters = proc_tcp_counters(client.init_pid())
-            before, failed_before = (
-                counters["Tcp.RetransSegs"],
-                counters.get("TcpExt.TCPRetransFail", 0),
-            )
-            with partition(client, [postgres], mode="drop", direction="egress"):
-                errnos = connect_from(client, postgres.address(), 5432, 3, timeout=2.5)
-            counters = proc_tcp_counters(client.init_pid())
-            after, failed_after = (
-                counters["Tcp.RetransSegs"],
-                counters.get("TcpExt.TCPRetransFail", 0),
-            )
+        with contextlib.ExitStack() as stack:
+            if cpus == "inside-bpf":
+                stack.enter_context(cpus_inside_bpf())
+            with session_for(client) as probes:
+                counters = proc_tcp_counters(client.init_pid())
+                before, failed_before = (
+                    counters["Tcp.RetransSegs"],
+                    counters.get("TcpExt.TCPRetransFail", 0),
+                )
+                with partition(client, [postgres], mode="drop", direction="egress"):
+                    errnos = connect_from(client, postgres.address(), 5432, 3, timeout=2.5)
+                counters = proc_tcp_counters(client.init_pid())
+                after, failed_after = (
+                    counters["Tcp.RetransSegs"],
+                    counters.get("TcpExt.TCPRetransFail", 0),
+                )
     finally:
         container.remove(force=True)
     assert errnos == [-1, -1, -1]  # timed out
+    seen, counted = probes.observation.retransmits, after - before
+    missed = probes.observation.missed("tcp:tcp_retransmit_skb")
+    for name, value in (("seen", seen), ("counted", counted), ("missed", missed)):
+        record_property(f"retransmits_{name}", value)
+    assert probes.observation.missed_events is not None  # this kernel says (5.12+)
     # Each 2.5 s connect retransmits its SYN at 1 s and 2 s (3 s on older kernels).
-    assert probes.observation.retransmits >= 3
-    # The probe and the namespace's own counter agree: exactly in 12 of 12 runs here
-    # under two busy loops, and in every CI run but one, where the probe saw 5 and the
-    # counter said 6 (a retransmission the address-scoped tracepoint did not see; its
-    # cause is not identified). One either way is allowed; more is a probe that misses.
-    assert abs(probes.observation.retransmits - (after - before)) <= 1, (
-        probes.observation.retransmits,
-        after - before,
-    )
+    assert counted >= 3
+    # The probe and the namespace's own counter agree but for the runs the kernel
+    # skipped (one CI run saw 5 against 6 before the skipped runs were read; the
+    # skipped runs may also be of other namespaces' retransmissions, hence <=).
+    # Measured here, 4 runs each: quiet, 6 seen of 6 counted, none skipped; with the
+    # CPUs inside BPF, 0-2 seen and 4-6 skipped, seen + skipped = 6 every time.
+    assert seen <= counted <= seen + missed, (seen, counted, probes.observation.missed_events)
+    if cpus == "quiet":
+        assert seen >= 3
+    else:
+        assert missed >= 1, "no probe run was skipped with every CPU inside BPF"
     if probes.observation.retransmit_failures is not None:
-        assert probes.observation.retransmit_failures == failed_after - failed_before
-    assert [a.outcome for a in probes.observation.attempts_to(5432)] == ["closed"] * 3
+        assert probes.observation.retransmit_failures <= failed_after - failed_before
+        assert failed_after - failed_before <= probes.observation.retransmit_failures + missed
+    if cpus == "quiet":
+        assert [a.outcome for a in probes.observation.attempts_to(5432)] == ["closed"] * 3
 
 
 #: A server answering each request of up to 4 KiB with 50 bytes, after 10 ms of work.

@@ -122,7 +122,7 @@ def test_a_stack_file_the_cli_cannot_read_is_a_clear_error_and_deploys_nothing(t
     cluster = LocalSwarm(journal.run_id, size=1, managers=1, journal=journal)
     try:
         cluster.up()
-        with pytest.raises(StackStartError, match="docker stack deploy of .*stack.yml failed"):
+        with pytest.raises(StackStartError, match=r"docker stack deploy of .*stack\.yml failed"):
             swarm.deploy(cluster, stack, f"bad{journal.run_id}", timeout=30.0, journal=journal)
         assert cluster.manager().services.list() == []
     finally:

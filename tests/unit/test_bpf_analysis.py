@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pytest_chaos import ConfigurationError, EnvironmentProblem
 from pytest_chaos.observe.backoff import analyze_backoff, assert_backoff
+from pytest_chaos.observe.bpf import _event_name
 from pytest_chaos.observe.events import RawConnectEvent, assemble_attempts
 from pytest_chaos.observe.histogram import Histogram
 from pytest_chaos.observe.kernel import kernel_source
@@ -114,6 +115,25 @@ def backoff_times(base, factor, cap, count, jitter=0.0, seed=0):
         t += delay * (1 - jitter * rng.random())
         times.append(t)
     return times
+
+
+def test_skipped_probe_runs_are_figures_by_event_and_zero_is_said():
+    obs = TcpObservation(retransmits=5, missed_events={"tcp:tcp_retransmit_skb": 1})
+    figures = obs.figures("bpf_api")
+    assert figures["bpf_api_missed_events"] == 1
+    assert figures["bpf_api_missed_tcp_retransmit_skb"] == 1
+    assert obs.missed("tcp:tcp_retransmit_skb") == 1
+    assert obs.missed("sock:inet_sock_set_state") == 0
+    quiet = TcpObservation(retransmits=5, missed_events={}).figures("bpf_api")
+    assert quiet["bpf_api_missed_events"] == 0
+    # A kernel that does not say (before 5.12), or no BPF: no figure that claims zero.
+    assert "bpf_api_missed_events" not in TcpObservation(retransmits=5).figures("bpf_api")
+
+
+def test_a_probe_function_is_named_by_its_event():
+    assert _event_name("tracepoint__tcp__tcp_retransmit_skb") == "tcp:tcp_retransmit_skb"
+    assert _event_name("tracepoint__sock__inet_sock_set_state") == "sock:inet_sock_set_state"
+    assert _event_name("kprobe__tcp_v4_connect") == "kprobe__tcp_v4_connect"
 
 
 @given(st.floats(0.01, 1.0), st.floats(1.6, 3.0), st.integers(6, 12))
