@@ -1,11 +1,11 @@
 """Experiment 04: CPU throttling.
 
-The trading API is held to 0.5 CPU while it serves a steady flow of open-order pages
-that needs a little more than that. It must degrade, not fail: every request is
-answered, only later (requests queue while the API waits for CPU: BPF sees its
-threads wait longer in the run queue), and latency returns to its baseline soon
-after the quota is lifted. Latency percentiles before, during and after, and the
-degradation factor, are recorded.
+The trading API is held to less CPU than it used (0.7 of it, at most the guide's 0.5
+CPU) while it serves a steady flow of open-order pages. It must degrade, not fail:
+every request is answered, only later (requests queue while the API waits for CPU:
+BPF sees its threads wait longer in the run queue), and latency returns to its
+baseline soon after the quota is lifted. Latency percentiles before, during and
+after, and the degradation factor, are recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from contextlib import ExitStack
 
 import pytest
 
-from pytest_chaos import FaultDidNotTakeEffect, LoadGenerator, wait_for_recovery
+from pytest_chaos import (
+    EnvironmentProblem,
+    FaultDidNotTakeEffect,
+    LoadGenerator,
+    wait_for_recovery,
+)
 from pytest_chaos.faults.resources import CpuHandle
 
 pytestmark = [
@@ -28,12 +33,16 @@ pytestmark = [
 ]
 
 CPUS = 0.5
-# Demand: 40 pages/s of 500 open orders each, from a client that keeps at most 8
-# requests in flight (as a client with a connection pool does). Measured here: 13-15 ms
-# of API CPU per page, about 0.55 CPU unthrottled (p50 16-24 ms), a little more than the
-# guide's 0.5 CPU. An open-loop flow at that edge swung between x1.1 and x60 from run to
-# run; with 8 in flight at most, the throttled API's queue stays bounded and latency
+# Demand: 20 pages/s of 500 open orders each, from a client that keeps at most 8
+# requests in flight (as a client with a connection pool does). Measured here: 11-15 ms
+# of API CPU per page. An open-loop flow swung between x1.1 and x60 from run to run;
+# with 8 in flight at most, the throttled API's queue stays bounded and latency
 # settles near 8 / its throughput: steady enough to assert on.
+# The baseline must have room: at 40 pages/s (0.44-0.62 CPU) beside a CPU hog on every
+# core the API served only 28-38 of the 40 pages/s offered before any fault (p50
+# 37-250 ms), so the quota, 0.7 of that, slowed it only x1.5-2.1 in 3 of 6 runs; a
+# degradation is measured from a steady state, not from one already saturated. The
+# baseline's held-back share is checked below (BASELINE_HELD_BACK).
 # On a faster CPU the same flow needs less than 0.5 CPU and the quota does not bite
 # (a fresh-clone CI run measured x0.98): the quota is the guide's 0.5 CPU or, where the
 # API used less in the baseline, that use x DEMAND_SHARE. At 0.9 (demand 1.1 x the
@@ -51,7 +60,10 @@ DEMAND_SHARE = 0.7
 BIND_SHARE = 0.3
 MORE_CLIENTS = 4
 BIND_WINDOW_S = 1.0  # a measuring window for the share of throttled periods
-PAGE, PAGE_RATE, IN_FLIGHT = 500, 40, 8
+PAGE, PAGE_RATE, IN_FLIGHT = 500, 20, 8
+# The most of the baseline's pages the client may hold back (8 in flight already)
+# for the baseline to count as a steady state.
+BASELINE_HELD_BACK = 0.05
 BASELINE_S = 4.0  # measuring windows, not readiness waits
 DWELL_S = 6.0
 AFTER_S = 3.0
@@ -95,6 +107,15 @@ def test_cpu_throttling(chaos, exchange, bpf):
             base_until, cpu_until = time.monotonic(), api.cpu_seconds()
         base = [r.latency_s for r in load.records("pages", since=base_from, until=base_until)]
         base_p50 = p(base, 50)
+        held = len(load.not_sent("pages", since=base_from, until=base_until))
+        offered = load.offered("pages", since=base_from, until=base_until)
+        chaos.record("baseline_pages_held_back", held)
+        if held > BASELINE_HELD_BACK * offered:
+            raise EnvironmentProblem(
+                f"no steady state to degrade from: before any fault the API kept up with only "
+                f"{offered - held} of {offered} pages offered (8 in flight, the rest held "
+                "back); this machine is too busy for experiment 04 now."
+            )
         used = (cpu_until - cpu_from) / (base_until - base_from)
         cpus = round(min(CPUS, used * DEMAND_SHARE), 2)
 
