@@ -179,23 +179,27 @@ def test_cpu_throttling(chaos, exchange, bpf):
     chaos.record("pages_served_throttled", len(throttled))
     chaos.record("clients_during_throttle", clients)
     # What the quota lets the API serve this client in the dwell: cpus/used of the
-    # baseline's demand, shared among the clients. The bound below is half the offered
-    # rate whatever that is; where the 0.5 CPU cap binds (the API used over 0.71 CPU in
-    # the baseline) the two meet. Recorded to tell, when the bound fails, which it was.
-    chaos.record(
-        "pages_the_quota_allows",
-        round(PAGE_RATE * DWELL_S * min(1.0, cpus / max(used, 1e-9)) / clients),
-    )
+    # baseline's demand (met in full: nothing held back), shared among the clients.
+    allowed = PAGE_RATE * DWELL_S * min(1.0, cpus / max(used, 1e-9)) / clients
+    chaos.record("pages_the_quota_allows", round(allowed))
     runq_before, runq_during = before.observation.runqueue, during.observation.runqueue
     if runq_during is not None:
         chaos.record("bpf_runq_p99_during_us", round(runq_during.percentile(99)), key=True)
 
     # Degraded, not failed: every request of every flow was answered successfully.
     assert not failed, f"requests failed while the CPU was throttled: {failed[:5]}"
-    assert len(throttled) >= PAGE_RATE * DWELL_S * 0.5, "the throttled API served too few pages"
-    # Only slower. Measured with the quota at 0.7 x the baseline's use, 4 runs each:
-    # p50 x16.5-18.9 idle (260-289 ms against 15-16 ms), x8.4-13.6 beside a CPU hog on
-    # every core (275-290 ms against 21-34 ms); the guide expects x3-x5, the bound its
+    # Degraded in proportion, not collapsed: measured over 20 runs per condition, the
+    # throttled API served 0.72-1.18 of what its quota allows idle (59-97 pages of
+    # 82-86) and 0.87-1.32 beside a CPU hog (73-112). The bound had been half the
+    # offered rate, which says nothing of a quota set below the API's use: at 20
+    # pages/s that is 0.71 of what the quota allows, and an idle run served 59 of 60.
+    assert len(throttled) >= 0.5 * allowed, (
+        f"the throttled API collapsed: {len(throttled)} pages served where its quota "
+        f"allows about {allowed:.0f}"
+    )
+    # Only slower. Measured with the quota at 0.7 x the baseline's use, 20 runs each:
+    # p50 x21.7-56.3 idle (398-775 ms against 14-20 ms), x13.0-34.2 beside a CPU hog on
+    # every core (346-587 ms against 17-27 ms); the guide expects x3-x5, the bound its
     # low end.
     assert factor >= 3.0, f"throttled p50 only x{factor:.2f} the baseline"
     # The cause is visible in the kernel: the API's threads waited longer for a CPU.
