@@ -5,11 +5,13 @@ its recovery time. With ``--weakened``, the weakened runs too (each experiment
 against an exchange with one weakness switched on, which must fail for that reason).
 
     sudo .venv/bin/python benchmarks/stability.py [--runs 10] [--conditions idle,loaded]
-        [--weakened | --suites experiments,weakened] [-k EXPR] [--keep DIR] [--markdown]
+        [--weakened | --suites experiments,weakened,notes] [-k EXPR] [--keep DIR] [--markdown]
         [--chaos-backend compose|swarm]
 
 With ``--chaos-backend swarm`` each run deploys the exchange on a local three-node
 swarm and runs the experiments marked for it (the weakened runs are compose's).
+``--suites notes`` runs examples/notes instead, a stack that is not the exchange
+(with swarm: its own stack file, docker-stack.yml, on a swarm of its own each run).
 
 Each run is a pytest of its own (its own stack). It prints figures; it asserts
 nothing. The target is N of N identical verdicts in both conditions.
@@ -33,6 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Each suite: the folder pytest runs in, and what it runs there.
+SUITES = {
+    "experiments": (ROOT, "tests/experiments"),
+    "weakened": (ROOT, "tests/weakened"),
+    "notes": (ROOT / "examples" / "notes", "."),
+}
 RECOVERY_FIGURES = ("recovery_time_s", "outage_s", "back_to_baseline_s")
 
 
@@ -66,7 +74,7 @@ def condition(name: str) -> Iterator[None]:
         hog.wait(timeout=30)
 
 
-def run_pytest(target: str, extra: list[str], xml: Path) -> float:
+def run_pytest(where: Path, target: str, extra: list[str], xml: Path) -> float:
     """One pytest run; its JUnit XML goes to ``xml`` and its output beside it (.log)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
     env.setdefault("CHAOS_BASE_IMAGE", "pytest-chaos/base:bookworm")
@@ -75,10 +83,21 @@ def run_pytest(target: str, extra: list[str], xml: Path) -> float:
         subprocess.run(
             [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "-q",
              f"--junitxml={xml}", *extra],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            cwd=where, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, check=False, timeout=3600,
         )  # fmt: skip
     return time.monotonic() - began
+
+
+def build_notes_images() -> None:
+    """A stack deploy builds nothing: the notes images are built once, by compose."""
+    compose = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
+    env = {**os.environ}
+    env.setdefault("CHAOS_BASE_IMAGE", "pytest-chaos/base:bookworm")
+    subprocess.run(
+        [*compose, "-f", "docker-compose.yml", "build", "-q"],
+        cwd=SUITES["notes"][0], env=env, stdin=subprocess.DEVNULL, check=True, timeout=1800,
+    )  # fmt: skip
 
 
 def read_junit(xml: Path, cases: dict[str, Case]) -> None:
@@ -135,7 +154,7 @@ def main() -> None:
     parser.add_argument("--conditions", default="idle,loaded")
     parser.add_argument("--weakened", action="store_true", help="the weakened runs too")
     parser.add_argument(
-        "--suites", default="experiments", help="experiments, weakened or both (comma-separated)"
+        "--suites", default="experiments", help="experiments, weakened, notes (comma-separated)"
     )
     parser.add_argument("-k", dest="keyword", help="only the tests pytest -k selects")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -150,12 +169,14 @@ def main() -> None:
     args = parser.parse_args()
     conditions = args.conditions.split(",")
     chosen = set(args.suites.split(",")) | ({"weakened"} if args.weakened else set())
-    unknown = chosen - {"experiments", "weakened"}
+    unknown = chosen - set(SUITES)
     if unknown:
-        sys.exit(f"unknown suite {', '.join(sorted(unknown))}: choose experiments or weakened")
+        sys.exit(f"unknown suite {', '.join(sorted(unknown))}: choose from {', '.join(SUITES)}")
     if args.backend == "swarm" and "weakened" in chosen:
         sys.exit("the weakened runs start their own compose stacks: drop --weakened with swarm")
-    suites = [(s, f"tests/{s}") for s in ("experiments", "weakened") if s in chosen]
+    suites = [(s, *SUITES[s]) for s in SUITES if s in chosen]
+    if args.backend == "swarm" and "notes" in chosen:
+        build_notes_images()
     extra = ["-k", args.keyword] if args.keyword else []
     if args.backend == "swarm":
         extra += ["--chaos-backend", "swarm"]
@@ -166,13 +187,13 @@ def main() -> None:
             tmp = str(args.keep)
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pytest-chaos-stability-"))
-        for suite, target in suites:
+        for suite, where, target in suites:
             for cond in conditions:
                 cases: dict[str, Case] = defaultdict(Case)
                 for i in range(args.runs):
                     xml = Path(tmp) / f"{suite}-{cond}-{i}.xml"
                     with condition(cond):
-                        took = run_pytest(target, extra, xml)
+                        took = run_pytest(where, target, extra, xml)
                     read_junit(xml, cases)
                     done = sum(sum(c.verdicts.values()) for c in cases.values())
                     sys.stderr.write(f"{suite} {cond} run {i + 1}/{args.runs}: {took:.0f} s, "

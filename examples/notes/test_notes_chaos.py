@@ -22,6 +22,10 @@ from pytest_chaos import (
     wait_for_recovery,
 )
 
+# Every experiment here holds on compose and on a swarm (`--chaos-backend swarm`
+# deploys docker-stack.yml on a local three-node swarm): the same test code.
+pytestmark = pytest.mark.chaos_backends("compose", "swarm")
+
 RECOVERY_LIMIT_S = 60.0
 STORE_DEADLINE_S = 1.0  # the service's own deadline on every call to its store
 
