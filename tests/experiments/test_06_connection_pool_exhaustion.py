@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from pytest_chaos import FaultDidNotTakeEffect, FaultError, wait_for_recovery
+from pytest_chaos import FaultDidNotTakeEffect, FaultError, LoadGenerator, wait_for_recovery
 from pytest_chaos.faults.postgres import psql
-from pytest_chaos.observe.load import LoadGenerator
 
 pytestmark = [
     pytest.mark.experiment("06"),
