@@ -35,9 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_chaos import ComposeProject, Journal  # noqa: E402
+from pytest_chaos.faults import (  # noqa: E402
+    bandwidth,
+    network,
+    nfqueue,
+    process,
+    resources,
+)
 from pytest_chaos.faults import latency as latency_mod  # noqa: E402
-from pytest_chaos.faults import network, process, resources  # noqa: E402
-from pytest_chaos.faults.network import qdisc_session, root_qdisc  # noqa: E402
+from pytest_chaos.faults.qdisc import qdisc_session, root_qdisc  # noqa: E402
 from pytest_chaos.targets.cgroup import cgroup_of  # noqa: E402
 from pytest_chaos.targets.netns import open_netns  # noqa: E402
 
@@ -361,7 +367,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
         ),
         (
             "bandwidth (tbf)",
-            *cm_pair(lambda: network.bandwidth(api, "10mbit")),
+            *cm_pair(lambda: bandwidth.bandwidth(api, "10mbit")),
             lambda: qdisc(api) == "tbf",
             lambda: run(
                 [
@@ -403,7 +409,7 @@ def fault_cases(p: ComposeProject) -> list[tuple[str, Any, Any, Callable[[], boo
             # chaos fixture starts a delayer as a test begins): Python starts first.
             "latency 50 ms, no warm delayer",
             *cm_pair(lambda: latency_mod.latency(api, "50ms", peers=[pg])),
-            RuleChange(api, before=latency_mod._drop_spare),
+            RuleChange(api, before=nfqueue._drop_spare),
             None,
             None,
             0.0,

@@ -10,7 +10,7 @@ from .observe.kernel import link_bcc, merge_headers
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pytest_chaos kernel-headers | link-bcc | doctor``."""
+    """``python -m pytest_chaos kernel-headers | link-bcc | doctor | faults``."""
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else ""
     out = sys.stdout.write
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
             out(f"{merged}\n" if merged else "")
         elif command == "link-bcc":
             out(f"{link_bcc()}\n")
+        elif command == "faults":
+            from . import registry
+
+            out("\n".join(registry.docs_table(built_in_only=False)) + "\n")
         elif command == "doctor":
             from .environment import environment
 
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                 "usage: python -m pytest_chaos COMMAND\n"
                 "  doctor           what this host offers pytest-chaos (Docker, root, cgroup,"
                 " BPF, netem)\n"
+                "  faults           every fault registered here (a package's own too, through "
+                "its entry points), as a Markdown table\n"
                 "  kernel-headers   merge Debian's kernel headers for bcc where the running "
                 "kernel has none; prints the folder\n"
                 "  link-bcc         make Debian's python3-bpfcc importable from this Python\n"

@@ -16,6 +16,7 @@ from .errors import ConfigurationError, FaultError, UndoFailed
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .faults.base import Effect, FaultHandle
 from .units import parse_duration
+from .waits import PutOff
 
 if TYPE_CHECKING:
     import pytest
@@ -239,7 +240,7 @@ class Chaos:
             out.append((id(a), a.label, float(applied), lifted))
         return out
 
-    def undo(self, handle: object, *, wait: bool = True) -> None:
+    def undo(self, handle: object, *, wait: bool = True, put_off: PutOff | None = None) -> None:
         """Undo one fault now (faults applied after it stay); a list of handles (a
         fault applied to every task, ``"web.*"``) is undone newest first.
 
@@ -248,27 +249,26 @@ class Chaos:
         returns at once: the wait for the target's health runs beside the test
         (:meth:`settle` waits for it, as does the end of the test, and a target that
         does not come back fails the test there), and a recovery measured from
-        ``handle.lifted_at`` is the system's own."""
+        ``handle.lifted_at`` is the system's own. Given ``put_off``, the wait is
+        handed to it instead, for the caller to do (a schedule's step)."""
         if isinstance(handle, list):
             for each in reversed(handle):
-                self.undo(each, wait=wait)
+                self.undo(each, wait=wait, put_off=put_off)
             return
         for i, applied in enumerate(self._applied):
             if applied.handle is handle:
                 del self._applied[i]
-                if wait:
-                    self._close(applied)
+                if wait or put_off is not None:
+                    self._close(applied, put_off)
                 else:
                     self._lift_only(applied)
                 return
         raise ConfigurationError("that fault is not in force (already undone?).")
 
     def _lift_only(self, applied: _Applied) -> None:
-        from . import signals
-
-        with signals.lifting_only(after=f"the undo of {applied.label}"):
-            self._close(applied)
-        for health in signals.take_deferred():
+        put_off = PutOff(f"the undo of {applied.label}")
+        self._close(applied, put_off)
+        for health in put_off.take():
             thread = threading.Thread(
                 target=self._await_health,
                 args=(applied, health),
@@ -307,16 +307,17 @@ class Chaos:
                 errors,
             ) from errors[0]
 
-    def undo_all(self) -> list[str]:
+    def undo_all(self, put_off: PutOff | None = None) -> list[str]:
         """Undo every fault in force, newest first; return their labels. Every undo
-        runs even if one fails; failures are raised together afterwards."""
+        runs even if one fails; failures are raised together afterwards. Given
+        ``put_off`` (an interruption), the waits for health are handed to it."""
         errors: list[BaseException] = []
         labels: list[str] = []
         undone: list[str] = []
         while self._applied:
             applied = self._applied.pop()
             try:
-                self._close(applied)
+                self._close(applied, put_off)
                 undone.append(applied.label)
             except BaseException as exc:  # noqa: BLE001 - collected, re-raised below
                 errors.append(exc)
@@ -357,7 +358,9 @@ class Chaos:
                                     f"{damage.service} {what}")  # fmt: skip
         return found
 
-    def _close(self, applied: _Applied) -> None:
+    def _close(self, applied: _Applied, put_off: PutOff | None = None) -> None:
+        if isinstance(applied.handle, FaultHandle):
+            applied.handle.put_off = put_off
         applied.stack.close()
         if applied.noted is not None:
             applied.noted.end = time.monotonic()

@@ -28,20 +28,35 @@ def run(settings: ChaosSettings) -> int:
 
 
 def sweep(journal: Journal) -> tuple[bool, list[str]]:
-    """Remove what the journal's dead runs created and it has no entry for; forget
-    each dead run once nothing of it is left. False if the sweep could not run."""
+    """Remove what the journal's dead runs created and it has no entry for: each
+    kind of leftover a registered fault declares, by its sweeper. Each dead run is
+    forgotten once every sweep ran. False if a sweep could not run (the runs are
+    then kept, to be swept again)."""
+    from . import registry
     from .errors import ChaosError
-    from .faults.network import sweep_tables
+    from .registry import DeadRuns
     from .targets.engine import docker_client
 
     dead = journal.dead_runs()
     if not dead:
         return True, []
+    lines: list[str] = []
+    ok = True
     try:
-        with contextlib.closing(docker_client()) as client:
-            said = sweep_tables(client, {run.run_id: run.projects for run in dead})
+        client = docker_client()
     except ChaosError as exc:
-        return False, [f"pytest-chaos: could not sweep the dead runs' nft tables: {exc}"]
-    for run in dead:
-        journal.forget_run(run.run_id)
-    return True, [f"pytest-chaos: {line}" for line in said]
+        return False, [f"pytest-chaos: could not sweep the dead runs' leftovers: {exc}"]
+    with contextlib.closing(client):
+        alive = frozenset(r.run_id for r in journal.runs()) - {r.run_id for r in dead}
+        runs = DeadRuns({run.run_id: run.projects for run in dead}, client, alive)
+        for leftover, sweeper in registry.sweepers().items():
+            try:
+                lines += sweeper(runs)
+            except Exception as exc:  # noqa: BLE001 - said; the other sweeps still run
+                ok = False
+                what = registry.LEFTOVERS[leftover]
+                lines.append(f"could not sweep {leftover} ({what}): {type(exc).__name__}: {exc}")
+    if ok:
+        for run in dead:
+            journal.forget_run(run.run_id)
+    return ok, [f"pytest-chaos: {line}" for line in lines]

@@ -29,6 +29,7 @@ def fault_calls() -> frozenset[str]:
 class PlannedFault:
     call: str  # the call as written, e.g. chaos.kill("postgres", "SIGKILL")
     line: int  # in the test's file
+    name: str = ""  # the fault's (or inject, run_schedule, explore)
 
 
 def planned_faults(item: pytest.Item) -> list[PlannedFault] | None:
@@ -55,8 +56,18 @@ def planned_faults(item: pytest.Item) -> list[PlannedFault] | None:
             and node.func.attr in calls
         ):
             text = ast.get_source_segment(source, node) or f"{fixture}.{node.func.attr}(...)"
-            found.append(PlannedFault(" ".join(text.split()), first + node.lineno - 1))
+            found.append(
+                PlannedFault(" ".join(text.split()), first + node.lineno - 1, node.func.attr)
+            )
     return sorted(found, key=lambda f: f.line)
+
+
+def needs(name: str) -> str:
+    """What a registered fault says it needs, as the dry run shows it ("" for none)."""
+    from .registry import faults
+
+    kind = faults().get(name)
+    return f"  [needs: {', '.join(kind.requires)}]" if kind is not None and kind.requires else ""
 
 
 def report(items: Sequence[pytest.Item], out: Callable[[str], None]) -> None:
@@ -69,4 +80,4 @@ def report(items: Sequence[pytest.Item], out: Callable[[str], None]) -> None:
         elif not faults:
             out("    no fault calls on the chaos fixture in this test's body")
         for fault in faults or []:
-            out(f"    line {fault.line}: {fault.call}")
+            out(f"    line {fault.line}: {fault.call}{needs(fault.name)}")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import signals
 from .errors import ChaosError
+from .waits import PutOff
 
 if TYPE_CHECKING:
     import pytest
@@ -26,21 +27,21 @@ def interrupted(session: Chaos | None, cause: str | None = None) -> str:
         name = cause
     undone: list[str] = []
     failed = ""
+    put_off = PutOff("the interruption")
     if session is not None:
-        with signals.lifting_only():
-            try:
-                undone = session.undo_all()
-            except ChaosError as exc:
-                failed = str(exc)
-            except KeyboardInterrupt:
-                failed = "a second interruption stopped the undo"
+        try:
+            undone = session.undo_all(put_off)
+        except ChaosError as exc:
+            failed = str(exc)
+        except KeyboardInterrupt:
+            failed = "a second interruption stopped the undo"
     lifted_s = time.monotonic() - at
     cancelled = 0
     if "pytest_chaos.observe.load" in sys.modules:  # no load generator was ever imported
         from .observe import load
 
         cancelled = load.abort_all(wait=1.0)
-    waited = signals.run_deferred()
+    waited = put_off.run()
     lines = [f"pytest-chaos: interrupted by {name}"]
     if undone:
         lines.append(

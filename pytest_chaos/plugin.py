@@ -254,7 +254,7 @@ def chaos_project(request: pytest.FixtureRequest) -> ComposeProject:
 
         return attach_swarm(request, settings, plugin.journal)
     if settings.backend == "swarm":
-        from .targets.swarm import start_local
+        from .targets.swarm_deploy import start_local
 
         return start_local(request, settings, plugin.journal)
     if settings.project:
@@ -285,7 +285,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
     first out, whether it passed, failed or raised."""
     from . import timeline
     from .chaos import Chaos
-    from .faults.latency import prewarm_delayer
+    from .faults.nfqueue import prewarm_worker
 
     plugin = request.config.stash[PLUGIN_KEY]
 
@@ -300,7 +300,7 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
         node=request.node,
     )
     timeline.begin(request.node.nodeid)
-    prewarm_delayer()
+    prewarm_worker()
     if plugin.live is not None:
         plugin.live.watch(session)
     plugin.active = session  # what an interruption undoes first

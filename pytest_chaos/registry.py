@@ -1,40 +1,73 @@
-"""The one registry of fault kinds: what ``chaos.<name>(...)`` applies, what the dry
-run lists, and how the journal undoes what a dead run left in force.
+"""The one registry of fault kinds. A fault is declared once, where it is defined, and
+everything else is derived from that declaration or checked against it: what
+``chaos.<name>(...)`` applies, what the dry run lists and says a fault needs, the
+values a schedule may draw, how the journal undoes an entry after ``kill -9``, what
+``--chaos-cleanup`` sweeps, and the table of faults in the docs.
 
-A fault is registered once, where it is defined, with two decorators:
-
-- ``@fault("name")`` on a function ``(chaos, *args, **kwargs) -> context manager``
-  makes it ``chaos.name(*args, **kwargs)``: the ``chaos`` fixture applies it, holds it,
-  and undoes it when the test ends; ``--chaos-dry-run`` lists calls to it.
+- ``@fault("name", grid=..., journal=..., leaves=..., requires=..., example=...)`` on a
+  function ``(chaos, *args, **kwargs) -> context manager`` makes it
+  ``chaos.name(*args, **kwargs)``: the ``chaos`` fixture applies it, holds it, and
+  undoes it when the test ends. The keywords declare the rest (see :class:`FaultKind`).
 - ``@undoer("kind")`` on a function ``(data) -> sentence`` undoes a journal entry of
   that kind from its data alone, in a later session (after ``kill -9`` of pytest).
+- ``@sweeper("leftover")`` on a function ``(dead) -> lines`` removes what runs whose
+  pytest is gone left of that kind and the journal has no entry for (teardown's last
+  layer): every leftover a fault declares has one.
 
-The built-in faults, and a package's own, are modules named in the entry-point group
-``pytest_chaos.faults``: they are imported before the journal is replayed, before the
-first test, whatever a session collects. A fault in a ``conftest.py`` is known as soon
-as pytest loads it; one in a test module once collection imported it (a journal
-entry of an unknown kind is replayed again after collection, and named if it still
-cannot be undone).
+The built-in faults are the modules of the ``pytest_chaos.faults`` package; a package
+of its own adds modules to the entry-point group ``pytest_chaos.faults``. All are
+imported before the journal is replayed, before the first test, whatever a session
+collects. A fault in a ``conftest.py`` is known as soon as pytest loads it; one in a
+test module once collection imported it (a journal entry of an unknown kind is
+replayed again after collection, and named if it still cannot be undone).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .errors import ConfigurationError, UnknownFault
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 ENTRY_POINTS = "pytest_chaos.faults"
+BUILT_IN = "pytest_chaos.faults"
 Builder = Callable[..., AbstractContextManager[Any]]
 Undo = Callable[[dict[str, Any]], str]
+Param = str | int | float
 B = TypeVar("B", bound=Builder)
 U = TypeVar("U", bound=Undo)
+
+#: What a fault may need, and what a user does when it is missing. A fault names
+#: these in ``requires``; the dry run and the docs say them.
+REQUIREMENTS: dict[str, str] = {
+    "root": "pytest runs as root (sudo): it enters namespaces and writes cgroups",
+    "this-kernel": "the target's engine runs its containers on this machine "
+    "(refused on a remote engine: the fault acts through this kernel)",
+    "nfqueue": "netfilterqueue installed (pip install 'pytest-chaos[nfqueue]'): "
+    "packets pass through a userspace worker of ours",
+    "stress-ng": "stress-ng installed on this machine (apt-get install stress-ng)",
+    "postgres": "the target runs PostgreSQL (psql inside it)",
+    "local-swarm": "a swarm pytest-chaos made on this machine (--chaos-backend swarm)",
+}
+
+#: What a fault may leave behind if pytest dies and its journal entry is lost; each
+#: has a sweeper (``@sweeper``) that finds it by the run's id.
+LEFTOVERS: dict[str, str] = {
+    "nft-table": "an nft table in a container's network namespace",
+    "iptables-chain": "an iptables chain in a container's network namespace",
+    "qdisc": "a root qdisc on a container's interface",
+    "cgroup-limit": "a limit written to a container's cgroup",
+    "own-cgroup": "a cgroup of ours holding processes we started, and their scratch files",
+    "container-state": "a container left stopped, paused or with a stopped process",
+    "postgres-setting": "a PostgreSQL setting changed by ALTER SYSTEM",
+    "postgres-connection": "connections held to PostgreSQL",
+    "swarm-node": "a node of a local swarm cut off, frozen or crashed",
+}
 
 
 class Session(Protocol):
@@ -45,27 +78,124 @@ class Session(Protocol):
 
 @dataclass(frozen=True)
 class FaultKind:
-    """A registered fault: ``chaos.<name>`` calls ``build(chaos, ...)``."""
+    """A registered fault: ``chaos.<name>`` calls ``build(chaos, ...)``; the rest is
+    what the system derives from it."""
 
     name: str
     build: Builder
+    #: A schedule may draw it, on a service, with these parameters' values (each
+    #: list the mildest first); None: schedules never draw it (its target is not
+    #: one service, or it needs an argument a schedule cannot choose).
+    grid: Mapping[str, tuple[Param, ...]] | None = None
+    #: The journal entry kinds applying it writes (each undone by an ``@undoer``).
+    journal: tuple[str, ...] = ()
+    #: What it can leave behind, by :data:`LEFTOVERS` name (each swept).
+    leaves: tuple[str, ...] = ()
+    #: What it needs, by :data:`REQUIREMENTS` name.
+    requires: tuple[str, ...] = ()
+    #: A call for the tests that apply every fault: ``{service}`` is the target,
+    #: ``{peer}`` another service, ``{node}`` a swarm node, ``{dsn}`` a PostgreSQL
+    #: address of the target.
+    example: str = ""
 
     @property
     def module(self) -> str:
         return str(getattr(self.build, "__module__", "?"))
 
+    @property
+    def summary(self) -> str:
+        """What its docstring says it does (before ``Undo:``), on one line."""
+        return self._doc().split("Undo:")[0].strip()
+
+    @property
+    def undo(self) -> str:
+        """What its docstring says its undo does (after ``Undo:``)."""
+        parts = self._doc().split("Undo:", 1)
+        return parts[1].strip() if len(parts) == 2 else ""
+
+    def _doc(self) -> str:
+        return " ".join((inspect.getdoc(self.build) or "").split())
+
+    def signature(self) -> str:
+        """``name(arguments)`` as a user calls it (``chaos`` left out)."""
+        parts = []
+        star = False
+        for p in list(inspect.signature(self.build).parameters.values())[1:]:
+            if p.kind is p.KEYWORD_ONLY and not star:
+                parts.append("*")
+                star = True
+            if p.kind is p.VAR_POSITIONAL:
+                star = True
+                parts.append(f"*{p.name}")
+            elif p.kind is p.VAR_KEYWORD:
+                parts.append(f"**{p.name}")
+            elif p.default is p.empty:
+                parts.append(p.name)
+            else:
+                default = getattr(p.default, "name", p.default)  # a signal by its name
+                parts.append(f"{p.name}={default!r}")
+        return f"{self.name}({', '.join(parts)})"
+
+    @property
+    def schedulable(self) -> bool:
+        return self.grid is not None
+
+    def call(self, **roles: str) -> str:
+        """:attr:`example` with its roles filled (``service="postgres"``, ...)."""
+        return self.example.format(**{k: repr(v) for k, v in roles.items()})
+
+
+@dataclass(frozen=True)
+class DeadRuns:
+    """What a sweeper is given: runs of this journal whose pytest is gone (run id ->
+    the compose projects each touched) and a Docker client. What carries such a
+    run's id, in a container of a project it touched, is ours to remove."""
+
+    runs: Mapping[str, Collection[str]]
+    client: Any = field(repr=False, default=None)
+    #: The runs of this journal whose pytest still runs: what carries their id stays.
+    alive: frozenset[str] = frozenset()
+
+    @property
+    def projects(self) -> list[str]:
+        return sorted({p for touched in self.runs.values() for p in touched})
+
+    def owns(self, run_id: str, project: str) -> bool:
+        return project in self.runs.get(run_id, ())
+
+
+Sweep = Callable[[DeadRuns], list[str]]
+S = TypeVar("S", bound=Sweep)
 
 _FAULTS: dict[str, FaultKind] = {}
 _UNDOS: dict[str, Undo] = {}
+_SWEEPERS: dict[str, Sweep] = {}
 _loaded = False
 
 
-def fault(name: str) -> Callable[[B], B]:
+def fault(
+    name: str,
+    *,
+    grid: Mapping[str, Sequence[Param]] | None = None,
+    journal: Sequence[str] = (),
+    leaves: Sequence[str] = (),
+    requires: Sequence[str] = (),
+    example: str = "",
+) -> Callable[[B], B]:
     """Register ``chaos.<name>``: the decorated function takes the chaos session
     first, then the call's arguments, validates them, and returns the fault's context
-    manager (not yet entered)."""
+    manager (not yet entered). The keywords are :class:`FaultKind`'s fields."""
     if not name.isidentifier() or name.startswith("_"):
         raise ConfigurationError(f"a fault's name is a public Python name, not {name!r}.")
+    for word, known, what in ((leaves, LEFTOVERS, "leftover"), (requires, REQUIREMENTS, "need")):
+        unknown = sorted(set(word) - set(known))
+        if unknown:
+            raise ConfigurationError(
+                f"fault {name!r} declares an unknown {what} {', '.join(unknown)}; the known "
+                f"ones are: {', '.join(sorted(known))}."
+            )
+    if grid is not None and not all(values for values in grid.values()):
+        raise ConfigurationError(f"fault {name!r} has a schedule parameter with no value.")
 
     def register(build: B) -> B:
         known = _FAULTS.get(name)
@@ -73,7 +203,15 @@ def fault(name: str) -> Callable[[B], B]:
             raise ConfigurationError(
                 f"fault {name!r} is registered twice: by {known.module} and {build.__module__}."
             )
-        _FAULTS[name] = FaultKind(name, build)
+        _FAULTS[name] = FaultKind(
+            name,
+            build,
+            grid=None if grid is None else {k: tuple(v) for k, v in grid.items()},
+            journal=tuple(journal),
+            leaves=tuple(leaves),
+            requires=tuple(requires),
+            example=example,
+        )
         return build
 
     return register
@@ -90,12 +228,34 @@ def undoer(kind: str) -> Callable[[U], U]:
     return register
 
 
+def sweeper(leftover: str) -> Callable[[S], S]:
+    """Register the sweep of a :data:`LEFTOVERS` kind: ``(dead) -> lines``, a line per
+    thing removed or left alone (and why)."""
+    if leftover not in LEFTOVERS:
+        raise ConfigurationError(f"{leftover!r} is not one of {', '.join(sorted(LEFTOVERS))}.")
+
+    def register(fn: S) -> S:
+        _SWEEPERS[leftover] = fn
+        return fn
+
+    return register
+
+
 def load() -> None:
-    """Import the modules of the ``pytest_chaos.faults`` entry points (once)."""
+    """Import the built-in fault modules and those of the ``pytest_chaos.faults``
+    entry points (once)."""
+    import importlib.metadata
+    import pkgutil
+
     global _loaded
     if _loaded:
         return
+    package = importlib.import_module(BUILT_IN)
+    for module in pkgutil.iter_modules(package.__path__, f"{BUILT_IN}."):
+        importlib.import_module(module.name)
     for point in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        if point.value.startswith(f"{BUILT_IN}."):
+            continue  # imported above (an older install may still list them)
         try:
             point.load()
         except Exception as exc:
@@ -124,7 +284,7 @@ def find(name: str) -> FaultKind:
 
 
 def undo_for(kind: str) -> Undo | None:
-    """The undo of ``kind``, the entry points' modules imported first."""
+    """The undo of ``kind``, the fault modules imported first."""
     load()
     return _UNDOS.get(kind)
 
@@ -132,6 +292,73 @@ def undo_for(kind: str) -> Undo | None:
 def registered_undo(kind: str) -> Undo | None:
     """The undo of ``kind`` as registered so far (nothing imported)."""
     return _UNDOS.get(kind)
+
+
+def undos() -> dict[str, Undo]:
+    """Every journal kind that has an undo."""
+    load()
+    return dict(_UNDOS)
+
+
+def sweepers() -> dict[str, Sweep]:
+    """Every leftover kind that has a sweep, in :data:`LEFTOVERS`' order."""
+    load()
+    return {name: _SWEEPERS[name] for name in LEFTOVERS if name in _SWEEPERS}
+
+
+def gaps() -> list[str]:
+    """What the declarations promise and the registry cannot keep: a journal kind
+    without an undo, a leftover without a sweep, a schedule grid whose parameter the
+    fault does not take. One sentence each; none on a sound registry."""
+    load()
+    said = []
+    for kind in sorted(_FAULTS.values(), key=lambda k: k.name):
+        params = inspect.signature(kind.build).parameters
+        for entry in kind.journal:
+            if entry not in _UNDOS:
+                said.append(f"{kind.name}: journal kind {entry!r} has no @undoer")
+        for leftover in kind.leaves:
+            if leftover not in _SWEEPERS:
+                said.append(f"{kind.name}: leftover {leftover!r} has no @sweeper")
+        if kind.grid is not None:
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            if "service" not in params:
+                said.append(f"{kind.name}: has a schedule grid but takes no service")
+            for name in kind.grid:
+                if name not in params and not takes_any:
+                    said.append(f"{kind.name}: schedule parameter {name!r} is not an argument")
+        try:
+            kind.call(service="s", peer="p", node="n", dsn="d")
+        except (KeyError, IndexError, ValueError) as exc:
+            said.append(f"{kind.name}: its example names an unknown role {exc}")
+    return said
+
+
+def docs_table(*, built_in_only: bool = True) -> list[str]:
+    """The docs' table of faults, a Markdown line each, from the registrations (the
+    README's is this, kept current by a test; ``python -m pytest_chaos faults``
+    prints it with a project's own faults too)."""
+    lines = [
+        "| `chaos.` call | what it does | undo | needs | a schedule draws |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in sorted(faults().values(), key=lambda k: k.name):
+        if built_in_only and not kind.module.startswith(f"{BUILT_IN}."):
+            continue
+        if kind.grid is None:
+            grid = "-"
+        else:
+            drawn = ", ".join(f"{k} {' / '.join(map(str, v))}" for k, v in kind.grid.items())
+            grid = drawn or "the service"
+        needs = ", ".join(kind.requires) or "-"
+        cells = [f"`{kind.signature()}`", _md(kind.summary), _md(kind.undo) or "-", needs, grid]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return lines
+
+
+def _md(text: str) -> str:
+    """A docstring's reST literals as Markdown ones."""
+    return text.replace("``", "`")
 
 
 def bound(kind: FaultKind, chaos: Session) -> Callable[..., Any]:

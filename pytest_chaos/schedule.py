@@ -19,9 +19,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import registry
 from .errors import ConfigurationError
 from .errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from .units import parse_duration
+from .waits import PutOff
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -34,7 +36,7 @@ class Applier(Protocol):
 
     def inject(self, fault: AbstractContextManager[Any], *, label: str | None = None) -> Any: ...
 
-    def undo(self, handle: object) -> None: ...
+    def undo(self, handle: object, *, put_off: PutOff | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,6 @@ class StepKind:
     params: Mapping[str, Sequence[Param]] = field(default_factory=dict)
 
 
-#: The built-in kinds a schedule draws from unless told otherwise.
-KINDS: dict[str, StepKind] = {
-    "kill": StepKind("kill"),
-    "pause": StepKind("pause"),
-    "partition": StepKind("partition"),
-    "latency": StepKind("latency", {"delay": ("50ms", "100ms", "200ms", "400ms", "800ms")}),
-    "loss": StepKind("loss", {"percent": (10, 30, 60, 100)}),
-    "cpu_quota": StepKind("cpu_quota", {"cpus": (0.5, 0.2, 0.1, 0.05)}),
-}
 DEFAULT_KINDS = ("kill", "pause", "partition", "latency")
 
 
@@ -165,8 +158,8 @@ def schedules(
     min_duration: float | str | None = None,
 ) -> SearchStrategy[Schedule]:
     """Schedules of at most ``max_steps`` steps over ``services``, each a fault of
-    ``kinds`` (names of :data:`KINDS` or of faults registered with
-    :func:`pytest_chaos.fault` that take only a service, or :class:`StepKind`\\ s),
+    ``kinds`` (names of registered faults, their parameters drawn from the grid
+    their registration declares, or :class:`StepKind`\\ s),
     starting and lasting whole multiples of ``resolution`` seconds (at least
     ``min_duration``, default one ``resolution``), all within ``length`` seconds.
 
@@ -220,6 +213,38 @@ def normalize(steps: Sequence[Step], *, length: float) -> Schedule:
     return Schedule(tuple(sorted(out, key=lambda s: s.at)))
 
 
+def step_kind(kind: registry.FaultKind) -> StepKind:
+    """The step a schedule may draw of a registered fault: on a service, its declared
+    grid's parameters drawn (a fault declared with no grid gets none). Refused, before
+    anything is drawn, when a step could not call it: it takes no ``service``, or needs
+    an argument its grid does not give."""
+    import inspect
+
+    grid = dict(kind.grid or {})
+    params = list(inspect.signature(kind.build).parameters.values())[1:]  # less chaos
+    missing = [
+        p.name
+        for p in params
+        if p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name != "service"
+        and p.name not in grid
+    ]
+    open_ended = kind.grid is None and any(p.kind is p.VAR_KEYWORD for p in params)
+    if "service" not in {p.name for p in params} or missing or open_ended:
+        if "service" not in {p.name for p in params}:
+            why = "it takes no service"
+        elif missing:
+            why = f"it needs {', '.join(missing)}, which its registration gives no values for"
+        else:
+            why = "it takes options its registration gives no values for"
+        raise ConfigurationError(
+            f"a schedule cannot draw fault {kind.name!r}: {why}. Give a StepKind with the "
+            "values to draw, or declare them: @fault(..., grid={name: (mildest, ...)})."
+        )
+    return StepKind(kind.name, grid)
+
+
 def _check_services(services: Sequence[str]) -> list[str]:
     if (
         isinstance(services, str)
@@ -233,19 +258,14 @@ def _check_services(services: Sequence[str]) -> list[str]:
 
 
 def _check_kinds(kinds: Sequence[str | StepKind]) -> list[StepKind]:
-    from . import registry
-
     if isinstance(kinds, str) or not kinds:
         raise ConfigurationError(f"kinds must be a non-empty list of fault names, not {kinds!r}.")
     out = []
     for kind in kinds:
         if isinstance(kind, StepKind):
             found = kind
-        elif isinstance(kind, str) and kind in KINDS:
-            found = KINDS[kind]
         elif isinstance(kind, str):
-            registry.find(kind)  # UnknownFault lists the faults there are
-            found = StepKind(kind)
+            found = step_kind(registry.find(kind))  # UnknownFault lists the faults there are
         else:
             raise ConfigurationError(f"a schedule's kind is a fault's name, not {kind!r}.")
         if not all(values for values in found.params.values()):
@@ -292,7 +312,6 @@ def run(
     starts once it is over. Returns when every step is undone and every wait done;
     faults still in force after an error are undone by ``chaos`` (at the test's end,
     or by the search between examples)."""
-    from . import registry, signals
     from .errors import UndoFailed
 
     for s in schedule.steps:  # every kind known before any fault is applied
@@ -327,10 +346,10 @@ def run(
                 )
                 r.applied_s = round(clock() - start, 3)
             elif i in handles:
-                with signals.lifting_only(after="its step"):
-                    chaos.undo(handles.pop(i))
+                put_off = PutOff("its step")
+                chaos.undo(handles.pop(i), put_off=put_off)
                 r.undone_s = round(clock() - start, 3)
-                for health in signals.take_deferred():
+                for health in put_off.take():
                     thread = threading.Thread(
                         target=_wait_for, args=(health, errors), name=f"chaos-health-{i}"
                     )

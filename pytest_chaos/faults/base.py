@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,7 +12,10 @@ from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 
 if TYPE_CHECKING:
     from ..journal import Entry, Journal
+    from ..registry import DeadRuns
     from ..targets.compose import Service
+    from ..targets.netns import NetNamespace
+    from ..waits import PutOff
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class FaultHandle:
     undone_at: float | None = None
     #: How the undo restored the target (set by the undo).
     restored_by: str | None = None
+    #: Set by whoever lifts the fault when its wait for health is to be put off (an
+    #: interruption, a schedule's step): the undo hands that wait to it.
+    put_off: PutOff | None = field(default=None, repr=False, compare=False)
     _effect: Effect | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
@@ -182,3 +188,53 @@ def journaled_in(
         yield JournalSlot(None, None)
         return
     yield JournalSlot(journal, journal.write(kind, description, data, durable=durable))
+
+
+def dead_runs_containers(dead: DeadRuns) -> Iterator[tuple[str, Any]]:
+    """The running containers of the projects the dead runs touched, with their
+    ``project/service`` names: where a sweep may look for what those runs left."""
+    from ..targets.compose import PROJECT_LABEL, SERVICE_LABEL
+
+    for project in dead.projects:
+        containers = dead.client.containers.list(
+            filters={"label": f"{PROJECT_LABEL}={project}"}, ignore_removed=True
+        )
+        for container in containers:
+            yield f"{project}/{container.labels.get(SERVICE_LABEL, container.name)}", container
+
+
+def run_of(name: str, prefix: str) -> str | None:
+    """The run id that ``name`` (of something we created: ``<prefix><run>_...``)
+    carries, or None when it is not one of ours."""
+    if not name.lower().startswith(prefix.lower()):
+        return None
+    return name[len(prefix) :].split("_")[0].split("-")[0].lower() or None
+
+
+def in_each_namespace(
+    dead: DeadRuns, sweep: Callable[[NetNamespace, str, str], list[str]]
+) -> list[str]:
+    """``sweep(namespace, name, project)`` in the network namespace of each running
+    container of the projects the dead runs touched; a container whose namespace is
+    not ours to enter (the host's, a pid not proved the container's), or that went or
+    failed meanwhile, is skipped and said: the sweep goes on with the others."""
+    from ..errors import ChaosError
+    from ..targets.engine import prove
+    from ..targets.netns import open_netns
+
+    said = []
+    for name, container in dead_runs_containers(dead):
+        project = name.split("/")[0]
+        try:
+            # Only a pid proved to be the container's here (not a remote engine's
+            # number, which names another process on this machine).
+            pid = prove(container.attrs)
+            with open_netns(pid, name) as ns:
+                said += sweep(ns, name, project)
+        except ChaosError as exc:
+            # Not ours to enter (the host's namespace, a process gone meanwhile, a
+            # pid not proved the container's): nothing we may touch is there.
+            said.append(f"skipped {name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - said; the other containers are swept
+            said.append(f"skipped {name}: {type(exc).__name__}: {exc}")
+    return said

@@ -12,41 +12,30 @@ handle says which path is in force.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import functools
-import json
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..errors import ChaosError, ConfigurationError, EnvironmentProblem, FaultError
+from ..errors import ConfigurationError, EnvironmentProblem
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import fault, undoer
-from ..targets import linux
-from ..targets.cgroup import OwnCgroup
+from ..registry import fault
 from ..targets.compose import Service
-from ..targets.netns import NetNamespace, open_netns, scratch_netlink_socket
+from ..targets.netns import open_netns, scratch_netlink_socket
 from ..units import parse_duration
-from .base import Effect, FaultHandle, JournalSlot, journaled, journaled_service, running_pid
-from .network import _peer_addresses, qdisc_session, qdisc_stats, root_qdisc_fault
+from .base import Effect, FaultHandle
+from .network import peer_addresses
+from .nfqueue import chain_packets, queued, require_netfilterqueue
+from .qdisc import qdisc_session, qdisc_stats, root_major, root_qdisc_fault
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
 
 METHODS = ("auto", "netem", "nfqueue")
-CHAIN_PREFIX = "PYTEST_CHAOS_"
 
 
 @dataclass
@@ -67,7 +56,7 @@ class LatencyHandle(FaultHandle):
                 packets = qdisc_stats(ipr, index, "netem")["packets"]
             return Effect(packets > 0, f"{packets} packets delayed by netem")
         with open_netns(self._pid, self.target) as ns:
-            packets = _chain_packets(ns, self._chain)
+            packets = chain_packets(ns, self._chain)
         return Effect(packets > 0, f"{packets} packets queued to the delayer")
 
     def describe(self) -> str:
@@ -128,7 +117,7 @@ def latency(
     delay_s, jitter_s = check_delay(delay, jitter)
     if method not in METHODS:
         raise ConfigurationError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
-    addresses = _peer_addresses(service, peers)
+    addresses = peer_addresses(service, peers)
     pid = service.init_pid()
     if method == "auto":
         method = "netem" if netem_available() else "nfqueue"
@@ -151,7 +140,7 @@ def latency(
         with _netem(service, handle, interface):
             yield handle
     else:
-        with _nfqueue(service, pid, handle):
+        with _nfqueue(service, handle):
             yield handle
 
 
@@ -161,14 +150,21 @@ def latency(
 @contextmanager
 def _netem(service: Service, handle: LatencyHandle, interface: str) -> Iterator[None]:
     delay_us, jitter_us = int(handle.delay_s * 1e6), int(handle.jitter_s * 1e6)
+    root = f"{root_major(service):x}:"  # the run's: a sweep knows it by that
     with root_qdisc_fault(service, interface, handle.describe(), handle) as (ipr, index):
         if not handle.peers:
-            ipr.tc("add", "netem", index, handle="1:", delay=delay_us, jitter=jitter_us)
+            ipr.tc("add", "netem", index, handle=root, delay=delay_us, jitter=jitter_us)
         else:
             # Band 3 of a prio qdisc gets the netem; u32 filters send the peers there.
-            ipr.tc("add", "prio", index, handle="1:", bands=3)
+            ipr.tc("add", "prio", index, handle=root, bands=3)
             ipr.tc(
-                "add", "netem", index, handle="30:", parent="1:3", delay=delay_us, jitter=jitter_us
+                "add",
+                "netem",
+                index,
+                handle="30:",
+                parent=f"{root}3",
+                delay=delay_us,
+                jitter=jitter_us,
             )
             for address in handle.peers.values():
                 hex_ip = "".join(f"{int(part):02x}" for part in address.split("."))
@@ -176,10 +172,10 @@ def _netem(service: Service, handle: LatencyHandle, interface: str) -> Iterator[
                     "add-filter",
                     "u32",
                     index,
-                    parent="1:",
+                    parent=root,
                     prio=1,
                     protocol=0x0800,
-                    target="1:3",
+                    target=f"{root}3",
                     keys=[f"0x{hex_ip}/0xffffffff+16"],
                 )
         handle.applied_at = time.monotonic()
@@ -190,266 +186,31 @@ def _netem(service: Service, handle: LatencyHandle, interface: str) -> Iterator[
 # -- NFQUEUE fallback -------------------------------------------------------------------
 
 
-def _iptables(ns: NetNamespace, *args: str) -> str:
-    return ns.run(["iptables", "-w", "5", "-t", "mangle", *args])
-
-
-def _remove_chain(ns: NetNamespace, chain: str) -> bool:
-    listed = _iptables(ns, "-S")
-    if f"-N {chain}" not in listed:
-        return False
-    while f"-A OUTPUT -j {chain}" in _iptables(ns, "-S", "OUTPUT"):
-        _iptables(ns, "-D", "OUTPUT", "-j", chain)
-    _iptables(ns, "-F", chain)
-    _iptables(ns, "-X", chain)
-    return True
-
-
-def _chain_packets(ns: NetNamespace, chain: str) -> int:
-    """Packets our chain's rules sent to the queue so far (iptables counters)."""
-    listed = _iptables(ns, "-L", chain, "-v", "-x", "-n").splitlines()[2:]
-    return sum(int(line.split()[0]) for line in listed if line.split())
-
-
-def _has_mangle_table(ns: NetNamespace) -> bool:
-    """Whether nftables holds iptables' mangle table (iptables-nft makes it on first
-    use; with iptables-legacy the table lives outside nftables and is never removed)."""
-    return "table ip mangle" in ns.run(["nft", "list", "tables"]).splitlines()
-
-
-def _drop_mangle_table_if_ours(ns: NetNamespace, existed: bool) -> bool:
-    """Leave the namespace as found: the mangle table that our rule made iptables-nft
-    create goes once it holds no rule (anyone else's rule keeps it)."""
-    if existed or not _has_mangle_table(ns):
-        return False
-    if any(not line.startswith("-P ") for line in _iptables(ns, "-S").splitlines()):
-        return False
-    ns.run(["nft", "delete", "table", "ip", "mangle"])
-    return True
-
-
-class _Delayer:
-    """A delayer process started ahead of need (see ``delayer.py``): warm, it waits for
-    its order on a socket pair with pytest; it exits if pytest goes first. What it
-    writes to stderr (a crash's traceback) goes to an unnamed file, for the error
-    message: a pipe nobody reads could fill and stall it."""
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
-        with theirs:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pytest_chaos.faults.delayer", "--serve"],
-                stdin=theirs.fileno(),
-                stdout=subprocess.DEVNULL,
-                stderr=self.errors,
-                start_new_session=True,
-            )
-        self.control = ours
-        self._stopped = False
-
-    def wait_warm(self, timeout: float = 30.0) -> None:
-        self._expect(b"warm", timeout, "the packet delayer did not start")
-
-    def start(self, ns: NetNamespace, order: dict[str, Any], timeout: float = 10.0) -> None:
-        """Send the order with the namespace; return once the delayer is bound."""
-        socket.send_fds(self.control, [json.dumps(order).encode()], [ns.fd])
-        self._expect(b"ready", timeout, "the packet delayer did not bind its queue")
-
-    def _expect(self, word: bytes, timeout: float, failure: str) -> None:
-        self.control.settimeout(timeout)
-        try:
-            said = self.control.recv(4096)
-        except (TimeoutError, OSError):
-            said = b""
-        if said == word:
-            return
-        reason = said.decode("utf-8", "replace").removeprefix("error: ").strip()
-        if not reason:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=5)
-            self.errors.seek(0)
-            last = self.errors.read().decode("utf-8", "replace").strip().splitlines()[-3:]
-            code = self.proc.returncode
-            silent = f"it said nothing within {timeout:g} s"
-            reason = " ".join(last) or (silent if code is None else f"it exited ({code})")
-        self.stop()
-        raise FaultError(f"{failure}: {reason}")
-
-    def stop(self) -> None:
-        """Accept what it holds and exit (SIGKILL if it ignores that for 10 s)."""
-        if self._stopped:
-            return
-        self._stopped = True
-        with contextlib.suppress(OSError):
-            self.control.sendall(b"stop")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.control.close()
-        self.errors.close()
-
-
-_spare_lock = threading.Lock()
-_spare: _Delayer | None = None
-
-
-def prewarm() -> None:
-    """Start a delayer ahead of the next NFQUEUE latency fault, if there is none (it
-    costs a waiting Python process; it exits with pytest)."""
-    global _spare
-    with _spare_lock:
-        if _spare is None or _spare.proc.poll() is not None:
-            _spare = _Delayer()
-
-
-def prewarm_delayer() -> None:
-    """Where latency will take the NFQUEUE path (root, no netem, netfilterqueue
-    installed), have a delayer waiting: called as a chaos test starts."""
-    import importlib.util
-
-    if os.geteuid() != 0 or importlib.util.find_spec("netfilterqueue") is None:
-        return
-    try:
-        if netem_available():
-            return
-    except ChaosError:
-        return
-    prewarm()
-
-
-def _take_delayer() -> _Delayer:
-    global _spare
-    with _spare_lock:
-        taken, _spare = _spare, None
-    if taken is None or taken.proc.poll() is not None:
-        taken = _Delayer()
-    taken.wait_warm()
-    return taken
-
-
-@atexit.register
-def _drop_spare() -> None:
-    global _spare
-    with _spare_lock:
-        spare, _spare = _spare, None
-    if spare is not None:
-        with contextlib.suppress(Exception):
-            spare.stop()
-
-
 @contextmanager
-def _nfqueue(service: Service, pid: int, handle: LatencyHandle) -> Iterator[None]:
-    try:
-        import netfilterqueue  # noqa: F401
-    except ImportError:
-        raise EnvironmentProblem(
-            "the kernel has no netem and the NFQUEUE fallback needs the netfilterqueue package: "
-            "apt-get install libnetfilter-queue-dev, then pip install 'pytest-chaos[nfqueue]'."
-        ) from None
-    journal = service.project.journal
-    chain = f"{CHAIN_PREFIX}{journal.run_id if journal else 'NORUN'}_{secrets.token_hex(2)}".upper()
-    handle._chain = chain
-    queue = 1000 + secrets.randbelow(60000)
-    # The delayer was started ahead of need: its pid and start time (its identity) go
-    # into the entry before it is given its order, so an undo after pytest's death
-    # stops that very process.
-    delayer = _take_delayer()
-    try:
-        with open_netns(pid, service.name) as ns:
-            existed = _has_mangle_table(ns)
-            data = {
-                "chain": chain,
-                "mangle_existed": existed,
-                "pid": delayer.proc.pid,
-                "start": linux.start_time(delayer.proc.pid),
-            }
-            # Rules and a process of ours: a crash of the machine takes them along.
-            with journaled(
-                service, "nfqueue-latency", handle.describe(), data, durable=False
-            ) as undone:
-                yield from _nfqueue_in(ns, service, handle, queue, chain, existed, delayer, undone)
-    finally:
-        delayer.stop()  # once more where the undo did not get that far: a no-op otherwise
-
-
-def _nfqueue_in(
-    ns: NetNamespace,
-    service: Service,
-    handle: LatencyHandle,
-    queue: int,
-    chain: str,
-    existed: bool,
-    delayer: _Delayer,
-    undone: JournalSlot,
-) -> Iterator[None]:
-    try:
-        handle.delayer_pid = delayer.proc.pid
-        delayer.start(
-            ns,
-            {
-                "queue": queue,
-                "delay_ms": handle.delay_s * 1000,
-                "jitter_ms": handle.jitter_s * 1000,
-            },
-        )
-        rules = ["*mangle", f":{chain} - [0:0]"]
-        targets: list[str | None] = list((handle.peers or {}).values()) or [None]
-        for address in targets:
-            match = f" -d {address}" if address is not None else ""
-            rules.append(f"-A {chain} -o eth0{match} -j NFQUEUE --queue-num {queue} --queue-bypass")
-        rules += [f"-I OUTPUT -j {chain}", "COMMIT", ""]
-        # One transaction: the chain and the jump to it are in force together.
-        ns.run(["iptables-restore", "-w", "5", "--noflush"], input_text="\n".join(rules))
-        handle.applied_at = time.monotonic()
+def _nfqueue(service: Service, handle: LatencyHandle) -> Iterator[None]:
+    require_netfilterqueue("latency on a kernel without netem")
+    targets: list[str | None] = list((handle.peers or {}).values()) or [None]
+    order = {"delay_ms": handle.delay_s * 1000, "jitter_ms": handle.jitter_s * 1000}
+    with queued(
+        service,
+        handle,
+        journal_kind="nfqueue-latency",
+        order=order,
+        matches=[f"-o eth0 -d {address}" if address else "-o eth0" for address in targets],
+    ) as worker:
+        handle.delayer_pid = worker.proc.pid
+        handle._chain = worker.chain
         yield
-    finally:
-        handle.keep_effect()
-        with contextlib.suppress(FaultError):
-            _remove_chain(ns, chain)
-        handle.lifted_at = time.monotonic()
-        delayer.stop()
-        if f"-N {chain}" in _iptables(ns, "-S"):
-            raise FaultError(f"iptables chain {chain} is still in {service.name}'s namespace.")
-        _drop_mangle_table_if_ours(ns, existed)
-        prewarm()  # for the next one
-        handle.undone_at = time.monotonic()
-        undone()
 
 
-@undoer("nfqueue-latency")
-def _undo_nfqueue(data: dict[str, Any]) -> str:
-    done = []
-    # Ours on this machine first, whatever becomes of the engine below: the delayer
-    # stopped, its queue is bypassed (--queue-bypass) and packets flow undelayed.
-    if "cgroup" in data:
-        group = OwnCgroup(str(data["cgroup"]))
-        if group.stop_all():
-            done.append("stopped the delayer")
-        if group.remove():
-            done.append(f"removed cgroup {group.path}")
-    pid = int(data.get("pid", 0))
-    if linux.stop_process(pid, str(data.get("start", ""))):
-        done.append(f"stopped the delayer (pid {pid})")
-    service = journaled_service(data)  # its engine unreachable: the entry stays
-    pid_1 = running_pid(service)
-    if pid_1 is not None:
-        with open_netns(pid_1, service.name) as ns:
-            if _remove_chain(ns, str(data["chain"])):
-                done.append(f"removed iptables chain {data['chain']}")
-            if _drop_mangle_table_if_ours(ns, bool(data.get("mangle_existed", True))):
-                done.append("removed the empty mangle table it made")
-    if not done and not data.get("applied"):
-        return "the delay was never applied: nothing to undo"
-    return "; ".join(done) or "nothing was left"
-
-
-@fault("latency")
+@fault(
+    "latency",
+    grid={"delay": ("50ms", "100ms", "200ms", "400ms", "800ms")},
+    journal=("qdisc", "nfqueue-latency"),
+    leaves=("qdisc", "iptables-chain"),
+    requires=("root", "this-kernel"),
+    example="chaos.latency({service}, '30ms', peers=[{peer}])",
+)
 def _chaos_latency(
     chaos: Chaos,
     service: str,
@@ -460,7 +221,9 @@ def _chaos_latency(
     method: str = "auto",
 ) -> AbstractContextManager[LatencyHandle]:
     """Delay what ``service`` sends (to ``peers``, or everything): netem where the
-    kernel has it, else the NFQUEUE delayer; ``handle.method`` says which."""
+    kernel has it, else an NFQUEUE delayer process of ours, one waiting warm from the
+    start of each chaos test (``handle.method`` says which). Undo: the qdisc removed,
+    or the iptables chain removed and the delayer stopped."""
     check_delay(delay, jitter)
     target = chaos.service(service)
     others = [chaos.peer(p) for p in peers or []]

@@ -1,9 +1,8 @@
-"""Network faults inside a service's own network namespace.
-
-Partitions and packet loss are nftables rules in a table of our own
-(``pytest_chaos_<run id>_<n>``), so the compose network, its DNS and the
-container's other rules stay as they were, and a sweep can find what a crash left.
-Bandwidth limits are a tbf qdisc set through netlink (pyroute2).
+"""Partitions and packet loss inside a service's own network namespace: nftables rules
+in a table of our own (``pytest_chaos_<run id>_<n>``), so the compose network, its
+DNS and the container's other rules stay as they were; their journal undo, and the
+sweep that finds a dead run's tables by name. (A peer's address, for every fault
+aimed at some peers: :func:`peer_addresses`.)
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import re
 import secrets
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -19,13 +17,19 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ChaosError, ConfigurationError, FaultError, FaultVanished, UnknownService
+from ..errors import ConfigurationError, FaultError, FaultVanished
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import fault, undoer
+from ..registry import DeadRuns, fault, sweeper, undoer
 from ..targets.compose import Service
-from ..targets.netns import NetNamespace, netlink_socket, open_netns
-from ..units import parse_duration
-from .base import Effect, FaultHandle, journaled, journaled_service, running_pid
+from ..targets.netns import NetNamespace, open_netns
+from .base import (
+    Effect,
+    FaultHandle,
+    in_each_namespace,
+    journaled,
+    journaled_service,
+    running_pid,
+)
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
@@ -33,17 +37,6 @@ if TYPE_CHECKING:
 MODES = ("drop", "reject")
 DIRECTIONS = ("both", "egress", "ingress")
 TABLE_PREFIX = "pytest_chaos_"
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)\s*$", re.I)
-_RATE_SCALE = {
-    "bit": 1,
-    "kbit": 1e3,
-    "mbit": 1e6,
-    "gbit": 1e9,
-    "bps": 8,
-    "kbps": 8e3,
-    "mbps": 8e6,
-    "gbps": 8e9,
-}
 
 
 @dataclass
@@ -80,28 +73,6 @@ class NetworkHandle(FaultHandle):
         return out
 
 
-@dataclass
-class BandwidthHandle(FaultHandle):
-    rate_bps: int = 0
-    interface: str = "eth0"
-    _pid: int = 0
-
-    def measure_effect(self) -> Effect:
-        with qdisc_session(self._pid, self.target, self.interface) as (ipr, index):
-            stats = qdisc_stats(ipr, index, "tbf")
-        return Effect(
-            stats["overlimits"] > 0,
-            f"{stats['packets']} packets through the limiter, "
-            f"{stats['overlimits']} held back over the rate",
-        )
-
-    def describe(self) -> str:
-        return f"bandwidth {self.target} {self.rate_bps} bit/s on {self.interface}"
-
-    def figures(self) -> dict[str, float | int | str]:
-        return {**super().figures(), "rate_bps": self.rate_bps, "interface": self.interface}
-
-
 # -- validation ------------------------------------------------------------------------
 
 
@@ -131,27 +102,7 @@ def check_percent(percent: float | int | str) -> float:
     return value
 
 
-def parse_rate(rate: str | int) -> int:
-    """Bits per second from ``1000000``, ``"1mbit"``, ``"512kbit"`` or ``"1mbps"``
-    (bytes, tc's spelling)."""
-    if isinstance(rate, bool):
-        raise ConfigurationError(f"rate must be such as '1mbit', not {rate!r}.")
-    if isinstance(rate, int):
-        bits = float(rate)
-    else:
-        match = _RATE.match(str(rate))
-        if not match:
-            raise ConfigurationError(
-                f"rate {rate!r} is not a rate: use a number with a unit such as '1mbit', "
-                "'512kbit' or '10mbps' (bytes)."
-            )
-        bits = float(match.group(1)) * _RATE_SCALE[match.group(2).lower()]
-    if not 8 * 1024 <= bits <= 100e9:
-        raise ConfigurationError(f"rate must be between 8kbit and 100gbit, got {rate!r}.")
-    return int(bits)
-
-
-def _peer_addresses(service: Service, peers: Sequence[Service | str]) -> dict[str, str]:
+def peer_addresses(service: Service, peers: Sequence[Service | str]) -> dict[str, str]:
     """Each peer's IPv4 address by name. The service itself is no peer: its traffic
     to itself goes over loopback, which no fault touches, so the fault could never
     bite."""
@@ -299,7 +250,7 @@ def partition(
     refuses them at once. Names keep resolving: Docker's DNS is on loopback."""
     check_mode(mode)
     check_direction(direction)
-    addresses = _peer_addresses(service, peers)
+    addresses = peer_addresses(service, peers)
     handle = NetworkHandle(
         kind="partition",
         target=service.label,
@@ -324,7 +275,7 @@ def loss(
     but loopback), chosen at random per packet (nftables numgen; no netem needed)."""
     value = check_percent(percent)
     check_direction(direction)
-    addresses = _peer_addresses(service, peers)
+    addresses = peer_addresses(service, peers)
     handle = NetworkHandle(
         kind="loss",
         target=service.label,
@@ -363,40 +314,24 @@ def sweep_tables(client: Any, dead_runs: Mapping[str, Collection[str]]) -> list[
     running containers of those projects. Tables of any other run, live or another
     journal's, are left alone. Returns a line per table removed, per table left
     alone, and per container skipped (e.g. one on the host's network)."""
-    from ..targets.compose import PROJECT_LABEL, SERVICE_LABEL
-    from ..targets.engine import prove
-
-    said = []
-    projects = sorted({p for touched in dead_runs.values() for p in touched})
-    for project in projects:
-        containers = client.containers.list(
-            filters={"label": f"{PROJECT_LABEL}={project}"}, ignore_removed=True
-        )
-        for container in containers:
-            name = f"{project}/{container.labels.get(SERVICE_LABEL, container.name)}"
-            try:
-                # Only a pid proved to be the container's here (not a remote engine's
-                # number, which names another process on this machine).
-                pid = prove(container.attrs)
-                with open_netns(pid, name) as ns:
-                    said += _sweep_namespace(ns, name, project, dead_runs)
-            except ChaosError as exc:
-                # Not ours to enter (the host's namespace, a process gone meanwhile, a
-                # pid not proved the container's): nothing we may touch is there.
-                said.append(f"skipped {name}: {exc}")
-    return said
+    return _sweep_tables(DeadRuns(dead_runs, client))
 
 
-def _sweep_namespace(
-    ns: NetNamespace, name: str, project: str, dead_runs: Mapping[str, Collection[str]]
-) -> list[str]:
+@sweeper("nft-table")
+def _sweep_tables(dead: DeadRuns) -> list[str]:
+    return in_each_namespace(
+        dead, lambda ns, name, project: _sweep_namespace(ns, name, project, dead)
+    )
+
+
+def _sweep_namespace(ns: NetNamespace, name: str, project: str, dead: DeadRuns) -> list[str]:
     said = []
     for line in ns.run(["nft", "list", "tables"]).splitlines():
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith(TABLE_PREFIX):
             continue
         run = parts[2][len(TABLE_PREFIX) :].split("_")[0]
-        if project in dead_runs.get(run, ()):
+        if dead.owns(run, project):
             ns.run(["nft", "delete", "table", parts[1], parts[2]])
             said.append(f"swept {name}: {parts[2]} (run {run}, whose pytest is gone)")
         else:
@@ -407,133 +342,17 @@ def _sweep_namespace(
     return said
 
 
-# -- bandwidth (tbf through netlink) -----------------------------------------------------
-
-
-@contextmanager
-def bandwidth(
-    service: Service,
-    rate: str | int,
-    *,
-    burst: int = 32 * 1024,
-    latency: float | str = "400ms",
-    interface: str = "eth0",
-) -> Iterator[BandwidthHandle]:
-    """Limit what ``service`` sends on ``interface`` to ``rate`` (a tbf root qdisc).
-    Refuses to replace a root qdisc someone else set; undo restores the default."""
-    bits = parse_rate(rate)
-    latency_s = parse_duration(latency, name="latency")
-    if burst < 1600:
-        raise ConfigurationError(f"burst must be at least one packet (1600 bytes), got {burst}.")
-    handle = BandwidthHandle(
-        kind="bandwidth", target=service.label, rate_bps=bits, interface=interface
-    )
-    handle._pid = service.init_pid()
-    with root_qdisc_fault(service, interface, handle.describe(), handle) as (ipr, index):
-        ipr.tc(
-            "add",
-            "tbf",
-            index,
-            handle="1:",
-            rate=f"{bits}bit",
-            burst=burst,
-            latency=int(latency_s * 1e6),
-        )
-        handle.applied_at = time.monotonic()
-        yield handle
-    handle.undone_at = time.monotonic()
-
-
-@contextlib.contextmanager
-def root_qdisc_fault(
-    service: Service, interface: str, description: str, handle: FaultHandle | None = None
-) -> Iterator[tuple[Any, int]]:
-    """A netlink handle on ``interface`` of ``service``, for a fault that sets the root
-    qdisc: refused (before anything is journaled or changed) when someone else's root
-    qdisc is there; on exit, whatever root qdisc was set is removed, so the default
-    comes back."""
-    with qdisc_session(service.init_pid(), service.name, interface) as (ipr, index):
-        before = root_qdisc(ipr, index)
-        if before not in DEFAULT_ROOT_QDISCS:
-            raise FaultError(
-                f"{service.name} {interface} already has a root qdisc {before!r}; "
-                "refusing to replace it (remove it first)."
-            )
-        with journaled(
-            service, "qdisc", description, {"interface": interface}, durable=False
-        ) as undone:
-            try:
-                yield ipr, index
-            finally:
-                if handle is not None:
-                    handle.keep_effect()
-                if root_qdisc(ipr, index) not in DEFAULT_ROOT_QDISCS:
-                    ipr.tc("del", index=index, root=True)
-                if handle is not None:
-                    handle.lifted_at = time.monotonic()
-                undone()
-
-
-DEFAULT_ROOT_QDISCS = frozenset({"noqueue", "pfifo_fast", "fq_codel", "mq", None})
-
-
-def qdisc_stats(ipr: Any, index: int, kind: str) -> dict[str, int]:
-    """The counters of the (first) qdisc of ``kind`` on the interface: packets,
-    bytes, drops, overlimits (packets held back: over a rate, or delayed)."""
-    for msg in ipr.get_qdiscs(index=index):
-        if msg.get_attr("TCA_KIND") == kind:
-            stats = msg.get_attr("TCA_STATS") or {}
-            return {
-                k: int(stats.get(k, 0) or 0) for k in ("packets", "bytes", "drop", "overlimits")
-            }
-    raise FaultVanished(f"the {kind} qdisc is no longer on the interface.")
-
-
-def root_qdisc(ipr: Any, index: int) -> str | None:
-    for msg in ipr.get_qdiscs(index=index):
-        if msg["parent"] == 0xFFFFFFFF:
-            return str(msg.get_attr("TCA_KIND"))
-    return None
-
-
-@contextlib.contextmanager
-def qdisc_session(pid: int, owner: str, interface: str) -> Iterator[tuple[Any, int]]:
-    """A pyroute2 handle inside ``pid``'s network namespace (checked not to be the
-    host's), and the index of ``interface`` there."""
-    from pyroute2 import IPRoute
-
-    with open_netns(pid, owner) as ns:
-        # pyroute2's own NetNS forks a child to enter the namespace; a socket opened
-        # in the namespace by a thread of ours needs no fork.
-        ipr = IPRoute(fileno=netlink_socket(ns).detach())
-        try:
-            found = ipr.link_lookup(ifname=interface)
-            if not found:
-                raise UnknownService(f"{owner} has no interface {interface!r}.")
-            yield ipr, int(found[0])
-        finally:
-            ipr.close()
-
-
-@undoer("qdisc")
-def _undo_qdisc(data: dict[str, Any]) -> str:
-    service = journaled_service(data)
-    pid = running_pid(service)
-    if pid is None:
-        return "its container is not running; the qdisc went with its namespace"
-    with qdisc_session(pid, service.name, str(data["interface"])) as (ipr, index):
-        if root_qdisc(ipr, index) in DEFAULT_ROOT_QDISCS:
-            if not data.get("applied"):
-                return "the qdisc was never added: nothing to undo"
-            return "the qdisc was already gone"
-        ipr.tc("del", index=index, root=True)
-    return f"removed the root qdisc of {data['interface']}"
-
-
 # -- chaos.<fault> -----------------------------------------------------------------------
 
 
-@fault("partition")
+@fault(
+    "partition",
+    grid={},
+    journal=("nft-table",),
+    leaves=("nft-table",),
+    requires=("root", "this-kernel"),
+    example="chaos.partition({service}, [{peer}])",
+)
 def _chaos_partition(
     chaos: Chaos,
     service: str,
@@ -543,8 +362,10 @@ def _chaos_partition(
     direction: str = "both",
 ) -> AbstractContextManager[NetworkHandle]:
     """Cut ``service`` off from ``peers`` (service names or IPv4 addresses; None:
-    everything but loopback). mode ``drop`` (timeouts) or ``reject`` (refusals);
-    direction ``both``, ``egress`` or ``ingress``."""
+    everything but loopback) with nftables rules in a table of ours inside its network
+    namespace: mode ``drop`` makes connections time out, ``reject`` refuses them;
+    direction ``both``, ``egress`` or ``ingress``; names keep resolving. Undo: the
+    table is deleted."""
     check_mode(mode)
     check_direction(direction)
     target = chaos.service(service)
@@ -552,7 +373,14 @@ def _chaos_partition(
     return partition(target, others, mode=mode, direction=direction)
 
 
-@fault("loss")
+@fault(
+    "loss",
+    grid={"percent": (10, 30, 60, 100)},
+    journal=("nft-table",),
+    leaves=("nft-table",),
+    requires=("root", "this-kernel"),
+    example="chaos.loss({service}, 30, [{peer}])",
+)
 def _chaos_loss(
     chaos: Chaos,
     service: str,
@@ -561,18 +389,10 @@ def _chaos_loss(
     *,
     direction: str = "both",
 ) -> AbstractContextManager[NetworkHandle]:
-    """Drop ``percent`` of packets between ``service`` and ``peers``."""
+    """Drop ``percent`` of the packets between ``service`` and ``peers`` at random
+    (nftables ``numgen``; no netem needed). Undo: the table is deleted."""
     check_percent(percent)
     check_direction(direction)
     target = chaos.service(service)
     others = [chaos.peer(p) for p in peers or []]
     return loss(target, percent, others, direction=direction)
-
-
-@fault("bandwidth")
-def _chaos_bandwidth(
-    chaos: Chaos, service: str, rate: str | int, **options: Any
-) -> AbstractContextManager[BandwidthHandle]:
-    """Limit what ``service`` sends to ``rate`` (e.g. '1mbit')."""
-    parse_rate(rate)
-    return bandwidth(chaos.service(service), rate, **options)

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, EnvironmentProblem, FaultError
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import fault, undoer
+from ..registry import DeadRuns, fault, sweeper, undoer
 from ..targets.compose import Service
-from .base import Effect, FaultHandle, journaled, journaled_service
+from .base import Effect, FaultHandle, dead_runs_containers, journaled, journaled_service
 
 if TYPE_CHECKING:
     import psycopg
 
     from ..chaos import Chaos
+    from ..waits import PutOff
 
 
 @dataclass
@@ -117,10 +118,10 @@ def _read_back(container: Any, path: str) -> str | None:
     return text.decode("utf-8", "replace").strip()
 
 
-def _restart(service: Service, timeout: float) -> float:
+def _restart(service: Service, timeout: float, put_off: PutOff | None = None) -> float:
     start = time.monotonic()
     service.container().restart(timeout=10)
-    service.ensure_running_and_healthy(timeout=timeout, start_after=timeout)
+    service.ensure_running_and_healthy(timeout=timeout, start_after=timeout, put_off=put_off)
     return time.monotonic() - start
 
 
@@ -176,7 +177,7 @@ def max_connections(
             yield handle
         finally:
             _set(service, previous)
-            _restart(service, restart_timeout)
+            _restart(service, restart_timeout, handle.put_off)
             handle.undone_at = time.monotonic()
             undone()
 
@@ -210,7 +211,7 @@ def connection_hog(service: Service, dsn: str, connections: int) -> Iterator[Hog
             "connection_hog needs psycopg: pip install 'pytest-chaos[postgres]'."
         ) from None
     journal = service.project.journal
-    name = f"pytest_chaos_hog_{journal.run_id if journal else 'norun'}"
+    name = f"{HOG_PREFIX}{journal.run_id if journal else 'norun'}"
     handle = HogHandle(
         kind="connection_hog", target=service.label, connections=connections, application_name=name
     )
@@ -256,20 +257,96 @@ def _undo_hog(data: dict[str, Any]) -> str:
     return f"terminated {ended} leftover connection(s)"
 
 
+HOG_PREFIX = "pytest_chaos_hog_"
+
+
+def _postgres_services(dead: DeadRuns) -> Iterator[Service]:
+    """The services of the dead runs' projects that run PostgreSQL (a main process
+    called postgres, as the engine reports it)."""
+    from ..targets.compose import ComposeProject
+
+    for name, container in dead_runs_containers(dead):
+        argv = [str(container.attrs.get("Path") or ""), *(container.attrs.get("Args") or [])]
+        if not any("postgres" in word for word in argv):
+            continue
+        project = ComposeProject(name.split("/")[0], client=dead.client)
+        yield Service(project, name.split("/")[1], container.id)
+
+
+@sweeper("postgres-connection")
+def _sweep_hogs(dead: DeadRuns) -> list[str]:
+    """End the connections a dead run's hog held (named after the run)."""
+    said = []
+    for service in _postgres_services(dead):
+        for run in dead.runs:
+            if not dead.owns(run, service.project.name) or not run.isalnum():
+                continue
+            try:
+                ended = int(
+                    psql(
+                        service,
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "  # noqa: S608 - run ids are alphanumeric
+                        f"WHERE application_name = '{HOG_PREFIX}{run}'",
+                    )
+                    or 0
+                )
+            except Exception as exc:  # noqa: BLE001 - said; the sweep goes on
+                said.append(f"skipped {service.label}: {type(exc).__name__}: {exc}")
+                break
+            if ended:
+                said.append(f"swept {service.label}: {ended} connection(s) of run {run}'s hog")
+    return said
+
+
+@sweeper("postgres-setting")
+def _sweep_settings(dead: DeadRuns) -> list[str]:
+    """Say where max_connections is set by ALTER SYSTEM in a project a dead run
+    touched: nothing there proves who set it, so it is named, not changed."""
+    said = []
+    for service in _postgres_services(dead):
+        try:
+            value, _source, sourcefile = _current(service)
+        except Exception as exc:  # noqa: BLE001 - said; the sweep goes on
+            said.append(f"skipped {service.label}: {type(exc).__name__}: {exc}")
+            continue
+        if sourcefile.endswith("postgresql.auto.conf"):
+            said.append(
+                f"left {service.label}: max_connections = {value} by ALTER SYSTEM; a dead run "
+                "touched this project, but nothing proves it set it (ALTER SYSTEM RESET "
+                "max_connections and a restart undo it, if it did)"
+            )
+    return said
+
+
 # -- chaos.<fault> -----------------------------------------------------------------------
 
 
-@fault("max_connections")
+@fault(
+    "max_connections",
+    journal=("pg-max-connections",),
+    leaves=("postgres-setting",),
+    requires=("postgres",),
+    example="chaos.max_connections({service}, 30)",
+)
 def _chaos_max_connections(
     chaos: Chaos, service: str, value: int
 ) -> AbstractContextManager[MaxConnectionsHandle]:
-    """Restart PostgreSQL ``service`` with a lower max_connections."""
+    """Restart PostgreSQL ``service`` with a lower max_connections (ALTER SYSTEM
+    through psql as the superuser inside the container). Undo: the previous setting
+    and another restart."""
     return max_connections(chaos.service(service), value)
 
 
-@fault("connection_hog")
+@fault(
+    "connection_hog",
+    journal=("pg-hog",),
+    leaves=("postgres-connection",),
+    requires=("postgres",),
+    example="chaos.connection_hog({service}, {dsn}, 5)",
+)
 def _chaos_connection_hog(
     chaos: Chaos, service: str, dsn: str, connections: int
 ) -> AbstractContextManager[HogHandle]:
-    """Hold ``connections`` idle connections to PostgreSQL ``service`` at ``dsn``."""
+    """Hold ``connections`` idle connections to PostgreSQL ``service`` at ``dsn``,
+    named after the run. Undo: closed."""
     return connection_hog(chaos.service(service), dsn, connections)

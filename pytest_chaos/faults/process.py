@@ -17,10 +17,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import signals
 from ..errors import ConfigurationError, FaultError, PermissionProblem, UnknownService, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import fault, undoer
+from ..registry import DeadRuns, fault, sweeper, undoer
 from ..targets import linux
 from ..targets.compose import Service
 from ..units import parse_duration, parse_signal
@@ -260,7 +259,7 @@ def kill(
                 # If it died meanwhile, the health wait below brings it back.
                 with contextlib.suppress(UnsafeTarget):
                     os.kill(service.own_pid(pid), _signal.SIGCONT)
-            elif process is None and not signals.lifting():
+            elif process is None and handle.put_off is None:
                 # The main process: let Docker see the container stop first.
                 service.await_exit_seen(
                     pid, started_before, dies_within=_EXIT_GRACE_S, seen_within=_EXIT_GRACE_S
@@ -272,6 +271,7 @@ def kill(
                 start_after=start_after_s,
                 # A process inside the container: only a probe after the kill counts.
                 probed_after=signalled_at if process is not None else None,
+                put_off=handle.put_off,
             )
             # (A restart by pytest-chaos starts Docker's count afresh.)
             handle.restarts = max(0, service.restart_count() - restarts_before)
@@ -300,7 +300,9 @@ def pause(service: Service, *, recovery_timeout: float | str = 60.0) -> Iterator
             handle.keep_effect()
             _unpause(service)
             handle.lifted_at = time.monotonic()
-            handle.restored_by = service.ensure_running_and_healthy(timeout=timeout_s)
+            handle.restored_by = service.ensure_running_and_healthy(
+                timeout=timeout_s, put_off=handle.put_off
+            )
             handle.undone_at = time.monotonic()
             undone()
 
@@ -332,7 +334,7 @@ def stop(
             handle.keep_effect()
             started = _start_if_stopped(service)
             handle.lifted_at = time.monotonic()
-            waited = service.ensure_running_and_healthy(timeout=timeout_s)
+            waited = service.ensure_running_and_healthy(timeout=timeout_s, put_off=handle.put_off)
             # It runs because the undo started it, not because it kept running.
             handle.restored_by = "pytest-chaos" if started else waited
             handle.undone_at = time.monotonic()
@@ -378,6 +380,8 @@ def cascade(
             yield handle
         finally:
             handle.keep_effect()
+            for each in handle.kills:  # lifted as the cascade is: waits put off alike
+                each.put_off = handle.put_off
     handle.undone_at = time.monotonic()
 
 
@@ -436,10 +440,45 @@ def _undo_stop(data: dict[str, Any]) -> str:
     return f"{service.name} is started and healthy"
 
 
+@sweeper("container-state")
+def _sweep_states(dead: DeadRuns) -> list[str]:
+    """Say which containers of the projects the dead runs touched are paused or
+    stopped: nothing on a container proves who paused or stopped it (the journal
+    does, and its entry was lost), so they are named, not changed."""
+    from ..targets.compose import PROJECT_LABEL, SERVICE_LABEL
+
+    said = []
+    for project in dead.projects:
+        for container in dead.client.containers.list(
+            all=True, filters={"label": f"{PROJECT_LABEL}={project}"}, ignore_removed=True
+        ):
+            name = f"{project}/{container.labels.get(SERVICE_LABEL, container.name)}"
+            state = container.attrs.get("State") or {}
+            if state.get("Paused"):
+                said.append(
+                    f"left {name} paused: a dead run touched {project}, but nothing proves "
+                    f"the pause was its own (docker unpause {container.name} if it was)"
+                )
+            elif state.get("Status") == "exited" and state.get("ExitCode") in (137, 143):
+                said.append(
+                    f"left {name} stopped (exit code {state['ExitCode']}): a dead run touched "
+                    f"{project}, but nothing proves it stopped it (docker start "
+                    f"{container.name} if it did)"
+                )
+    return said
+
+
 # -- chaos.<fault> -----------------------------------------------------------------------
 
 
-@fault("kill")
+@fault(
+    "kill",
+    grid={},
+    journal=("kill",),
+    leaves=("container-state",),
+    requires=("root", "this-kernel"),
+    example="chaos.kill({service})",
+)
 def _chaos_kill(
     chaos: Chaos,
     service: str,
@@ -450,10 +489,11 @@ def _chaos_kill(
     start_after: float | str | None = None,
 ) -> AbstractContextManager[KillHandle]:
     """Signal ``service``'s main process from the host (default SIGKILL: a crash the
-    restart policy answers), or the top process called ``process`` inside it. Undo:
-    the service runs and is healthy again; ``start_after`` is how long the undo
-    lets the restart policy act before starting the container itself (default: at
-    once without a policy, else 5 s)."""
+    restart policy answers; ``docker kill`` would not), or the top process called
+    ``process`` inside it, through a pidfd after checking it belongs to the container.
+    Undo: waits until the service runs and is healthy (SIGCONT after SIGSTOP); starts
+    the container itself after ``start_after`` (default: at once without a restart
+    policy, else 5 s for the policy to act); ``restored_by`` says who brought it back."""
     timeout = chaos.recovery_timeout(recovery_timeout)
     kill_signal(signal)  # bad input fails before Docker is asked anything
     check_start_after(start_after, "no")
@@ -466,16 +506,29 @@ def _chaos_kill(
     )
 
 
-@fault("pause")
+@fault(
+    "pause",
+    grid={},
+    journal=("pause",),
+    leaves=("container-state",),
+    example="chaos.pause({service})",
+)
 def _chaos_pause(
     chaos: Chaos, service: str, *, recovery_timeout: float | str | None = None
 ) -> AbstractContextManager[PauseHandle]:
-    """Freeze ``service``'s container (freezer cgroup). Undo: thaw, wait healthy."""
+    """Freeze every process of ``service``'s container (freezer cgroup). Undo: thaw,
+    wait until healthy."""
     timeout = chaos.recovery_timeout(recovery_timeout)
     return pause(chaos.service(service), recovery_timeout=timeout)
 
 
-@fault("stop")
+@fault(
+    "stop",
+    grid={"grace": (10, 1)},
+    journal=("stop",),
+    leaves=("container-state",),
+    example="chaos.stop({service}, grace=1)",
+)
 def _chaos_stop(
     chaos: Chaos,
     service: str,
@@ -483,14 +536,21 @@ def _chaos_stop(
     grace: float | str = 10.0,
     recovery_timeout: float | str | None = None,
 ) -> AbstractContextManager[StopHandle]:
-    """Stop ``service`` as an operator would (SIGTERM, SIGKILL after ``grace``).
-    Undo: start it, wait healthy."""
+    """Stop ``service`` as an operator would: SIGTERM, SIGKILL after ``grace``; the
+    restart policy ignores it. Undo: start it (``restored_by = pytest-chaos``), wait
+    until healthy."""
     parse_duration(grace, name="grace")
     timeout = chaos.recovery_timeout(recovery_timeout)
     return stop(chaos.service(service), grace=grace, recovery_timeout=timeout)
 
 
-@fault("cascade")
+@fault(
+    "cascade",
+    journal=("kill",),
+    leaves=("container-state",),
+    requires=("root", "this-kernel"),
+    example="chaos.cascade([{service}, {peer}], gaps='0.5s')",
+)
 def _chaos_cascade(
     chaos: Chaos,
     services: list[str],
@@ -499,7 +559,8 @@ def _chaos_cascade(
     signal: int | str | _signal.Signals = _signal.SIGKILL,
     recovery_timeout: float | str | None = None,
 ) -> AbstractContextManager[CascadeHandle]:
-    """Kill ``services`` in order, ``gaps`` apart. Undo: all healthy again."""
+    """Kill ``services`` in order, ``gaps`` apart. Undo: all healthy again, with each
+    one's kill and healthy times."""
     kill_signal(signal)
     timeout = chaos.recovery_timeout(recovery_timeout)
     targets = [chaos.service(name) for name in services]

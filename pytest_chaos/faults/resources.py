@@ -21,14 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, EnvironmentProblem, FaultError, UnsafeTarget
+from ..errors import (
+    ChaosError,
+    ConfigurationError,
+    EnvironmentProblem,
+    FaultError,
+    UnsafeTarget,
+)
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import fault, undoer
+from ..registry import DeadRuns, fault, sweeper, undoer
 from ..targets import linux
 from ..targets.cgroup import OwnCgroup, block_device, own_cgroup_path
 from ..targets.compose import Service
 from ..units import parse_duration, parse_size
-from .base import Effect, FaultHandle, journaled
+from .base import Effect, FaultHandle, dead_runs_containers, journaled, run_of
 
 if TYPE_CHECKING:
     from ..chaos import Chaos
@@ -365,7 +371,7 @@ def memory_cap(
             first_pid, started_before, dies_within=OOM_INIT_EXIT_S, seen_within=OOM_EXIT_SEEN_S
         )
     handle.restored_by = service.ensure_running_and_healthy(
-        timeout=timeout_s, restarts_before=restarts_before
+        timeout=timeout_s, restarts_before=restarts_before, put_off=handle.put_off
     )
     handle.undone_at = time.monotonic()
 
@@ -646,7 +652,7 @@ def io_contention(
     base = Path(path or data_path(service))
     parent = base if base.is_dir() else base.parent
     journal = service.project.journal
-    name = f"pytest-chaos-io-{journal.run_id if journal else 'norun'}-{secrets.token_hex(4)}"
+    name = f"{OWN_PREFIX}{journal.run_id if journal else 'norun'}-{secrets.token_hex(4)}"
     directory = parent / name
     group = OwnCgroup(own_cgroup_path(name))
     handle = ContentionHandle(
@@ -720,6 +726,136 @@ def _stop_contention(group: OwnCgroup, directory: Path) -> str:
     return "; ".join(said)
 
 
+OWN_PREFIX = "pytest-chaos-io-"
+
+
+#: cgroup v1's "no limit" for memory: the largest page count, in bytes (x86-64, 4 KiB).
+V1_UNLIMITED = "9223372036854771712"
+
+
+def configured_limits(host_config: dict[str, Any], version: int = 2) -> dict[str, str]:
+    """What the engine was told to hold a container to, as the cgroup files read (v2:
+    memory.max, memory.swap.max, cpu.max; v1: memory.limit_in_bytes,
+    memory.memsw.limit_in_bytes, cpu.cfs_quota_us): the values a limit of ours
+    replaced."""
+    memory = int(host_config.get("Memory") or 0)
+    swap = int(host_config.get("MemorySwap") or 0)
+    period = int(host_config.get("CpuPeriod") or 0) or 100000
+    nano = int(host_config.get("NanoCpus") or 0)
+    quota = int(host_config.get("CpuQuota") or 0)
+    if nano:
+        period = 100000
+        quota = nano * period // 10**9
+    # The engine gives as much swap as memory unless told otherwise; -1: unlimited.
+    total = 0 if not memory or swap < 0 else (swap or 2 * memory)
+    if version == 1:
+        return {
+            "memory.limit_in_bytes": str(memory) if memory else V1_UNLIMITED,
+            "memory.memsw.limit_in_bytes": str(total) if total else V1_UNLIMITED,
+            "cpu.cfs_quota_us": str(quota) if quota > 0 else "-1",
+        }
+    return {
+        "memory.max": str(memory) if memory else "max",
+        "memory.swap.max": str(total - memory) if total else "max",
+        "cpu.max": f"{quota} {period}" if quota > 0 else f"max {period}",
+    }
+
+
+@sweeper("cgroup-limit")
+def _sweep_limits(dead: DeadRuns) -> list[str]:
+    """Say which containers of a project a dead run touched hold a cgroup limit
+    (memory, swap, CPU, block I/O) other than the one their engine was told (their
+    HostConfig): nothing on a limit proves who wrote it (a live run of another journal
+    may hold it now), so it is named with the engine's value, not changed."""
+    from ..targets.cgroup import cgroup_of
+    from ..targets.engine import prove
+
+    said = []
+    for name, container in dead_runs_containers(dead):
+        try:
+            cg = cgroup_of(prove(container.attrs))
+            host_config = container.attrs.get("HostConfig") or {}
+            for file, expected in configured_limits(host_config, cg.version).items():
+                path = cg.path("memory" if file.startswith("memory") else "cpu", file)
+                found = path.read_text().strip() if path.exists() else expected
+                if not _same_limit(found, expected):
+                    said.append(
+                        f"left {name}: {file} is {found} where its engine set {expected} (a "
+                        "dead run touched this project; if the limit was its own, write "
+                        f"{expected} back)"
+                    )
+            if not any(host_config.get(key) for key in _BLKIO_KEYS):
+                for io_file in _io_files(cg):
+                    rules = io_file.read_text().strip() if io_file.exists() else ""
+                    if rules:
+                        said.append(
+                            f"left {name}: {io_file.name} holds {rules!r} where its engine set "
+                            "none (a dead run touched this project; if the rule was its own, "
+                            "lift it)"
+                        )
+        except (ChaosError, OSError) as exc:  # it went, or is not ours to read
+            said.append(f"skipped {name}: {exc}")
+    return said
+
+
+def _io_files(cg: Any) -> list[Path]:
+    if cg.version == 2:
+        return [cg.path("io", "io.max")]
+    return [cg.path("blkio", f"blkio.throttle.{key}_device") for key in _V1_IO_KEYS]
+
+
+_V1_IO_KEYS = ("read_bps", "write_bps", "read_iops", "write_iops")
+_BLKIO_KEYS = (
+    "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps",
+    "BlkioDeviceReadIOps",
+    "BlkioDeviceWriteIOps",
+)
+
+
+def _same_limit(found: str, expected: str) -> bool:
+    """Whether a limit read back is the one set (the kernel rounds a byte count down to
+    whole pages)."""
+    if found == expected:
+        return True
+    try:
+        return int(found) // 4096 == int(expected) // 4096
+    except ValueError:
+        return False
+
+
+@sweeper("own-cgroup")
+def _sweep_own(dead: DeadRuns) -> list[str]:
+    """Our cgroups of the dead runs (named after the run) emptied and removed, and
+    their scratch directories beside the data of the projects those runs touched."""
+    said = []
+    base = own_cgroup_path(OWN_PREFIX).parent
+    for group_path in sorted(base.glob(f"{OWN_PREFIX}*")):
+        run = run_of(group_path.name, OWN_PREFIX)
+        if run is None or run not in dead.runs:
+            continue
+        group = OwnCgroup(group_path)
+        stopped = group.stop_all()
+        group.remove()
+        said.append(f"swept cgroup {group_path} and the {stopped} process(es) in it (run {run})")
+    from ..targets.compose import ComposeProject
+
+    for name, container in dead_runs_containers(dead):
+        project = ComposeProject(name.split("/")[0], client=dead.client)
+        service = Service(project, name.split("/")[1], container.id)
+        try:
+            found = Path(data_path(service))
+            parent = found if found.is_dir() else found.parent  # as io_contention chose
+        except Exception:  # noqa: BLE001, S112 - gone, or not a directory of this machine
+            continue  # nothing of ours is there to find
+        for directory in sorted(parent.glob(f"{OWN_PREFIX}*")):
+            run = run_of(directory.name, OWN_PREFIX)
+            if run is not None and dead.owns(run, project.name) and directory.is_dir():
+                shutil.rmtree(directory, ignore_errors=True)
+                said.append(f"swept {name}: scratch directory {directory} (run {run})")
+    return said
+
+
 @undoer("stress-ng")
 def _undo_stress(data: dict[str, Any]) -> str:
     directory = Path(str(data["directory"]))
@@ -742,7 +878,13 @@ def _undo_stress(data: dict[str, Any]) -> str:
 # -- chaos.<fault> -----------------------------------------------------------------------
 
 
-@fault("memory_cap")
+@fault(
+    "memory_cap",
+    journal=("cgroup",),
+    leaves=("cgroup-limit",),
+    requires=("root", "this-kernel"),
+    example="chaos.memory_cap({service}, '400m')",
+)
 def _chaos_memory_cap(
     chaos: Chaos,
     service: str,
@@ -751,8 +893,10 @@ def _chaos_memory_cap(
     allow_swap: bool = False,
     recovery_timeout: float | str | None = None,
 ) -> AbstractContextManager[MemoryHandle]:
-    """Cap ``service``'s memory (e.g. '256m') so the OOM killer acts past it; the undo
-    waits until the service is healthy again."""
+    """Cap ``service``'s memory (and swap) in its cgroup (e.g. '256m') so the OOM
+    killer acts past it; ``handle.oom_victims()`` names what it killed. Undo: the exact
+    previous limits, then waits until the service runs and is healthy
+    (``restored_by`` says who brought it back)."""
     parse_size(limit, name="memory limit")
     timeout = chaos.recovery_timeout(recovery_timeout)
     return memory_cap(
@@ -760,24 +904,49 @@ def _chaos_memory_cap(
     )
 
 
-@fault("cpu_quota")
+@fault(
+    "cpu_quota",
+    grid={"cpus": (0.5, 0.2, 0.1, 0.05)},
+    journal=("cgroup",),
+    leaves=("cgroup-limit",),
+    requires=("root", "this-kernel"),
+    example="chaos.cpu_quota({service}, 0.7)",
+)
 def _chaos_cpu_quota(chaos: Chaos, service: str, cpus: float) -> AbstractContextManager[CpuHandle]:
-    """Let ``service`` use at most ``cpus`` CPUs (e.g. 0.5)."""
+    """Let ``service`` use at most ``cpus`` CPUs (a CFS quota, e.g. 0.5). Undo: the
+    exact previous quota and period."""
     check_cpus(cpus)
     return cpu_quota(chaos.service(service), cpus)
 
 
-@fault("io_throttle")
+@fault(
+    "io_throttle",
+    journal=("cgroup",),
+    leaves=("cgroup-limit",),
+    requires=("root", "this-kernel"),
+    example="chaos.io_throttle({service}, write_bps='50m')",
+)
 def _chaos_io_throttle(
     chaos: Chaos, service: str, *, path: str | None = None, **limits: int | str
 ) -> AbstractContextManager[IoHandle]:
-    """Throttle ``service``'s block I/O: read_bps, write_bps, read_iops, write_iops."""
+    """Throttle block I/O on the disk holding ``service``'s data: read_bps,
+    write_bps, read_iops, write_iops (on cgroup v1 only direct and fsync'd writes).
+    Undo: the exact previous rules."""
     return io_throttle(chaos.service(service), path=path, **limits)
 
 
-@fault("io_contention")
+@fault(
+    "io_contention",
+    grid={"workers": (1, 2, 4)},
+    journal=("stress-ng",),
+    leaves=("own-cgroup",),
+    requires=("root", "this-kernel", "stress-ng"),
+    example="chaos.io_contention({service}, workers=1, bytes_per_worker='16m')",
+)
 def _chaos_io_contention(
     chaos: Chaos, service: str, *, workers: int = 2, **options: Any
 ) -> AbstractContextManager[ContentionHandle]:
-    """Compete for ``service``'s disk with ``workers`` stress-ng writers."""
+    """Compete for ``service``'s disk with ``workers`` stress-ng writers of ours
+    (with fsync), started in a cgroup of ours journaled before they start. Undo: every
+    process in that cgroup stopped, its files removed."""
     return io_contention(chaos.service(service), workers=workers, **options)

@@ -7,7 +7,8 @@
 - ``chaos.split_cluster(group)``: the nodes of ``group`` cut off from all the others:
   the cluster in two parts, each whole within itself.
 - ``chaos.crash_node(node)``: the node loses its power: its engine, containerd and
-  tasks are killed together. Undo: it boots again and rejoins the swarm.
+  tasks are killed together. Undo: its engine boots
+    again and rejoins the swarm, and Swarm reconciles its tasks.
 - ``chaos.freeze_node(node)``: the node hangs, engine and tasks together (cgroup
   freezer): to its peers it is lost. Undo: it thaws.
 
@@ -29,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, FaultError, UnsafeTarget
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import fault, undoer
-from ..targets import swarm_nodes
+from ..registry import DeadRuns, fault, sweeper, undoer
+from ..targets import swarm_nodes, swarm_teardown
+from ..targets.cgroup import cgroup_roots
 from ..targets.netns import NetNamespace
 from .base import Effect, FaultHandle, journaled_in
 
@@ -252,7 +254,7 @@ def _freezable(node: Node) -> list[Path]:
     through ``cgroup.freeze`` in the unified hierarchy) and its tasks' parent in the
     v1 freezer hierarchy (or the unified one)."""
     groups: list[Path] = []
-    for base in swarm_nodes._cgroup_roots():
+    for base in cgroup_roots():
         for path in (Path(node.own_cgroup), base / node.cgroup_parent):
             if path.is_relative_to(base) and path.is_dir() and _freeze_file(path) is not None:
                 groups.append(path)
@@ -402,32 +404,77 @@ def _undo_crash(data: dict[str, Any]) -> str:
 # -- chaos.<fault> -----------------------------------------------------------------------
 
 
-@fault("partition_node")
+@sweeper("swarm-node")
+def _sweep_swarms(dead: DeadRuns) -> list[str]:
+    """Tear down the local swarms of the dead runs (everything of one is named after
+    its run: namespaces, cgroups, directories), nodes and node faults with them."""
+    said = []
+    for run in sorted(dead.runs):
+        leftovers = [swarm_teardown.STATE_DIR / run, swarm_teardown.RUN_DIR / run]
+        if not run.isalnum() or not any(path.exists() for path in leftovers):
+            continue
+        # Whatever its size was: the nodes it did not have are not there to remove.
+        cluster = swarm_nodes.LocalSwarm(run, size=9, managers=1)
+        said.append(
+            f"swept the local swarm of run {run}: {swarm_teardown.teardown(cluster.data())}"
+        )
+    return said
+
+
+@fault(
+    "partition_node",
+    journal=("swarm-node-partition",),
+    leaves=("swarm-node",),
+    requires=("root", "local-swarm"),
+    example="chaos.partition_node({node})",
+)
 def _chaos_partition_node(
     chaos: Chaos, node: str, *, peers: list[str] | None = None
 ) -> AbstractContextManager[NodePartitionHandle]:
-    """Cut swarm node ``node`` off from the other nodes (or from ``peers`` only)."""
+    """Cut swarm node ``node`` off from the other nodes (or from ``peers``
+    only). Undo: its rules removed."""
     cluster = _cluster(chaos)
     return partition_node(cluster, node, journal=chaos.project.journal, peers=peers)
 
 
-@fault("split_cluster")
+@fault(
+    "split_cluster",
+    journal=("swarm-node-partition",),
+    leaves=("swarm-node",),
+    requires=("root", "local-swarm"),
+    example="chaos.split_cluster([{node}])",
+)
 def _chaos_split_cluster(chaos: Chaos, group: list[str]) -> AbstractContextManager[SplitHandle]:
-    """Split the swarm in two: the nodes of ``group`` from all the others."""
+    """Split the swarm in two: the nodes of ``group`` from all the others.
+    Undo: the rules removed on both sides."""
     cluster = _cluster(chaos)
     return split_cluster(cluster, group, journal=chaos.project.journal)
 
 
-@fault("freeze_node")
+@fault(
+    "freeze_node",
+    journal=("swarm-node-freeze",),
+    leaves=("swarm-node",),
+    requires=("root", "local-swarm"),
+    example="chaos.freeze_node({node})",
+)
 def _chaos_freeze_node(chaos: Chaos, node: str) -> AbstractContextManager[NodeFreezeHandle]:
-    """Freeze swarm node ``node``, engine and tasks: to its peers it is lost."""
+    """Freeze swarm node ``node``, engine and tasks: to its peers it is lost.
+    Undo: thawed."""
     cluster = _cluster(chaos)
     return freeze_node(cluster, node, journal=chaos.project.journal)
 
 
-@fault("crash_node")
+@fault(
+    "crash_node",
+    journal=("swarm-node-crash",),
+    leaves=("swarm-node",),
+    requires=("root", "local-swarm"),
+    example="chaos.crash_node({node})",
+)
 def _chaos_crash_node(chaos: Chaos, node: str) -> AbstractContextManager[NodeCrashHandle]:
-    """Lose swarm node ``node``: its engine and tasks killed at once (a power cut); the
-    undo boots it again and it rejoins the swarm."""
+    """Lose swarm node ``node``: its engine and tasks killed at once (a power
+    cut). Undo: its engine boots
+    again and rejoins the swarm, and Swarm reconciles its tasks."""
     cluster = _cluster(chaos)
     return crash_node(cluster, node, journal=chaos.project.journal, boot_timeout=chaos.timeout)

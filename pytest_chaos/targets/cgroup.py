@@ -199,3 +199,68 @@ class OwnCgroup:
         except FileNotFoundError:
             return False
         return True
+
+
+# -- a tree of cgroups, killed whole -------------------------------------------------
+
+
+def kill_cgroup_tree(top: Path, name: str, timeout: float = 15.0) -> int:
+    """SIGKILL every process in cgroup ``top`` and below, then remove those cgroups;
+    how many processes there were. ``name`` (the cgroup's own, unique to the run) must
+    appear in a process's /proc/<pid>/cgroup, read after its pid is pinned."""
+    if not top.is_dir():
+        return 0
+    groups = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    groups.append(top)
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while pids := {pid for g in groups for pid in cgroup_procs(g)}:
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"processes {sorted(pids)} in {top} outlived SIGKILL.")
+        for pid in pids - seen:
+            _kill_if_in(pid, name)
+        seen |= pids
+        time.sleep(0.01)  # poll interval while the killed processes exit
+    for group in groups:
+        # A killed process not reaped yet (a zombie) keeps its cgroup busy a moment.
+        while group.exists():
+            try:
+                group.rmdir()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise EnvironmentProblem(
+                        f"{group} stayed busy after its processes died."
+                    ) from None
+                time.sleep(0.01)  # poll interval while the zombies are reaped
+    return len(seen)
+
+
+def cgroup_procs(group: Path) -> list[int]:
+    try:
+        return [int(w) for w in (group / "cgroup.procs").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _kill_if_in(pid: int, name: str) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # exited already
+        return
+    try:
+        groups = Path(f"/proc/{pid}/cgroup").read_text()
+        if f"/{name}/" in groups or f"/{name}\n" in groups:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (ProcessLookupError, FileNotFoundError):
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def cgroup_roots() -> list[Path]:
+    roots = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, where, kind, *_ = line.split()
+        if kind in ("cgroup", "cgroup2"):
+            roots.append(Path(where))
+    return roots

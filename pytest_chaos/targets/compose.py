@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from ..journal import Journal
+    from ..waits import PutOff
     from .cgroup import Cgroup
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -436,6 +437,7 @@ class Service:
         restarts_before: int | None = None,
         start_after: float = 5.0,
         probed_after: float | None = None,
+        put_off: PutOff | None = None,
     ) -> str:
         """Wait until the container runs and is healthy. If it is still stopped after
         ``start_after`` seconds (no restart policy acted), start it. With
@@ -445,16 +447,13 @@ class Service:
         brought it back: "pytest-chaos" (it started the container), "restart-policy"
         (the container restarted since ``restarts_before``) or "still-running".
 
-        While an interruption lifts every fault (``signals.lifting``), the wait is put
-        off until all are lifted, and "awaited after the interruption" is returned (a
-        schedule's steps put it off likewise: "awaited after the step")."""
-        from .. import signals
-
-        if signals.lifting():
-            signals.defer(
+        Given ``put_off`` (an interruption lifting every fault, a schedule's step), the
+        wait is handed to it instead, and "awaited after ..." is returned."""
+        if put_off is not None:
+            return put_off.defer(
                 lambda: (
                     f"{self.name} is healthy again, brought back by "
-                    + self.ensure_running_and_healthy(
+                    + self._bring_back(
                         timeout=timeout,
                         restarts_before=restarts_before,
                         start_after=start_after,
@@ -462,7 +461,6 @@ class Service:
                     )
                 )
             )
-            return f"awaited after {signals.lifted_after()}"
         return self._bring_back(
             timeout=timeout,
             restarts_before=restarts_before,

@@ -4,26 +4,21 @@ task (the lowest slot), whose container runs on whichever node Swarm put it. The
 processes, namespace and cgroups are this kernel's, so every fault of the compose
 backend acts on a task the same way; what differs is who brings a service back (Swarm
 replaces a dead task with a new one, maybe elsewhere) and how the host reaches a
-published port (a relay on loopback, see :class:`Relay`)."""
+published port (a relay on loopback: ``relay.py``). Deploying a stack on a local
+swarm: ``swarm_deploy.py``."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ChaosError,
     ConfigurationError,
     RecoveryTimeout,
-    StackStartError,
     TargetStopped,
     UnknownService,
     UnsafeTarget,
@@ -32,16 +27,14 @@ from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
 from ..observe.recovery import wait_for_recovery
 from .compose import ComposeProject, Service, _is_healthy, split_task
 from .engine import proof_error
-from .netns import NetNamespace, in_namespace
+from .relay import Relay
 
 if TYPE_CHECKING:
     import docker
-    import pytest
     from docker.models.containers import Container
 
     from ..journal import Journal
-    from ..settings import ChaosSettings
-    from .swarm_nodes import ClusterView, LocalSwarm
+    from .swarm_nodes import ClusterView
 
 STACK_LABEL = "com.docker.stack.namespace"
 TASK_SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -422,270 +415,3 @@ class SwarmService(Service):
         if all(t.container_id != self.container_id for t in current):
             return "swarm"
         return "still-running"
-
-
-class Relay:
-    """A TCP port on 127.0.0.1 in pytest's namespace whose connections are carried to
-    ``target()`` (resolved per connection: it follows a task that moved) from a thread
-    that entered the swarm's hub namespace: no route or address is added to the host's
-    own namespace, and traffic goes only to loopback and to namespaces of the swarm."""
-
-    def __init__(self, target: Any, hub: str) -> None:
-        self._target = target
-        path = f"/run/netns/{hub}"
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._hub = NetNamespace(fd, os.fstat(fd).st_ino, "the swarm's hub")
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._closed = False
-        self._last: tuple[str, int] | None = None
-        #: Each open connection: the client's socket, the upstream's, where it goes.
-        self._open: set[tuple[socket.socket, socket.socket, tuple[str, int]]] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, name="pytest-chaos-relay", daemon=True).start()
-        threading.Thread(target=self._follow, name="pytest-chaos-relay", daemon=True).start()
-
-    def _follow(self) -> None:
-        """Every half second, where the service's task is now: when it moved (Swarm
-        replaced it on another node), kept-alive connections to the old place close."""
-        while not self._stop.wait(0.5):
-            address = None
-            with contextlib.suppress(Exception):  # no task now, or no manager answers
-                address = self._target()
-            if address is not None:
-                self._moved_to(address)
-
-    def _moved_to(self, address: tuple[str, int]) -> None:
-        with self._lock:
-            last, self._last = self._last, address
-        if last is not None and last != address:
-            self._close_to(last)
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._carry, args=(client,), name="pytest-chaos-relay", daemon=True
-            ).start()
-
-    def _carry(self, client: socket.socket) -> None:
-        try:
-            address = self._target()
-            # The task moved: connections to where it was are closed, as a load
-            # balancer drops a backend that left (clients reconnect, and reach it).
-            self._moved_to(address)
-            upstream = in_namespace(
-                self._hub, lambda: socket.create_connection(address, timeout=2.0)
-            )
-        except Exception:  # noqa: BLE001 - no task, or its node cut off: the client sees a reset
-            with contextlib.suppress(OSError):
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-            client.close()
-            return
-        upstream.settimeout(None)
-        pair = (client, upstream, address)
-        with self._lock:
-            self._open.add(pair)
-        back = threading.Thread(
-            target=_pump, args=(upstream, client), name="pytest-chaos-relay", daemon=True
-        )
-        back.start()
-        _pump(client, upstream)
-        back.join()
-        with self._lock:
-            self._open.discard(pair)
-        client.close()
-        upstream.close()
-
-    def _close_to(self, address: tuple[str, int] | None) -> None:
-        with self._lock:
-            pairs = [p for p in self._open if p[2] == address]
-        for client, upstream, _ in pairs:
-            for sock in (client, upstream):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._closed = True
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        with self._lock:
-            pairs = list(self._open)
-        for client, upstream, _ in pairs:
-            for sock in (client, upstream):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        os.close(self._hub.fd)
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        sink.shutdown(socket.SHUT_WR)
-
-
-# -- the stack on a local swarm ----------------------------------------------------------
-
-
-def deploy(
-    cluster: LocalSwarm,
-    stack_file: Path,
-    name: str,
-    *,
-    timeout: float,
-    journal: Journal | None = None,
-    env: dict[str, str] | None = None,
-) -> SwarmProject:
-    """Deploy ``stack_file`` as stack ``name`` and wait until every service converged.
-
-    The images the stack names that this host's engine has (built here, or pulled)
-    are copied to every node first; the nodes pull any other themselves. Deployed
-    before its images, a stack's tasks are rejected ("No such image") and retried
-    after the restart delay (5 s unless the stack says otherwise) until they arrive."""
-    env = {**os.environ, **(env or {}), "DOCKER_HOST": cluster.nodes[0].url}
-    named = _stack_images(stack_file, env)
-    loaded = _copy_local_images(cluster, named or set())
-    done = subprocess.run(
-        ["docker", "stack", "deploy", "--compose-file", str(stack_file),
-         "--resolve-image", "never", name],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise StackStartError(
-            f"docker stack deploy of {stack_file} failed: {done.stderr.strip()[-2000:]}"
-        )
-    project = SwarmProject(name, cluster, journal)
-    began = time.monotonic()
-    # What the deployed services name, in case the stack file could not be read
-    # beforehand (a docker CLI without `stack config`).
-    wanted = {
-        str(s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]).split("@")[0]
-        for s in project.manager.services.list(filters={"label": f"{STACK_LABEL}={name}"})
-    }
-    _copy_local_images(cluster, wanted - loaded)
-    deadline = time.monotonic() + timeout
-    while not project.all_healthy():
-        if time.monotonic() > deadline:
-            states = {
-                n: [f"{t.node}:{t.container_id[:12]}" for t in project.tasks(n)]
-                for n in project.service_names()
-            }
-            raise StackStartError(
-                f"swarm stack {name!r} was not healthy within {timeout:g} s (running tasks: "
-                f"{states}). What Swarm says of its latest tasks: {_task_news(project)}. "
-                "A health check that needs its peers deadlocks a Swarm start where it does "
-                "not deadlock compose: a task joins the service's DNS name only once healthy."
-            )
-        time.sleep(0.25)  # poll interval while the stack converges
-    cluster.timings["stack"] = round(time.monotonic() - began, 3)
-    return project
-
-
-def _stack_images(stack_file: Path, env: dict[str, str]) -> set[str] | None:
-    """The images ``stack_file`` names, its variables interpolated as a deploy would
-    (``docker stack config`` reads the file alone: no engine needed); None if the
-    CLI cannot say."""
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        done = subprocess.run(
-            ["docker", "stack", "config", "--compose-file", str(stack_file)],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if done.returncode == 0:
-            return {
-                m.group(1).strip("'\"").split("@")[0]
-                for m in re.finditer(r"^\s+image:\s*(\S+)\s*$", done.stdout, re.MULTILINE)
-            }
-    return None
-
-
-def _copy_local_images(cluster: LocalSwarm, names: set[str]) -> set[str]:
-    """Copy those of ``names`` this host's engine has to every node; which they were."""
-    if not names:
-        return set()
-    from .engine import docker_client
-
-    host = docker_client()
-    try:
-        local = sorted(i for i in names if _has_image(host, i))
-    finally:
-        host.close()
-    if local:
-        cluster.load_images(local)
-    return set(local)
-
-
-def _task_news(project: SwarmProject) -> str:
-    """For each service, the state Swarm gives its newest task and why ("rejected: No
-    such image", "starting: unhealthy container"...), from the managers."""
-    said = []
-    for name in project.service_names():
-        with contextlib.suppress(Exception):  # a manager that does not answer now
-            tasks = project._swarm_service(name).tasks()
-            if not tasks:
-                said.append(f"{name}: no task yet")
-                continue
-            newest = max(tasks, key=lambda t: str(t.get("UpdatedAt") or ""))
-            status = newest.get("Status") or {}
-            why = status.get("Err") or status.get("Message") or ""
-            said.append(f"{name}: {status.get('State', '?')}" + (f" ({why})" if why else ""))
-    return "; ".join(said) or "nothing (no manager answered)"
-
-
-def _has_image(client: docker.DockerClient, name: str) -> bool:
-    from docker.errors import ImageNotFound
-
-    try:
-        client.images.get(name)
-    except ImageNotFound:
-        return False
-    return True
-
-
-def start_local(
-    request: pytest.FixtureRequest, settings: ChaosSettings, journal: Journal
-) -> SwarmProject:
-    """The ``chaos_project`` of ``--chaos-backend swarm``: a local swarm of
-    ``settings.swarm_nodes`` engines (three managers when there are three or more, so a
-    node may be cut off or lost without losing the quorum), the stack file deployed
-    on it; both torn down when the session ends."""
-    from .swarm_nodes import LocalSwarm
-
-    stack = settings.swarm_stack_file
-    if stack is None:
-        raise StackStartError(
-            "--chaos-backend swarm deploys a stack file: name it with the ini option "
-            "chaos_swarm_stack_file or --chaos-swarm-stack-file."
-        )
-    if not stack.is_file():
-        raise StackStartError(f"the swarm stack file {stack} does not exist.")
-    size = settings.swarm_nodes
-    cluster = LocalSwarm(journal.run_id, size=size, managers=3 if size >= 3 else 1, journal=journal)
-    made: list[SwarmProject] = []
-
-    def down() -> None:
-        for project in made:
-            project.close()
-        cluster.down()
-
-    request.addfinalizer(down)
-    began = time.monotonic()
-    cluster.up(timeout=settings.timeout)
-    made.append(
-        deploy(cluster, stack, f"chaos{journal.run_id}", timeout=settings.timeout, journal=journal)
-    )
-    cluster.timings["total"] = round(time.monotonic() - began, 3)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        parts = ", ".join(f"{k} {v:.1f} s" for k, v in cluster.timings.items())
-        reporter.write_line(f"pytest-chaos: a local swarm of {size} nodes, stack deployed: {parts}")
-    return made[0]

@@ -21,10 +21,8 @@ for a distinct node name.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -42,18 +40,16 @@ from ..errors import (
     UnknownService,
 )
 from ..errors import hide_chaos_errors as __tracebackhide__  # noqa: F401
-from ..registry import undoer
 from . import linux
-from .cgroup import OwnCgroup, own_cgroup_path
+from .cgroup import OwnCgroup, cgroup_procs, cgroup_roots, kill_cgroup_tree, own_cgroup_path
+from .swarm_dns import NameAnswerer
+from .swarm_teardown import RUN_DIR, STATE_DIR, teardown
 
 if TYPE_CHECKING:
     import docker
 
     from ..journal import Entry, Journal
 
-#: Where nodes keep their data (images, volumes) and their run-time files.
-STATE_DIR = Path("/var/lib/pytest-chaos/swarm")
-RUN_DIR = Path("/run/pytest-chaos/swarm")
 #: The hub's /24, inside our own namespaces only (Docker's own pools are 10/8 for
 #: overlays and 172.17-31 for bridges: no overlap).
 SUBNET = "192.168.213"
@@ -245,7 +241,7 @@ class LocalSwarm(ClusterView):
         try:
             with self._timed("network"):
                 self._make_network()
-                self._answerer = NameAnswerer(self.hub)
+                self._answerer = NameAnswerer(self.hub, f"{SUBNET}.1")
             with self._timed("engines"):
                 self._start_engines(timeout)
             with self._timed("swarm"):
@@ -329,19 +325,19 @@ class LocalSwarm(ClusterView):
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-        groups = [Path(node.own_cgroup)] + [b / node.cgroup_parent for b in _cgroup_roots()]
+        groups = [Path(node.own_cgroup)] + [b / node.cgroup_parent for b in cgroup_roots()]
         # Counted before: containerd dies with the engine (its parent-death signal).
         below = [d for g in groups if g.is_dir() for d in g.rglob("*") if d.is_dir()]
-        running = {p for g in groups + below for p in _procs(g)}
+        running = {p for g in groups + below for p in cgroup_procs(g)}
         engine = self._engines.pop(name, None)
         if engine is not None:
             engine.kill()
-        _kill_cgroup_tree(Path(node.own_cgroup), Path(node.own_cgroup).name)
+        kill_cgroup_tree(Path(node.own_cgroup), Path(node.own_cgroup).name)
         if engine is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 engine.wait(timeout=15)
-        for base in _cgroup_roots():
-            _kill_cgroup_tree(base / node.cgroup_parent, node.cgroup_parent)
+        for base in cgroup_roots():
+            kill_cgroup_tree(base / node.cgroup_parent, node.cgroup_parent)
         return len(running)
 
     def boot(self, name: str, *, timeout: float = 90.0) -> None:
@@ -481,70 +477,6 @@ class LocalSwarm(ClusterView):
         return said
 
 
-class NameAnswerer:
-    """A DNS server at the hub's address that says "no such name" to every question.
-
-    Docker's embedded DNS answers the names of the swarm's services and sends any
-    other question to the engine's upstream servers. The nodes have no route out of
-    their namespaces (nothing of ours reaches another network), so an upstream
-    question would go unanswered: measured here, a name that does not resolve took
-    20 s to fail, and a client resolving the name of a service scaled to no task
-    (a stop) stalled that long, where a real network answers "no such name" at once.
-    Every engine of the swarm is given this server as its upstream."""
-
-    def __init__(self, hub: str) -> None:
-        from .netns import NetNamespace, in_namespace
-
-        fd = os.open(f"/run/netns/{hub}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ns = NetNamespace(fd, os.fstat(fd).st_ino, "the swarm's hub")
-
-            def bind() -> socket.socket:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.bind((f"{SUBNET}.1", 53))
-                return sock
-
-            self._sock = in_namespace(ns, bind)
-        finally:
-            os.close(fd)
-        self._thread = threading.Thread(target=self._serve, name="pytest-chaos-dns", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                query, peer = self._sock.recvfrom(4096)
-            except OSError:
-                return
-            answer = nxdomain(query)
-            if answer is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.sendto(answer, peer)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        self._thread.join(timeout=5)
-
-
-def nxdomain(query: bytes) -> bytes | None:
-    """The answer "no such name" (RCODE 3) to a DNS query of one question, or None
-    for what is not one."""
-    if len(query) < 12 or query[2] & 0x80 or int.from_bytes(query[4:6], "big") != 1:
-        return None
-    end = 12
-    while end < len(query) and query[end] != 0:
-        if query[end] & 0xC0:  # a pointer has no place in a query's question
-            return None
-        end += query[end] + 1
-    end += 5  # the root label, then the type and class
-    if end > len(query):
-        return None
-    flags = 0x8000 | (query[2] & 0x79) << 8 | 0x80 | 3  # QR, opcode and RD kept, RA, NXDOMAIN
-    return query[:2] + flags.to_bytes(2, "big") + b"\0\1\0\0\0\0\0\0" + query[12:end]
-
-
 def _replace(node: Node, **changes: Any) -> Node:
     return Node(**{**asdict(node), **changes})
 
@@ -634,120 +566,3 @@ def _save(names: list[str], archive: Path) -> None:
     )  # fmt: skip
     if done.returncode != 0:
         raise StackStartError(f"docker save {' '.join(names)} failed: {done.stderr.strip()}")
-
-
-# -- teardown, from the journal's data alone -----------------------------------------
-
-
-@undoer("swarm-cluster")
-def teardown(data: dict[str, Any]) -> str:
-    """Stop every engine of the cluster and whatever it ran, remove its cgroups,
-    namespaces and files. A process is signalled only through a pidfd, after checking
-    that it is in one of the cluster's cgroups (all named after the run)."""
-    said: list[str] = []
-    nodes = [Node(**n) for n in data.get("nodes", [])]
-    # The engines, their containerd and shims first (they live in the engines' own
-    # cgroups): nothing may start a task again while the tasks are stopped.
-    engines = sum(_kill_cgroup_tree(Path(n.own_cgroup), Path(n.own_cgroup).name) for n in nodes)
-    tasks = sum(
-        _kill_cgroup_tree(base / n.cgroup_parent, n.cgroup_parent)
-        for n in nodes
-        for base in _cgroup_roots()
-    )
-    if engines or tasks:
-        said.append(f"stopped {engines} engine process(es) and {tasks} task process(es)")
-    namespaces = [n.netns for n in nodes] + ([str(data["hub"])] if data.get("hub") else [])
-    removed = [ns for ns in namespaces if _delete_netns(ns)]
-    if removed:
-        said.append(f"removed namespaces {', '.join(removed)}")
-    for key in ("run_dir", "state_dir"):
-        path = Path(str(data.get(key, "")))
-        if data.get(key) and path.exists() and _ours(path):
-            shutil.rmtree(path, ignore_errors=True)
-            said.append(f"removed {path}")
-    return "; ".join(said) or "nothing of the swarm was left"
-
-
-def _ours(path: Path) -> bool:
-    return path.parent in (STATE_DIR, RUN_DIR) and path.name.isalnum()
-
-
-def _kill_cgroup_tree(top: Path, name: str, timeout: float = 15.0) -> int:
-    """SIGKILL every process in cgroup ``top`` and below, then remove those cgroups;
-    how many processes there were. ``name`` (the cgroup's own, unique to the run) must
-    appear in a process's /proc/<pid>/cgroup, read after its pid is pinned."""
-    if not top.is_dir():
-        return 0
-    groups = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-    groups.append(top)
-    seen: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while pids := {pid for g in groups for pid in _procs(g)}:
-        if time.monotonic() > deadline:
-            raise EnvironmentProblem(f"processes {sorted(pids)} in {top} outlived SIGKILL.")
-        for pid in pids - seen:
-            _kill_if_in(pid, name)
-        seen |= pids
-        time.sleep(0.01)  # poll interval while the killed processes exit
-    for group in groups:
-        # A killed process not reaped yet (a zombie) keeps its cgroup busy a moment.
-        while group.exists():
-            try:
-                group.rmdir()
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise EnvironmentProblem(
-                        f"{group} stayed busy after its processes died."
-                    ) from None
-                time.sleep(0.01)  # poll interval while the zombies are reaped
-    return len(seen)
-
-
-def _procs(group: Path) -> list[int]:
-    try:
-        return [int(w) for w in (group / "cgroup.procs").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def _kill_if_in(pid: int, name: str) -> None:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # exited already
-        return
-    try:
-        groups = Path(f"/proc/{pid}/cgroup").read_text()
-        if f"/{name}/" in groups or f"/{name}\n" in groups:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except (ProcessLookupError, FileNotFoundError):
-        pass
-    finally:
-        os.close(pidfd)
-
-
-def _cgroup_roots() -> list[Path]:
-    roots = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _, where, kind, *_ = line.split()
-        if kind in ("cgroup", "cgroup2"):
-            roots.append(Path(where))
-    return roots
-
-
-def _delete_netns(name: str) -> bool:
-    if not (Path("/run/netns") / name).exists():
-        return False
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=15, check=False)
-    return True
-
-
-def netns_names() -> list[str]:
-    """Every network namespace name of a local swarm on this machine (ours or not)."""
-    try:
-        return sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith("pcs-"))
-    except FileNotFoundError:
-        return []
-
-
-def dump(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True)

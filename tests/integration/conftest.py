@@ -33,7 +33,7 @@ journal._write_durably = _pause
     # (started warm ahead of need) once it took its order and bound its queue.
     "started": """
 import subprocess
-from pytest_chaos.faults import latency
+from pytest_chaos.faults import nfqueue
 _Popen = subprocess.Popen
 class _Pause(_Popen):
     def __init__(self, args, *a, **k):
@@ -45,23 +45,23 @@ class _Pause(_Popen):
                 time.sleep(0.01)
             stop_here()
 subprocess.Popen = _Pause
-_start = latency._Delayer.start
+_start = nfqueue.Worker.start
 def _start_then_stop(self, *args, **kwargs):
     _start(self, *args, **kwargs)
     stop_here()
-latency._Delayer.start = _start_then_stop
+nfqueue.Worker.start = _start_then_stop
 """,
     # In the undo, once the fault's own processes were stopped (stress-ng: its cgroup
     # not yet removed; the delayer: the mangle table not yet dropped).
     "undo": """
 from pytest_chaos.targets.cgroup import OwnCgroup
-from pytest_chaos.faults import latency
+from pytest_chaos.faults import nfqueue
 OwnCgroup.remove = lambda self: stop_here()
-_stop = latency._Delayer.stop
+_stop = nfqueue.Worker.stop
 def _stop_then_stop(self):
     _stop(self)
     stop_here()
-latency._Delayer.stop = _stop_then_stop
+nfqueue.Worker.stop = _stop_then_stop
 """,
 }
 

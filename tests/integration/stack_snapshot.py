@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pytest_chaos.faults.network import qdisc_session
 from pytest_chaos.faults.postgres import psql
+from pytest_chaos.faults.qdisc import qdisc_session
 from pytest_chaos.faults.resources import data_path
 from pytest_chaos.targets.cgroup import ROOT, cgroup_of
 from pytest_chaos.targets.netns import open_netns
@@ -58,6 +58,8 @@ def service_state(service: Any) -> dict[str, Any]:
     where = Path(data_path(service))
     where = where if where.is_dir() else where.parent
     entry["scratch"] = sorted(p.name for p in where.glob("pytest-chaos-*"))
+    if "postgres" in str(service.container().attrs["Config"].get("Image", "")):
+        entry["max_connections"] = psql(service, "SHOW max_connections")
     return entry
 
 
@@ -100,8 +102,6 @@ def snapshot(project: Any) -> dict[str, Any]:
     }
     seen["host processes of ours"] = our_processes()
     seen["cgroups of ours"] = our_cgroups()
-    if "postgres" in seen:
-        seen["max_connections"] = psql(project.service("postgres"), "SHOW max_connections")
     return seen
 
 

@@ -10,8 +10,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_chaos.faults.bandwidth import bandwidth
 from pytest_chaos.faults.latency import latency
-from pytest_chaos.faults.network import bandwidth, partition
+from pytest_chaos.faults.network import partition
 from pytest_chaos.faults.process import kill, pause
 from pytest_chaos.faults.resources import cpu_quota, io_contention, memory_cap
 

@@ -19,7 +19,7 @@ CASES = {
     "contention-started": (CONTENTION, "started", "*stopped * stress-ng process(es)*"),
     "contention-in-force": (CONTENTION, "in-force", "*stopped * stress-ng process(es)*"),
     "contention-undo": (CONTENTION, "undo", "*no stress-ng was running; removed cgroup*"),
-    "latency-entry": (LATENCY, "entry", "*the delay was never applied: nothing to undo"),
+    "latency-entry": (LATENCY, "entry", "*the fault was never applied: nothing to undo"),
     # Its order taken, the delayer outlives its pytest (its delay is in force) until
     # the undo stops it by the pid and start time the entry holds.
     "latency-started": (LATENCY, "started", "*stopped the delayer (pid *)"),

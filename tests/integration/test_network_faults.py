@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from pytest_chaos import ConfigurationError, UnsafeTarget
-from pytest_chaos.faults.network import bandwidth, loss, partition, sweep_tables
+from pytest_chaos.faults.bandwidth import bandwidth
+from pytest_chaos.faults.network import loss, partition, sweep_tables
 from pytest_chaos.targets.netns import open_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.network, pytest.mark.slow]
@@ -201,7 +202,7 @@ def test_sweep_removes_only_tables_of_dead_runs_in_the_projects_they_touched(cha
 
 
 def root_qdisc_of(service) -> str | None:
-    from pytest_chaos.faults.network import qdisc_session, root_qdisc
+    from pytest_chaos.faults.qdisc import qdisc_session, root_qdisc
 
     with qdisc_session(service.init_pid(), service.name, "eth0") as (ipr, index):
         return root_qdisc(ipr, index)

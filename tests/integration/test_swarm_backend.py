@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_chaos.targets import swarm_nodes
+from pytest_chaos.targets import swarm_teardown
+from pytest_chaos.targets.cgroup import cgroup_roots
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_swarm_experiments_pass_on_a_local_swarm_and_leave_nothing_behind(tmp_path):
-    before = swarm_nodes.netns_names()
+    before = swarm_teardown.netns_names()
     interfaces = sorted(os.listdir("/sys/class/net"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
     done = subprocess.run(
@@ -36,16 +37,16 @@ def test_the_swarm_experiments_pass_on_a_local_swarm_and_leave_nothing_behind(tm
     assert "deselected" in output, output[-2000:]
     # Nothing of the cluster is left: namespaces, interfaces (none was ever added to
     # the host's namespace), engines' folders, cgroups...
-    assert swarm_nodes.netns_names() == before
+    assert swarm_teardown.netns_names() == before
     assert sorted(os.listdir("/sys/class/net")) == interfaces
-    assert _empty(swarm_nodes.RUN_DIR)
-    assert _empty(swarm_nodes.STATE_DIR)
-    left = [p for root in swarm_nodes._cgroup_roots() for p in root.glob("pytest-chaos-swarm-*")]
+    assert _empty(swarm_teardown.RUN_DIR)
+    assert _empty(swarm_teardown.STATE_DIR)
+    left = [p for root in cgroup_roots() for p in root.glob("pytest-chaos-swarm-*")]
     assert left == []
     # ...mounts (each engine's own live in its mount namespace, gone with it)...
     mounts = Path("/proc/self/mounts").read_text()
-    assert str(swarm_nodes.RUN_DIR) not in mounts
-    assert str(swarm_nodes.STATE_DIR) not in mounts
+    assert str(swarm_teardown.RUN_DIR) not in mounts
+    assert str(swarm_teardown.STATE_DIR) not in mounts
     # ...engines: no process runs with a folder of a local swarm on its command line.
     engines = [p for p in Path("/proc").glob("[0-9]*") if _runs_a_swarm_engine(p)]
     assert engines == []
@@ -53,7 +54,7 @@ def test_the_swarm_experiments_pass_on_a_local_swarm_and_leave_nothing_behind(tm
 
 def _runs_a_swarm_engine(proc: Path) -> bool:
     try:
-        return str(swarm_nodes.RUN_DIR).encode() in (proc / "cmdline").read_bytes()
+        return str(swarm_teardown.RUN_DIR).encode() in (proc / "cmdline").read_bytes()
     except OSError:  # exited meanwhile
         return False
 
@@ -64,7 +65,7 @@ def _empty(folder: Path) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_an_interrupted_swarm_run_lifts_its_node_fault_and_tears_the_swarm_down(sig):
-    before = swarm_nodes.netns_names()
+    before = swarm_teardown.netns_names()
     with subprocess.Popen(
         [sys.executable, "-m", "pytest", "tests/experiments", "--chaos-backend=swarm",
          "-k", "node_partition", "-p", "no:cacheprovider", "--chaos-live-interval=0.5"],
@@ -82,6 +83,6 @@ def test_an_interrupted_swarm_run_lifts_its_node_fault_and_tears_the_swarm_down(
         rest = inner.stdout.read()
         code = inner.wait(timeout=300)
     assert code == pytest.ExitCode.INTERRUPTED, rest[-3000:]
-    assert swarm_nodes.netns_names() == before
-    assert _empty(swarm_nodes.RUN_DIR)
-    assert _empty(swarm_nodes.STATE_DIR)
+    assert swarm_teardown.netns_names() == before
+    assert _empty(swarm_teardown.RUN_DIR)
+    assert _empty(swarm_teardown.STATE_DIR)

@@ -16,7 +16,7 @@ from test_swarm_nodes import _tiny_image
 
 from pytest_chaos.errors import StackStartError
 from pytest_chaos.journal import Journal, new_run_id
-from pytest_chaos.targets import swarm
+from pytest_chaos.targets import swarm_deploy
 from pytest_chaos.targets.engine import docker_client
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
 
@@ -40,9 +40,9 @@ def test_the_images_a_stack_file_names_are_read_with_its_variables(tmp_path):
         """)
     )
     env = {**os.environ, "IMAGE_A": "mine/a:2"}
-    assert swarm._stack_images(stack, env) == {"mine/a:2", "example/b:2", "example/c:3"}
+    assert swarm_deploy._stack_images(stack, env) == {"mine/a:2", "example/b:2", "example/c:3"}
     stack.write_text("services: [not, a, mapping]\n")
-    assert swarm._stack_images(stack, env) is None
+    assert swarm_deploy._stack_images(stack, env) is None
 
 
 def test_a_docker_cli_without_stack_config_leaves_the_images_to_after_the_deploy(tmp_path):
@@ -53,7 +53,7 @@ def test_a_docker_cli_without_stack_config_leaves_the_images_to_after_the_deploy
         pytest.skip("needs a docker CLI without `docker stack config` at /usr/bin/docker")
     stack = tmp_path / "stack.yml"
     stack.write_text('version: "3.8"\nservices:\n  a:\n    image: example/a:1\n')
-    assert swarm._stack_images(stack, {**os.environ, "PATH": "/usr/bin:/bin"}) is None
+    assert swarm_deploy._stack_images(stack, {**os.environ, "PATH": "/usr/bin:/bin"}) is None
 
 
 def _has_stack_config(cli: Path) -> bool:
@@ -99,7 +99,7 @@ def test_a_stack_deploys_with_its_images_already_on_every_node(tmp_path, host_im
     cluster.load_images = counted  # type: ignore[method-assign]
     try:
         cluster.up()
-        project = swarm.deploy(
+        project = swarm_deploy.deploy(
             cluster, stack, f"deploy{journal.run_id}", timeout=120.0, journal=journal,
             env={"SLEEPER_IMAGE": host_image},
         )  # fmt: skip
@@ -123,7 +123,9 @@ def test_a_stack_file_the_cli_cannot_read_is_a_clear_error_and_deploys_nothing(t
     try:
         cluster.up()
         with pytest.raises(StackStartError, match=r"docker stack deploy of .*stack\.yml failed"):
-            swarm.deploy(cluster, stack, f"bad{journal.run_id}", timeout=30.0, journal=journal)
+            swarm_deploy.deploy(
+                cluster, stack, f"bad{journal.run_id}", timeout=30.0, journal=journal
+            )
         assert cluster.manager().services.list() == []
     finally:
         cluster.down()

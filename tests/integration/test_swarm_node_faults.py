@@ -21,7 +21,8 @@ from pytest_chaos.faults.swarm import (
     split_cluster,
 )
 from pytest_chaos.journal import Journal, new_run_id
-from pytest_chaos.targets import swarm_nodes
+from pytest_chaos.targets import swarm_teardown
+from pytest_chaos.targets.cgroup import cgroup_roots
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -167,9 +168,8 @@ def test_node_faults_and_their_swarm_are_undone_by_the_journal_after_kill_9(tmp_
     assert all(error is None for _, error in outcomes.values()), outcomes
     assert "removed namespaces" in outcomes["swarm-cluster"][0]
     deadline = time.monotonic() + 15
-    while [n for n in swarm_nodes.netns_names() if run_id in n] or any(
-        (root / f"pytest-chaos-swarm-{run_id}-node1").exists()
-        for root in swarm_nodes._cgroup_roots()
+    while [n for n in swarm_teardown.netns_names() if run_id in n] or any(
+        (root / f"pytest-chaos-swarm-{run_id}-node1").exists() for root in cgroup_roots()
     ):
         assert time.monotonic() < deadline, "the swarm outlived the journal's replay"
         time.sleep(0.1)  # poll interval while init reaps the engines

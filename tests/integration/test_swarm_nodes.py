@@ -16,7 +16,8 @@ import pytest
 from swarm_owner import kill_9_once_in_force
 
 from pytest_chaos.journal import Journal, new_run_id
-from pytest_chaos.targets import linux, swarm_nodes
+from pytest_chaos.targets import linux, swarm_teardown
+from pytest_chaos.targets.cgroup import cgroup_roots
 from pytest_chaos.targets.swarm_nodes import LocalSwarm
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -26,14 +27,14 @@ TINY = "pytest-chaos-test/tiny:1"
 
 def _traces(run_id: str) -> list[str]:
     """Whatever of a local swarm of run ``run_id`` this machine still shows."""
-    found = [f"netns {n}" for n in swarm_nodes.netns_names() if run_id in n]
-    for path in (swarm_nodes.STATE_DIR / run_id, swarm_nodes.RUN_DIR / run_id):
+    found = [f"netns {n}" for n in swarm_teardown.netns_names() if run_id in n]
+    for path in (swarm_teardown.STATE_DIR / run_id, swarm_teardown.RUN_DIR / run_id):
         if path.exists():
             found.append(f"folder {path}")
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         if run_id in line:
             found.append(f"mount {line}")
-    for root in swarm_nodes._cgroup_roots():
+    for root in cgroup_roots():
         found += [f"cgroup {p}" for p in root.glob(f"pytest-chaos-swarm-{run_id}-*")]
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():

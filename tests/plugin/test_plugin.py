@@ -581,7 +581,8 @@ def test_a_dry_run_lists_each_tests_faults_and_runs_nothing(pytester, faults):
         [
             "pytest-chaos dry run: 2 test(s) selected; nothing runs, nothing changes",
             "test_planned.py::test_partition",
-            '    line 7: chaos.partition("trading-api", ["postgres"], mode="drop")',
+            '    line 7: chaos.partition("trading-api", ["postgres"], mode="drop")'
+            "  [needs: root, this-kernel]",
             '    line 9: chaos.inject(fault("a"))',
             "test_planned.py::test_no_faults",
             "    no fault calls on the chaos fixture in this test's body",

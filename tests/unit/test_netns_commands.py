@@ -161,7 +161,7 @@ def _connect_ms(ns: NetNamespace, port: int) -> float:
 
 
 def test_a_warm_delayer_delays_the_packets_of_its_queue_once_ordered(scratch):
-    from pytest_chaos.faults.latency import _Delayer
+    from pytest_chaos.faults.nfqueue import Worker as _Delayer
 
     scratch.run(["ip", "link", "set", "lo", "up"])
     delayer = _Delayer()
@@ -189,7 +189,7 @@ def test_a_warm_delayer_delays_the_packets_of_its_queue_once_ordered(scratch):
 
 
 def test_a_warm_delayer_without_orders_exits_with_its_pytest():
-    from pytest_chaos.faults.latency import _Delayer
+    from pytest_chaos.faults.nfqueue import Worker as _Delayer
 
     delayer = _Delayer()
     delayer.wait_warm()
@@ -200,7 +200,7 @@ def test_a_warm_delayer_without_orders_exits_with_its_pytest():
 
 def test_a_delayer_that_cannot_start_says_why(monkeypatch, tmp_path):
     from pytest_chaos import FaultError
-    from pytest_chaos.faults.latency import _Delayer
+    from pytest_chaos.faults.nfqueue import Worker as _Delayer
 
     # A Python that cannot import what the delayer needs: its last words are the reason.
     broken = tmp_path / "python"

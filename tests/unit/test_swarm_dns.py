@@ -1,9 +1,13 @@
-"""The local swarm's upstream DNS answer: "no such name" to any one-question query,
-nothing to what is not a query."""
+"""The local swarm's upstream DNS answer (pytest_chaos.dnswire): "no such name" to any
+one-question query, nothing to what is not a query."""
 
 from __future__ import annotations
 
-from pytest_chaos.targets.swarm_nodes import nxdomain
+from pytest_chaos.dnswire import NXDOMAIN, answer
+
+
+def nxdomain(query: bytes) -> bytes | None:
+    return answer(query, NXDOMAIN)
 
 
 def _query(name: str, *, ident: bytes = b"\x12\x34", flags: bytes = b"\x01\x00") -> bytes:

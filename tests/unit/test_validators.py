@@ -6,8 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_chaos import ConfigurationError
+from pytest_chaos.faults.bandwidth import parse_rate
 from pytest_chaos.faults.latency import check_delay
-from pytest_chaos.faults.network import check_direction, check_mode, check_percent, parse_rate
+from pytest_chaos.faults.network import check_direction, check_mode, check_percent
 from pytest_chaos.faults.resources import check_cpus
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12))
